@@ -1,0 +1,1 @@
+"""Device drivers: one module per kind of device, registered by its config ``type:`` name."""

@@ -1,0 +1,232 @@
+"""Config model of a Modbus TCP device and its points (lives beside the driver it configures)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.base import Issue
+
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$",
+        description="Identifier: letters, digits, '_', '.', '-'; starts with a letter or '_'.",
+    ),
+]
+
+
+class Table(StrEnum):
+    """Modbus data table a point lives in."""
+
+    HOLDING = "holding"
+    INPUT = "input"
+    COIL = "coil"
+    DISCRETE_INPUT = "discrete_input"
+
+
+class DataType(StrEnum):
+    """How the raw registers (or bits) of a point decode to a value."""
+
+    BOOL = "bool"  # a coil or discrete input
+    BIT = "bit"  # one bit of a 16-bit register (``bit: 0..15``)
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    STRING = "string"  # two characters per register; ``count`` registers
+
+
+class WordOrder(StrEnum):
+    """Byte and word order of multi-register values, in the notation PLC manuals use.
+
+    ABCD: big-endian words and bytes (Modbus standard). CDAB: words swapped (common on
+    Schneider/Siemens gateways). BADC: bytes swapped within each word. DCBA: little-endian.
+    For strings only ABCD (high byte first) and BADC (low byte first) make sense.
+    """
+
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+
+class Report(StrEnum):
+    """When a polled value becomes a reading record."""
+
+    EVERY_POLL = "every_poll"
+    ON_CHANGE = "on_change"
+
+
+# Registers a type occupies; None means "given by count" (strings).
+REGISTERS: dict[DataType, int | None] = {
+    DataType.BOOL: 1,
+    DataType.BIT: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.FLOAT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT64: 4,
+    DataType.STRING: None,
+}
+
+BIT_TABLES = frozenset({Table.COIL, Table.DISCRETE_INPUT})
+
+
+class ModbusPoint(BaseModel):
+    """One named value in the PLC's register map."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Name
+    address: int = Field(
+        ge=0, le=65535, description="Register or coil address (see the device's address_base)."
+    )
+    table: Table = Field(
+        default=Table.HOLDING,
+        description="holding (FC3), input (FC4), coil (FC1) or discrete_input (FC2).",
+    )
+    type: DataType = Field(description="Data type; decides how many registers are read.")
+    count: int | None = Field(
+        default=None,
+        ge=1,
+        le=125,
+        description="Registers to read. Required for string; must match the type otherwise.",
+    )
+    bit: int | None = Field(default=None, ge=0, le=15, description="Bit index for type bit.")
+    word_order: WordOrder = Field(
+        default=WordOrder.ABCD, description="Byte and word order of multi-register values."
+    )
+    scale: float = Field(default=1.0, description="value = raw * scale + offset (numbers only).")
+    offset: float = Field(default=0.0, description="value = raw * scale + offset (numbers only).")
+    unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
+    poll_interval: float | None = Field(
+        default=None, gt=0, le=86400, description="Seconds; defaults to the device's."
+    )
+    station: Name | None = Field(
+        default=None, description="Station this point belongs to; defaults to the device's."
+    )
+    report: Report = Field(
+        default=Report.EVERY_POLL, description="every_poll, or on_change to record changes only."
+    )
+
+    @property
+    def register_count(self) -> int:
+        """Registers (or bits, for coil tables) this point occupies."""
+        fixed = REGISTERS[self.type]
+        if fixed is not None:
+            return fixed
+        return self.count or 1
+
+    def issues(self) -> list[Issue]:
+        """Cross-field problems, each with the key path (relative to the point) it belongs to."""
+        out: list[Issue] = []
+        fixed = REGISTERS[self.type]
+        if self.type is DataType.STRING and self.count is None:
+            out.append((("count",), "type string needs count (registers, two characters each)"))
+        if fixed is not None and self.count is not None and self.count != fixed:
+            out.append(
+                (("count",), f"{self.type.value} occupies {fixed} register(s), not {self.count}")
+            )
+        if self.type is DataType.BOOL and self.table not in BIT_TABLES:
+            out.append(
+                (
+                    ("type",),
+                    f"type bool reads a coil or discrete_input, not a {self.table.value} "
+                    "register; use type bit with bit: 0..15 for a bit inside a register",
+                )
+            )
+        if self.type is not DataType.BOOL and self.table in BIT_TABLES:
+            out.append((("type",), f"a {self.table.value} holds one bit; use type bool"))
+        if self.type is DataType.BIT and self.bit is None:
+            out.append((("bit",), "type bit needs bit: 0..15"))
+        if self.type is not DataType.BIT and self.bit is not None:
+            out.append((("bit",), "bit is only for type bit"))
+        if self.type is DataType.STRING and self.word_order not in (WordOrder.ABCD, WordOrder.BADC):
+            out.append((("word_order",), "strings take ABCD or BADC only"))
+        numeric = self.type not in (DataType.BOOL, DataType.BIT, DataType.STRING)
+        if not numeric and (self.scale != 1.0 or self.offset != 0.0):
+            out.append((("scale",), f"scale and offset apply to numbers, not {self.type.value}"))
+        if self.address + self.register_count - 1 > 65535:
+            out.append(
+                (("address",), f"{self.address} + {self.register_count} registers passes 65535")
+            )
+        return out
+
+
+class ModbusTcpDevice(BaseModel):
+    """A PLC (or a gateway unit) reached over Modbus TCP."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["modbus_tcp"] = Field(description="Driver: modbus_tcp.")
+    name: Name = Field(description="Device name, unique in the file; used in logs and records.")
+    host: str = Field(min_length=1, description="PLC or gateway IP address or host name.")
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit (device) id.")
+    station: Name | None = Field(
+        default=None, description="Station the points belong to unless a point says otherwise."
+    )
+    timeout: float = Field(default=1.0, gt=0, le=60, description="Seconds per request.")
+    poll_interval: float = Field(default=1.0, gt=0, le=86400, description="Default, seconds.")
+    address_base: Literal[0, 1] = Field(
+        default=0,
+        description="0 if addresses are protocol addresses; 1 if the PLC manual counts from 1.",
+    )
+    max_registers: int = Field(
+        default=125, ge=1, le=125, description="Largest single register request."
+    )
+    max_gap: int = Field(
+        default=8,
+        ge=0,
+        le=124,
+        description="Unused registers a coalesced request may span to save a round trip.",
+    )
+    connect_delay: float = Field(
+        default=0.0, ge=0, le=60, description="Pause after connecting (some PLCs need it)."
+    )
+    request_delay: float = Field(
+        default=0.0, ge=0, le=10, description="Pause between requests (slow gateways)."
+    )
+    backoff_initial: float = Field(default=0.5, gt=0, le=60, description="Reconnect backoff base.")
+    backoff_max: float = Field(default=30.0, gt=0, le=3600, description="Reconnect backoff cap.")
+    points: list[ModbusPoint] = Field(min_length=1)
+
+    def issues(self) -> list[Issue]:
+        """Cross-field problems with key paths relative to this device."""
+        out: list[Issue] = []
+        seen: dict[str, int] = {}
+        for i, p in enumerate(self.points):
+            out.extend((("points", i, *path), msg) for path, msg in p.issues())
+            if p.name in seen:
+                out.append(
+                    (
+                        ("points", i, "name"),
+                        f"duplicate point name {p.name!r} (also points[{seen[p.name]}])",
+                    )
+                )
+            else:
+                seen[p.name] = i
+            if self.address_base == 1 and p.address == 0:
+                out.append((("points", i, "address"), "address_base is 1, so addresses start at 1"))
+        if self.backoff_max < self.backoff_initial:
+            out.append((("backoff_max",), "must be at least backoff_initial"))
+        if not out:
+            from drivers.modbus.plan import plan_issues  # the planner imports this module
+
+            out.extend(plan_issues(self))
+        return out
+
+    def point_station(self, point: ModbusPoint) -> str | None:
+        return point.station or self.station

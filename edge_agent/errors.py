@@ -1,0 +1,60 @@
+"""The project's small error tree.
+
+Drivers translate library exceptions at their edge (``raise ReadError(...) from exc``) so the
+rest of the agent only ever sees these types, never ``None`` as a failure signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EdgeAgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, located as precisely as the YAML allows."""
+
+    file: str
+    line: int | None
+    column: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(EdgeAgentError):
+    """A config file is unusable; carries every problem found, not just the first."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+class DeviceError(EdgeAgentError):
+    """A device could not be talked to."""
+
+    def __init__(self, device: str, message: str) -> None:
+        self.device = device
+        super().__init__(f"device {device!r}: {message}")
+
+
+class ConnectError(DeviceError):
+    """The connection to a device could not be opened or was lost."""
+
+
+class ReadError(DeviceError):
+    """The device is connected but a read failed as a whole (timeout, protocol error)."""
+
+
+class BufferError_(EdgeAgentError):  # noqa: N801 - avoid shadowing the builtin BufferError
+    """The local journal could not store or hand out records."""
+
+
+class SyncError(EdgeAgentError):
+    """Publishing to the broker failed."""

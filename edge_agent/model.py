@@ -1,0 +1,74 @@
+"""Data that flows between the layers: observations (driver -> binder) and records
+(binder -> buffer -> sync).
+
+Kept free of I/O so binding stays a pure function and every layer can be tested alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+Value = bool | int | float | str | None
+
+
+class Quality(StrEnum):
+    """OPC-style quality of one value. Errors are data: a bad read is an observation too."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+class DeviceState(StrEnum):
+    """What the operator sees for a device."""
+
+    STARTING = "starting"
+    UP = "up"
+    DEGRADED = "degraded"  # connected, but some reads fail (e.g. Modbus exception responses)
+    DOWN = "down"  # no connection; being retried with backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One value from one point of one device, as read.
+
+    ``ts`` is UTC wall-clock (seconds since the epoch) for humans and the trace store;
+    ordering never relies on it (the clock can jump) but on arrival order at the binder.
+    """
+
+    device: str
+    point: str
+    value: Value
+    quality: Quality = Quality.GOOD
+    ts: float = field(default_factory=time.time)
+    source_ts: float | None = None
+    unit: str | None = None
+    error: str | None = None  # why quality is not GOOD
+
+
+class RecordKind(StrEnum):
+    """Kinds of records on the wire (see docs/wire-format.md)."""
+
+    READING = "reading"  # a process value with the station context it was taken in
+    CONTEXT = "context"  # a station context key changed (serial, lot, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDraft:
+    """A bound record before the buffer gives it its sequence number.
+
+    ``body`` is the record as it goes on the wire, minus ``seq`` (added on append).
+    """
+
+    station: str
+    kind: RecordKind
+    body: dict[str, Any]
+
+
+def iso_utc(ts: float) -> str:
+    """Render epoch seconds as ISO 8601 UTC with microseconds and a trailing ``Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh machine (Mosquitto from the OS packages, the
+# package with its test extras), then run the whole suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq mosquitto >/dev/null
+fi
+
+python -m pip install -q -e '.[test]'
+python -m pytest "$@"

@@ -1,0 +1,56 @@
+"""Shared fixtures. Keep this file thin: helpers live in modules beside it (mqtt_helpers, ...)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mqtt_helpers import Mosquitto, Subscriber
+
+THREAD_GRACE = 5.0
+"""Seconds threads started by a test get to finish after it before they count as leaked."""
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak() -> Iterator[None]:
+    """Fail the test if a thread it started is still alive after its teardown.
+
+    Autouse fixtures are set up first and so torn down last: every other fixture (brokers,
+    buffers, the event loop and its executor) has been closed when this checks.
+    """
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + THREAD_GRACE
+    for thread in threading.enumerate():
+        if thread not in before:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    leaked = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    if leaked:
+        pytest.fail(f"test leaked threads: {', '.join(sorted(leaked))}", pytrace=False)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running mosquitto on a free 127.0.0.1 port, persistence in the test's tmp dir."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def mqtt_subscriber(mosquitto: Mosquitto, request: pytest.FixtureRequest) -> Iterator[Subscriber]:
+    """A persistent QoS 1 subscriber to every topic of ``mosquitto``, subscribed already."""
+    client_id = "sub-" + re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:40]
+    subscriber = Subscriber(mosquitto.port, "#", client_id=client_id)
+    subscriber.start()
+    try:
+        yield subscriber
+    finally:
+        subscriber.stop()

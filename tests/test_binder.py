@@ -1,0 +1,178 @@
+"""Binding is a pure function: tables of (contexts, observations) -> records."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from edge_agent.binder import Binder, BindingRules, bind, context_value
+from edge_agent.model import Observation, Quality, RecordKind
+
+RULES = BindingRules(
+    station_of={
+        ("plc", "serial"): "ST10",
+        ("plc", "lot"): "ST10",
+        ("plc", "temp"): "ST10",
+        ("plc", "force"): "ST10",
+        ("plc2", "temp"): "ST20",
+        ("plc2", "serial"): "ST20",
+    },
+    context_of={
+        ("plc", "serial"): (("ST10", "serial"),),
+        ("plc", "lot"): (("ST10", "lot"),),
+        ("plc2", "serial"): (("ST20", "serial"),),
+    },
+    station_keys={"ST10": ("serial", "lot"), "ST20": ("serial",)},
+)
+
+
+def obs(device: str, point: str, value: Any, quality: Quality = Quality.GOOD, **kw: Any) -> Observation:
+    return Observation(device, point, value, quality, ts=1_700_000_000.0, **kw)
+
+
+def summary(drafts: list[Any]) -> list[tuple[Any, ...]]:
+    """Records as compact tuples: (kind, station, point-or-key, value, ctx serial)."""
+    out = []
+    for d in drafts:
+        b = d.body
+        name = b["key"] if d.kind is RecordKind.CONTEXT else b["point"]
+        out.append((d.kind.value, d.station, name, b["value"], b["ctx"].get("serial")))
+    return out
+
+
+CASES: list[tuple[str, dict[str, dict[str, Any]], list[list[Observation]], list[tuple[Any, ...]]]] = [
+    (
+        "reading with no serial is kept and marked (serial None)",
+        {},
+        [[obs("plc", "temp", 21.5)]],
+        [("reading", "ST10", "temp", 21.5, None)],
+    ),
+    (
+        "serial read in the same response applies before its readings",
+        {},
+        [[obs("plc", "temp", 21.5), obs("plc", "serial", "SN1")]],
+        [("context", "ST10", "serial", "SN1", "SN1"), ("reading", "ST10", "temp", 21.5, "SN1")],
+    ),
+    (
+        "a reading taken before the new serial belongs to the previous one",
+        {"ST10": {"serial": "SN1", "lot": None}},
+        [[obs("plc", "temp", 1.0)], [obs("plc", "serial", "SN2")], [obs("plc", "temp", 2.0)]],
+        [
+            ("reading", "ST10", "temp", 1.0, "SN1"),
+            ("context", "ST10", "serial", "SN2", "SN2"),
+            ("reading", "ST10", "temp", 2.0, "SN2"),
+        ],
+    ),
+    (
+        "an unchanged serial makes no context record",
+        {"ST10": {"serial": "SN1", "lot": None}},
+        [[obs("plc", "serial", "SN1"), obs("plc", "temp", 3.0)]],
+        [("reading", "ST10", "temp", 3.0, "SN1")],
+    ),
+    (
+        "padding is trimmed and an empty serial register clears the serial",
+        {"ST10": {"serial": "SN1", "lot": None}},
+        [[obs("plc", "serial", "  SN1 ")], [obs("plc", "serial", "")], [obs("plc", "temp", 4.0)]],
+        [
+            ("context", "ST10", "serial", None, None),
+            ("reading", "ST10", "temp", 4.0, None),
+        ],
+    ),
+    (
+        "a BAD serial read keeps the context and is recorded as a BAD reading",
+        {"ST10": {"serial": "SN1", "lot": None}},
+        [[obs("plc", "serial", None, Quality.BAD, error="timeout"), obs("plc", "temp", None, Quality.BAD)]],
+        [
+            ("reading", "ST10", "serial", None, "SN1"),
+            ("reading", "ST10", "temp", None, "SN1"),
+        ],
+    ),
+    (
+        "stations keep separate contexts",
+        {},
+        [[obs("plc", "serial", "A1")], [obs("plc2", "serial", "B1"), obs("plc2", "temp", 9.0)],
+         [obs("plc", "temp", 8.0)]],
+        [
+            ("context", "ST10", "serial", "A1", "A1"),
+            ("context", "ST20", "serial", "B1", "B1"),
+            ("reading", "ST20", "temp", 9.0, "B1"),
+            ("reading", "ST10", "temp", 8.0, "A1"),
+        ],
+    ),
+    (
+        "lot and serial change together; both context records precede the reading",
+        {},
+        [[obs("plc", "serial", "SN9"), obs("plc", "lot", "L7"), obs("plc", "force", 2)]],
+        [
+            ("context", "ST10", "serial", "SN9", "SN9"),
+            ("context", "ST10", "lot", "L7", "SN9"),
+            ("reading", "ST10", "force", 2, "SN9"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("title", "start", "batches", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bind_table(
+    title: str,
+    start: dict[str, dict[str, Any]],
+    batches: list[list[Observation]],
+    expected: list[tuple[Any, ...]],
+) -> None:
+    contexts = RULES.empty_contexts()
+    contexts.update({k: MappingProxyType(v) for k, v in start.items()})
+    binder = Binder(RULES, contexts)
+    drafts = [d for batch in batches for d in binder.feed(batch)]
+    assert summary(drafts) == expected
+
+
+def test_bind_is_pure() -> None:
+    contexts = RULES.empty_contexts()
+    before = {k: dict(v) for k, v in contexts.items()}
+    new, drafts = bind(contexts, [obs("plc", "serial", "SN1")], RULES)
+    assert {k: dict(v) for k, v in contexts.items()} == before  # input untouched
+    assert new["ST10"]["serial"] == "SN1"
+    assert drafts[0].body["previous"] is None
+    # A record keeps the context it was bound to, even after later changes.
+    binder = Binder(RULES)
+    first = binder.feed([obs("plc", "serial", "SN1"), obs("plc", "temp", 1.0)])[-1]
+    binder.feed([obs("plc", "serial", "SN2")])
+    assert first.body["ctx"]["serial"] == "SN1"
+
+
+def test_no_change_returns_same_contexts() -> None:
+    contexts = RULES.empty_contexts()
+    new, _ = bind(contexts, [obs("plc", "temp", 1.0)], RULES)
+    assert new is contexts
+
+
+def test_reading_body_fields() -> None:
+    (d,) = Binder(RULES).feed(
+        [obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5)]
+    )
+    assert d.body == {
+        "kind": "reading",
+        "station": "ST10",
+        "ts": "2023-11-14T22:13:20.000000Z",
+        "device": "plc",
+        "point": "temp",
+        "value": 21.5,
+        "quality": "good",
+        "ctx": {"serial": None, "lot": None},
+        "unit": "degC",
+        "source_ts": "2023-11-14T22:13:21.500000Z",
+    }
+
+
+def test_unknown_point_is_kept_not_dropped() -> None:
+    (d,) = Binder(RULES).feed([obs("ghost", "x", 1)])
+    assert d.station == "_unassigned"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("SN1", "SN1"), (" SN1\t", "SN1"), ("", None), ("   ", None), (42, 42)]
+)
+def test_context_value(raw: Any, expected: Any) -> None:
+    assert context_value(raw) == expected
