@@ -11,6 +11,8 @@ and go into the next one, so the batch size follows the load without a flush tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -89,6 +91,7 @@ class SqliteBuffer:
         self.appended = 0
         self.committed_total = 0
         self.new_data = asyncio.Event()
+        self._empty_waiters: list[asyncio.Future[None]] = []
         self.failure: BaseException | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -96,6 +99,8 @@ class SqliteBuffer:
     async def start(self) -> None:
         """Open (or create) the journal and start the owning thread."""
         self._loop = asyncio.get_running_loop()
+        # Events belong to the running loop, so they are made here (callers read
+        # ``buffer.new_data`` each time rather than keeping a reference from before start).
         self.new_data = asyncio.Event()
         opened: Future[tuple[int, int]] = Future()
         self._thread = threading.Thread(
@@ -185,25 +190,39 @@ class SqliteBuffer:
 
         return await self._submit(job)
 
-    async def delete(self, seqs: Sequence[int]) -> None:
-        """Drop delivered records. Only sync calls this, and only after confirmation."""
+    async def delete(self, seqs: Sequence[int]) -> int:
+        """Drop delivered records; returns how many rows went. Only sync calls this, and
+        only after confirmation. ``depth`` follows the commit, even if the caller is
+        cancelled while waiting."""
         if not seqs:
-            return
+            return 0
         ranges = _ranges(sorted(seqs))
 
         def job(db: sqlite3.Connection) -> int:
             with db:
                 n = 0
                 for lo, hi in ranges:
-                    n += db.execute("DELETE FROM records WHERE seq BETWEEN ? AND ?", (lo, hi)).rowcount
+                    n += db.execute(
+                        "DELETE FROM records WHERE seq BETWEEN ? AND ?", (lo, hi)
+                    ).rowcount
+            self._notify(functools.partial(self._deleted, n))
             return n
 
-        removed = await self._submit(job)
-        self.depth -= removed
+        return await self._submit(job)
+
+    async def wait_empty(self) -> None:
+        """Return once every committed record has been delivered and deleted."""
+        if self.depth <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._empty_waiters.append(fut)
+        await fut
 
     async def count(self) -> int:
         """Rows in the journal (a query, for tests and the CLI; ``depth`` is the cheap gauge)."""
-        return int(await self._submit(lambda db: db.execute("SELECT count(*) FROM records").fetchone()[0]))
+        return int(
+            await self._submit(lambda db: db.execute("SELECT count(*) FROM records").fetchone()[0])
+        )
 
     # ---- the owning thread -----------------------------------------------------------
 
@@ -224,7 +243,7 @@ class SqliteBuffer:
         # scanner beep follow it. NORMAL trades that for speed (survives process crashes).
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
-        db.isolation_level = ""  # back to implicit transactions, managed with `with db:`
+        db.isolation_level = "DEFERRED"  # implicit transactions again, managed with `with db:`
         db.executescript(SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
         max_row = db.execute("SELECT max(seq), count(*) FROM records").fetchone()
@@ -243,7 +262,10 @@ class SqliteBuffer:
                 with self._lock:
                     while not self._pending and not self._jobs and not self._closing:
                         self._wake.wait()
-                    batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
+                    batch = [
+                        self._pending.popleft()
+                        for _ in range(min(len(self._pending), self.max_batch))
+                    ]
                     jobs = list(self._jobs)
                     self._jobs.clear()
                     closing = self._closing and not self._pending and not batch
@@ -263,7 +285,7 @@ class SqliteBuffer:
         except Exception as exc:
             log.exception("buffer thread failed")
             self.failure = exc
-            self._notify(lambda: self._fail_waiters(exc))
+            self._notify(functools.partial(self._fail_waiters, exc))
         finally:
             db.close()
 
@@ -271,7 +293,12 @@ class SqliteBuffer:
         # Serialising here keeps JSON encoding off the event loop. ``default=dict`` renders the
         # binder's read-only context mappings.
         rows = [
-            (seq, d.station, d.kind.value, json.dumps({"seq": seq, **d.body}, separators=(",", ":"), default=dict))
+            (
+                seq,
+                d.station,
+                d.kind.value,
+                json.dumps({"seq": seq, **d.body}, separators=(",", ":"), default=dict),
+            )
             for seq, d in batch
         ]
         last = batch[-1][0]
@@ -288,10 +315,9 @@ class SqliteBuffer:
     def _notify(self, fn: Callable[[], None]) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            try:
+            # The loop may close between the check and the call.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(fn)
-            except RuntimeError:  # loop closed between the check and the call
-                pass
 
     # ---- back on the event loop ------------------------------------------------------
 
@@ -310,6 +336,14 @@ class SqliteBuffer:
             else:
                 still.append((target, fut))
         self._flush_waiters = still
+
+    def _deleted(self, n: int) -> None:
+        self.depth -= n
+        if self.depth <= 0:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     def _fail_waiters(self, exc: BaseException) -> None:
         for _, fut in self._flush_waiters:

@@ -62,8 +62,12 @@ class DeviceStatus:
         elif state is DeviceState.DEGRADED:
             log.warning("device %s is degraded: %s", self.name, error, extra={"device": self.name})
         elif state is DeviceState.UP and previous is not DeviceState.STARTING:
-            log.info("device %s recovered (was %s)", self.name, previous.value,
-                     extra={"device": self.name})
+            log.info(
+                "device %s recovered (was %s)",
+                self.name,
+                previous.value,
+                extra={"device": self.name},
+            )
         else:
             log.info("device %s is %s", self.name, state.value, extra={"device": self.name})
 

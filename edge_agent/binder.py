@@ -37,7 +37,9 @@ class BindingRules:
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> BindingRules:
         station_of = {
-            (dev.name, p.name): cfg.station_of(dev, p.name) for dev in cfg.devices for p in dev.points
+            (dev.name, p.name): cfg.station_of(dev, p.name)
+            for dev in cfg.devices
+            for p in dev.points
         }
         context_of: dict[PointKey, list[tuple[str, str]]] = {}
         for st in cfg.stations:
@@ -51,9 +53,7 @@ class BindingRules:
 
     def empty_contexts(self) -> dict[str, Context]:
         """Every station with every configured key unset (``None``)."""
-        return {
-            st: MappingProxyType(dict.fromkeys(keys)) for st, keys in self.station_keys.items()
-        }
+        return {st: MappingProxyType(dict.fromkeys(keys)) for st, keys in self.station_keys.items()}
 
 
 UNASSIGNED = "_unassigned"

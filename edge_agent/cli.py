@@ -39,16 +39,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=5020)
     p.add_argument("--stations", type=int, default=1, help="stations = unit ids 1..N")
     p.add_argument("--cycle-time", type=float, default=2.0, help="seconds per part")
-    p.add_argument("--print-config", action="store_true",
-                   help="print a matching agent config (YAML) and exit")
+    p.add_argument(
+        "--print-config", action="store_true", help="print a matching agent config (YAML) and exit"
+    )
 
     p = sub.add_parser("demo", help="simulator + agent + broker, with a live view of what flows")
     p.add_argument("--duration", type=float, default=30.0, help="seconds; 0 runs until Ctrl-C")
     p.add_argument("--stations", type=int, default=3)
     p.add_argument("--cycle-time", type=float, default=2.0)
     p.add_argument("--poll-interval", type=float, default=0.1)
-    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
-                   help="auto: Mosquitto if installed, else the embedded amqtt broker")
+    p.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default="auto",
+        help="auto: Mosquitto if installed, else the embedded amqtt broker",
+    )
 
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -88,8 +93,10 @@ def _validate(paths: Sequence[str]) -> int:
             print(f"{path}: {len(exc.issues)} problem(s)", file=sys.stderr)
         else:
             points = sum(len(d.points) for d in cfg.devices)
-            print(f"{path}: OK ({len(cfg.stations)} station(s), {len(cfg.devices)} device(s), "
-                  f"{points} point(s))")
+            print(
+                f"{path}: OK ({len(cfg.stations)} station(s), {len(cfg.devices)} device(s), "
+                f"{points} point(s))"
+            )
     return EXIT_CONFIG if bad else 0
 
 
@@ -127,10 +134,17 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.print_config:
         import yaml
 
-        cfg = demo_config(modbus_port=args.port, modbus_host=args.host, mqtt_port=1883,
-                          buffer_path="data/buffer.db", stations=args.stations)
-        print("# Agent config for `edge-agent simulate --port %d --stations %d`"
-              % (args.port, args.stations))
+        cfg = demo_config(
+            modbus_port=args.port,
+            modbus_host=args.host,
+            mqtt_port=1883,
+            buffer_path="data/buffer.db",
+            stations=args.stations,
+        )
+        print(
+            f"# Agent config for `edge-agent simulate --port {args.port} "
+            f"--stations {args.stations}`"
+        )
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
 
@@ -143,8 +157,10 @@ def _simulate(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         async with ModbusStationServer(models, host=args.host, port=args.port) as server:
-            print(f"simulated station PLC(s) on {args.host}:{server.port}, unit ids "
-                  f"1..{args.stations} ({', '.join(station_name(i) for i in range(args.stations))})")
+            print(
+                f"simulated station PLC(s) on {args.host}:{server.port}, unit ids "
+                f"1..{args.stations} ({', '.join(station_name(i) for i in range(args.stations))})"
+            )
             print("holding registers (input registers mirror them):")
             for name, (addr, kind, order, count, unit, scale) in REGISTER_MAP.items():
                 extra = f" x{scale}" if scale != 1.0 else ""

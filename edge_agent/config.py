@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -109,7 +109,10 @@ class AgentConfig(BaseModel):
             for j, p in enumerate(dev.points):
                 if p.station is not None and p.station not in stations:
                     out.append(
-                        (("devices", i, "points", j, "station"), _unknown("station", p.station, stations))
+                        (
+                            ("devices", i, "points", j, "station"),
+                            _unknown("station", p.station, stations),
+                        )
                     )
                 elif dev.point_station(p) is None and len(self.stations) > 1:
                     out.append(
@@ -128,7 +131,9 @@ class AgentConfig(BaseModel):
                 dev = self.devices[devices[src.device]]
                 names = {p.name for p in dev.points}
                 if src.point not in names:
-                    out.append(((*path, "point"), _unknown(f"point of {src.device!r}", src.point, names)))
+                    out.append(
+                        ((*path, "point"), _unknown(f"point of {src.device!r}", src.point, names))
+                    )
         return out
 
     def station_of(self, device: ModbusTcpDevice, point_name: str) -> str:
@@ -170,7 +175,9 @@ def parse_config(text: str, file: str = "<config>") -> AgentConfig:
     if data is None:
         raise ConfigError(issues)
     if not isinstance(data, dict):
-        issues.append(smap.issue((), f"expected a mapping of sections, found {type(data).__name__}"))
+        issues.append(
+            smap.issue((), f"expected a mapping of sections, found {type(data).__name__}")
+        )
         raise ConfigError(issues)
     try:
         cfg = AgentConfig.model_validate(data)
@@ -188,78 +195,67 @@ def _sorted(issues: list[ConfigIssue]) -> list[ConfigIssue]:
 
 
 def _pydantic_issue(err: ErrorDetails, data: Any, smap: SourceMap) -> ConfigIssue:
-    path, parent = _data_path(err["loc"], data)
+    path = _data_path(err["loc"], data)
     kind = err["type"]
+    found = err.get("input")
     if kind == "extra_forbidden":
-        key = path[-1]
-        msg = f"unknown key {key!r}"
-        allowed = _allowed_keys(parent, path)
-        close = difflib.get_close_matches(str(key), allowed, n=1) if allowed else []
-        if close:
-            msg += f"; did you mean {close[0]!r}?"
-        return smap.issue(path, msg)
+        key = str(path[-1])
+        close = difflib.get_close_matches(key, _allowed_keys(path), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return smap.issue(path, f"unknown key {key!r}{hint}")
     if kind == "missing":
         return smap.issue(path, "missing required key")
-    msg = err["msg"]
-    if kind not in ("union_tag_not_found",) and "input" in err and not isinstance(
-        err["input"], dict | list
-    ):
-        msg += f" (found {err['input']!r})"
     if kind == "union_tag_invalid":
-        msg = f"unknown device type {err['input'].get('type')!r}; expected one of {err.get('ctx', {}).get('expected_tags')}"
-        path = (*path, "type")
-    elif kind == "union_tag_not_found":
-        msg = "missing required key 'type' (which driver runs this device)"
+        expected = err.get("ctx", {}).get("expected_tags")
+        tag = found.get("type") if isinstance(found, dict) else found
+        return smap.issue(
+            (*path, "type"), f"unknown device type {tag!r}; expected one of {expected}"
+        )
+    if kind == "union_tag_not_found":
+        return smap.issue(path, "missing required key 'type' (which driver runs this device)")
+    msg = err["msg"]
+    if not isinstance(found, dict | list):
+        msg += f" (found {found!r})"
     return smap.issue(path, msg)
 
 
-def _data_path(loc: tuple[int | str, ...], data: Any) -> tuple[tuple[str | int, ...], Any]:
-    """Map pydantic's loc onto the data: drop discriminator tags (``devices.0.modbus_tcp``)
-    that are not keys in the file. Returns (path, the container holding the last key)."""
+def _data_path(loc: tuple[int | str, ...], data: Any) -> tuple[str | int, ...]:
+    """Map pydantic's loc onto the file's keys: drop discriminator tags (the ``modbus_tcp``
+    in ``devices.0.modbus_tcp.points``), which are not keys in the file."""
     path: list[str | int] = []
-    node, parent = data, None
+    node: Any = data
     for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        path.append(part)
         if isinstance(node, dict):
-            if part in node:
-                parent, node = node, node[part]
-                path.append(part)
-            elif isinstance(part, str) and node.get("type") == part:
-                continue  # a union tag, not a key in the file
-            else:
-                parent, node = node, None
-                path.append(part)
+            node = node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            parent, node = node, node[part]
-            path.append(part)
+            node = node[part]
         else:
-            path.append(part)
-            parent, node = node, None
-    return tuple(path), parent
+            node = None
+    return tuple(path)
 
 
-def _allowed_keys(parent: Any, path: tuple[str | int, ...]) -> list[str]:
-    """Field names of the model at ``path[:-1]``, for "did you mean"."""
+def _allowed_keys(path: tuple[str | int, ...]) -> list[str]:
+    """Field names of the model that holds ``path[-1]``, for "did you mean"."""
     model: Any = AgentConfig
     for part in path[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None:
-            return []
-        model = _model_of(field.annotation, parent if part == path[-2] else None)
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
         if model is None:
             return []
-    return list(model.model_fields) if hasattr(model, "model_fields") else []
+    return list(model.model_fields)
 
 
-def _model_of(annotation: Any, _parent: Any) -> Any:
-    """The pydantic model inside an annotation like ``list[X]``, ``X | None`` or ``dict[str, X]``."""
-    from typing import get_args
-
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation like ``list[X]``, ``X | None`` or ``dict[str, X]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in get_args(annotation):
-        found = _model_of(arg, _parent)
+        found = _model_in(arg)
         if found is not None:
             return found
     return None

@@ -8,6 +8,7 @@ first, commit everything read so far, then stop sync and close the journal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -42,7 +43,12 @@ class Agent:
         self.rules = BindingRules.from_config(cfg)
         self.binder = Binder(self.rules)
         self.buffer = SqliteBuffer(cfg.buffer.path, synchronous=cfg.buffer.synchronous)
-        self.drivers: list[PolledDriver] = [create_driver(d) for d in cfg.devices]
+        self.drivers: list[PolledDriver] = []
+        for device in cfg.devices:
+            driver = create_driver(device)
+            if not isinstance(driver, PolledDriver):  # streaming devices come with their drivers
+                raise TypeError(f"device {device.name!r}: streaming drivers are not wired in yet")
+            self.drivers.append(driver)
         self.sync = MqttSync(
             cfg.mqtt,
             agent_id=cfg.agent.id,
@@ -99,25 +105,29 @@ class Agent:
                 await asyncio.gather(*device_tasks, return_exceptions=True)
                 if self.fatal is None:
                     last = await self.buffer.flush()
-                    log.info("acquisition stopped; everything read is committed (last seq %d)", last)
+                    log.info(
+                        "acquisition stopped; everything read is committed (last seq %d)", last
+                    )
                     await self._drain()
                 sync_task.cancel()
                 await asyncio.gather(sync_task, return_exceptions=True)
         finally:
             if self.fatal is None:
                 await self.buffer.stop()
-                log.info("agent stopped; %d record(s) stay buffered for the next start",
-                         self.buffer.depth)
+                log.info(
+                    "agent stopped; %d record(s) stay buffered for the next start",
+                    self.buffer.depth,
+                )
         if self.fatal is not None:
             raise self.fatal
 
     async def _drain(self) -> None:
         """Give sync a short moment to deliver what is committed; whatever is left stays
         in the journal and goes out after the next start."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.drain_timeout
-        while self.buffer.depth > 0 and self.sync.status.connected and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if not self.sync.status.connected:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.buffer.wait_empty(), self.drain_timeout)
 
     async def _device(self, driver: PolledDriver) -> None:
         """One device's task. A bug in a driver is logged and the device restarted after a
@@ -129,8 +139,11 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("device %s failed unexpectedly; restarting it", driver.name,
-                              extra={"device": driver.name})
+                log.exception(
+                    "device %s failed unexpectedly; restarting it",
+                    driver.name,
+                    extra={"device": driver.name},
+                )
                 driver.status.set_state(DeviceState.DOWN, f"internal error: {exc!r}")
                 await asyncio.sleep(backoff_delay(attempt, 1.0, 60.0))
                 attempt += 1

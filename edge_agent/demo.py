@@ -64,8 +64,13 @@ async def run_demo(
                         f"buffer {cfg.buffer.path}",
                         file=out,
                     )
-                    print("Ctrl-C to stop." if duration <= 0 else f"running {duration:.0f}s "
-                          "(Ctrl-C stops early).", file=out, flush=True)
+                    print(
+                        "Ctrl-C to stop."
+                        if duration <= 0
+                        else f"running {duration:.0f}s (Ctrl-C stops early).",
+                        file=out,
+                        flush=True,
+                    )
                     agent = Agent(cfg)
                     agent_task = asyncio.create_task(agent.run(stop), name="agent")
                     view = asyncio.create_task(_live_view(agent, collector, out), name="view")
@@ -81,8 +86,10 @@ async def run_demo(
                     # Whatever was committed and delivered must be at the collector.
                     await asyncio.to_thread(
                         collector.wait_for,
-                        lambda d: d.max_seq.get(cfg.agent.id, 0) >= agent.buffer.committed_seq
-                        - agent.buffer.depth,
+                        lambda d: (
+                            d.max_seq.get(cfg.agent.id, 0)
+                            >= agent.buffer.committed_seq - agent.buffer.depth
+                        ),
                         5.0,
                     )
                     return _summary(agent, collector, out)
@@ -115,9 +122,13 @@ async def _live_view(agent: Agent, collector: RecordCollector, out: TextIO) -> N
             file=out,
         )
         for station, ctx in s["stations"].items():
-            devs = ", ".join(f"{d}:{st}" for d, st in s["devices"].items())
-            print(f"    {station:<6} serial {ctx.get('serial')!s:<14} lot {ctx.get('lot')!s:<8} "
-                  f"[{devs}]", file=out)
+            mine = [d.name for d in agent.cfg.devices if d.station == station]
+            devs = ", ".join(f"{name}:{s['devices'][name]}" for name in mine)
+            print(
+                f"    {station:<6} serial {ctx.get('serial')!s:<14} lot {ctx.get('lot')!s:<8} "
+                f"[{devs}]",
+                file=out,
+            )
         out.flush()
 
 
@@ -128,7 +139,8 @@ def _summary(agent: Agent, collector: RecordCollector, out: TextIO) -> int:
     expected = set(range(1, delivered_upto + 1))
     missing = expected - set(seqs)
     print(
-        f"\nsummary: {agent.stats.records} records bound and committed (seq 1..{agent.buffer.committed_seq}); "
+        f"\nsummary: {agent.stats.records} records bound and committed "
+        f"(seq 1..{agent.buffer.committed_seq}); "
         f"{len(seqs)} unique records at the consumer; {agent.buffer.depth} still buffered; "
         f"{collector.data.duplicates} duplicates dropped; "
         + ("nothing lost." if not missing else f"{len(missing)} MISSING!"),

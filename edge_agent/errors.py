@@ -52,7 +52,7 @@ class ReadError(DeviceError):
     """The device is connected but a read failed as a whole (timeout, protocol error)."""
 
 
-class BufferError_(EdgeAgentError):  # noqa: N801 - avoid shadowing the builtin BufferError
+class BufferError_(EdgeAgentError):  # the trailing _ avoids shadowing the builtin
     """The local journal could not store or hand out records."""
 
 

@@ -120,7 +120,5 @@ def _build(
             out[key] = _build(value_node, child, smap, issues, ctor)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _build(item, (*path, i), smap, issues, ctor) for i, item in enumerate(node.value)
-        ]
+        return [_build(item, (*path, i), smap, issues, ctor) for i, item in enumerate(node.value)]
     return ctor.construct_object(node, deep=True)

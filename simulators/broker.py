@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess
@@ -48,8 +49,9 @@ class MosquittoBroker:
 
     name = "mosquitto"
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 workdir: str | Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", workdir: str | Path | None = None
+    ) -> None:
         exe = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
@@ -68,6 +70,9 @@ class MosquittoBroker:
     def _write_conf(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
+            # Run as whoever we are: as root Mosquitto would switch to user `mosquitto`,
+            # which cannot write persistence into our directory (queued messages lost).
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence true\n"

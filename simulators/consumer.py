@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 @dataclass
@@ -33,18 +34,19 @@ class RecordCollector:
     """Paho subscriber in its own thread. ``clean_session=False`` with a fixed client id and
     QoS 1, so records queued for it survive its own reconnects and a broker restart."""
 
-    def __init__(self, host: str, port: int, topic: str = "trace/#",
-                 client_id: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, topic: str = "trace/#", client_id: str | None = None
+    ) -> None:
         self.host, self.port, self.topic = host, port, topic
         self.lock = threading.Lock()
         self.data = Received()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"collector-{uuid.uuid4().hex[:8]}",
             clean_session=False,
         )
-        self._client.reconnect_delay_set(0.05, 0.5)
+        self._client.reconnect_delay_set(1, 2)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe

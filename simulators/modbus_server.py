@@ -61,19 +61,23 @@ class ModbusStationServer:
         transport = server.transport
         sockets = getattr(transport, "sockets", None)
         if not sockets:
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]
             raise OSError(f"simulator could not listen on {self.host}:{self._requested_port}")
         self.port = int(sockets[0].getsockname()[1])
         # Reuse the same port after a restart (tests stop and start the "PLC").
         self._requested_port = self.port
         self._server = server
-        log.info("simulated PLC on %s:%d, units %s", self.host, self.port,
-                 [s.unit_id for s in self.stations])
+        log.info(
+            "simulated PLC on %s:%d, units %s",
+            self.host,
+            self.port,
+            [s.unit_id for s in self.stations],
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]
             # pymodbus closes client connections asynchronously; give it one loop turn.
             await asyncio.sleep(0)
 

@@ -101,9 +101,7 @@ class MqttConfig(BaseModel):
         if self.password is not None and self.username is None:
             problems.append("password given without username")
         if any(invalid_topic_level(level) for level in self.topic_prefix.split("/")):
-            problems.append(
-                "topic_prefix: levels must be non-empty and free of '+', '#' and NUL"
-            )
+            problems.append("topic_prefix: levels must be non-empty and free of '+', '#' and NUL")
         if problems:
             raise ValueError("; ".join(problems))
         return self

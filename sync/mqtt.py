@@ -143,8 +143,9 @@ class _Link:
             async with asyncio.timeout(cfg.connect_timeout):
                 await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
-            raise SyncError(f"no CONNACK from {cfg.host}:{cfg.port} within "
-                            f"{cfg.connect_timeout:g} s") from None
+            raise SyncError(
+                f"no CONNACK from {cfg.host}:{cfg.port} within {cfg.connect_timeout:g} s"
+            ) from None
         if not self.connected.done():
             raise SyncError(self.lost.result())
 
@@ -157,9 +158,9 @@ class _Link:
 
     async def close(self) -> None:
         """Disconnect and join the network thread. Safe in any state, and when cancelled."""
+        # A TCP connect still running in its worker is not waited for (it may take the whole
+        # connect_timeout): _finish marks the link abandoned and the worker closes its socket.
         try:
-            if self._connect_job is not None and not self._connect_job.done():
-                await asyncio.wait({self._connect_job})  # bounded by connect_timeout
             if self._thread is not None and not self.lost.done():
                 self.client.disconnect()
                 with contextlib.suppress(TimeoutError):
@@ -254,8 +255,10 @@ class _Link:
         properties: Properties | None,
     ) -> None:
         self._seen_thread = threading.current_thread()
-        who = "broker" if flags.is_disconnect_packet_from_server else "connection"
-        self._post(self._set_lost, f"{who} closed: {reason_code}")
+        if flags.is_disconnect_packet_from_server:  # MQTT 5 only
+            self._post(self._set_lost, f"broker disconnected: {reason_code}")
+        else:
+            self._post(self._set_lost, f"connection ended ({reason_code})")
 
     def _on_publish(
         self,
@@ -315,13 +318,13 @@ class _Deleter:
             while self._pending:
                 seqs, self._pending = self._pending, []
                 try:
-                    await self._buffer.delete(seqs)
+                    removed = await self._buffer.delete(seqs)
                 except Exception as exc:
                     # The rows stay and go out again: a duplicate, never a loss.
                     log.exception("cannot delete %d delivered records", len(seqs))
                     self._status.last_error = f"delete failed: {exc}"
                     continue
-                self._status.confirmed_records += len(seqs)
+                self._status.confirmed_records += removed
                 self._status.last_confirmed_seq = max(self._status.last_confirmed_seq, *seqs)
         finally:
             self._task = None
@@ -361,7 +364,6 @@ class MqttSync:
         self._buffer = buffer
         self._deleter = _Deleter(buffer, self.status)
         self._session: _Session | None = None
-        self._after = 0
         self._stations: dict[str, tuple[str, str]] = {}  # station -> (topic, envelope head)
         self._down_since: float | None = None  # monotonic; set once the outage is logged
         self._down_failures = 0  # failed attempts in the current outage
@@ -412,21 +414,24 @@ class MqttSync:
         try:
             either: set[asyncio.Future[Any]] = {publisher, link.lost}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if publisher.done():
-                publisher.result()  # it only ends by raising
+            if publisher.done():  # it only ends by raising
+                error = publisher.exception()
+                # A publish refused because the connection just died: report why it died.
+                if not (isinstance(error, SyncError) and link.lost.done()):
+                    publisher.result()
             return link.lost.result()
         finally:
             publisher.cancel()
             await asyncio.wait({publisher})
             if not publisher.cancelled():
-                publisher.exception()  # retrieved (and raised above) or superseded by `lost`
+                publisher.exception()  # mark retrieved: raised above or superseded by `lost`
 
     async def _publish(self, link: _Link, session: _Session) -> None:
         buffer = self._buffer
         cfg = self.config
         # Everything unacknowledged on the last connection counts as not delivered: start
         # from the lowest seq still in the journal.
-        after = self._after
+        after = 0
         while True:
             buffer.new_data.clear()
             batch = await buffer.read_batch(after, cfg.batch_max_records, cfg.batch_max_bytes)
@@ -441,7 +446,6 @@ class MqttSync:
                 self.status.published_messages += 1
                 self.status.inflight = len(session.inflight)
             after = batch[-1].seq
-            self._after = after
 
     def _confirmed(self, seqs: list[int]) -> None:
         if self._session is not None:
@@ -474,7 +478,10 @@ class MqttSync:
         else:
             log.info(
                 "MQTT broker %s:%d reachable again after %.1f s (%d failed attempts)",
-                cfg.host, cfg.port, time.monotonic() - self._down_since, self._down_failures,
+                cfg.host,
+                cfg.port,
+                time.monotonic() - self._down_since,
+                self._down_failures,
             )
             self._down_since = None
             self._down_failures = 0
@@ -491,7 +498,10 @@ class MqttSync:
             self.status.since = time.time()
             log.error(
                 "MQTT broker %s:%d %s: %s; %d records waiting, retrying with backoff",
-                cfg.host, cfg.port, "connection lost" if was_up else "unreachable", reason,
+                cfg.host,
+                cfg.port,
+                "lost" if was_up else "unreachable",
+                reason,
                 self._buffer.depth,
             )
         else:

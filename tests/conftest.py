@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mqtt_helpers import Mosquitto, Subscriber
+
+from tests.mqtt_helpers import Mosquitto, Subscriber
 
 THREAD_GRACE = 5.0
 """Seconds threads started by a test get to finish after it before they count as leaked."""

@@ -28,7 +28,9 @@ RULES = BindingRules(
 )
 
 
-def obs(device: str, point: str, value: Any, quality: Quality = Quality.GOOD, **kw: Any) -> Observation:
+def obs(
+    device: str, point: str, value: Any, quality: Quality = Quality.GOOD, **kw: Any
+) -> Observation:
     return Observation(device, point, value, quality, ts=1_700_000_000.0, **kw)
 
 
@@ -42,7 +44,9 @@ def summary(drafts: list[Any]) -> list[tuple[Any, ...]]:
     return out
 
 
-CASES: list[tuple[str, dict[str, dict[str, Any]], list[list[Observation]], list[tuple[Any, ...]]]] = [
+CASES: list[
+    tuple[str, dict[str, dict[str, Any]], list[list[Observation]], list[tuple[Any, ...]]]
+] = [
     (
         "reading with no serial is kept and marked (serial None)",
         {},
@@ -83,7 +87,12 @@ CASES: list[tuple[str, dict[str, dict[str, Any]], list[list[Observation]], list[
     (
         "a BAD serial read keeps the context and is recorded as a BAD reading",
         {"ST10": {"serial": "SN1", "lot": None}},
-        [[obs("plc", "serial", None, Quality.BAD, error="timeout"), obs("plc", "temp", None, Quality.BAD)]],
+        [
+            [
+                obs("plc", "serial", None, Quality.BAD, error="timeout"),
+                obs("plc", "temp", None, Quality.BAD),
+            ]
+        ],
         [
             ("reading", "ST10", "serial", None, "SN1"),
             ("reading", "ST10", "temp", None, "SN1"),
@@ -92,8 +101,11 @@ CASES: list[tuple[str, dict[str, dict[str, Any]], list[list[Observation]], list[
     (
         "stations keep separate contexts",
         {},
-        [[obs("plc", "serial", "A1")], [obs("plc2", "serial", "B1"), obs("plc2", "temp", 9.0)],
-         [obs("plc", "temp", 8.0)]],
+        [
+            [obs("plc", "serial", "A1")],
+            [obs("plc2", "serial", "B1"), obs("plc2", "temp", 9.0)],
+            [obs("plc", "temp", 8.0)],
+        ],
         [
             ("context", "ST10", "serial", "A1", "A1"),
             ("context", "ST20", "serial", "B1", "B1"),
@@ -114,7 +126,9 @@ CASES: list[tuple[str, dict[str, dict[str, Any]], list[list[Observation]], list[
 ]
 
 
-@pytest.mark.parametrize(("title", "start", "batches", "expected"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("title", "start", "batches", "expected"), CASES, ids=[c[0] for c in CASES]
+)
 def test_bind_table(
     title: str,
     start: dict[str, dict[str, Any]],
@@ -149,9 +163,7 @@ def test_no_change_returns_same_contexts() -> None:
 
 
 def test_reading_body_fields() -> None:
-    (d,) = Binder(RULES).feed(
-        [obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5)]
-    )
+    (d,) = Binder(RULES).feed([obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5)])
     assert d.body == {
         "kind": "reading",
         "station": "ST10",

@@ -55,29 +55,51 @@ def test_good_config_defaults() -> None:
     ("change", "expected"),
     [
         # (old, new) substitution in GOOD -> the exact error line
-        (("host: 127.0.0.1", "host: 127.0.0.1\n    hots: x"),
-         "line3.yaml:10: devices[0].hots: unknown key 'hots'; did you mean 'host'?"),
-        (("address: 0,", "address: 70000,"),
-         "line3.yaml:12: devices[0].points[1].address: Input should be less than or equal to 65535 (found 70000)"),
-        (("type: float32", "type: float33"),
-         "line3.yaml:12: devices[0].points[1].type: Input should be 'bool', 'bit', 'int16', 'uint16', "
-         "'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string' (found 'float33')"),
-        (("word_order: CDAB", "word_order: ABDC"),
-         "line3.yaml:12: devices[0].points[1].word_order: Input should be 'ABCD', 'CDAB', 'BADC' or 'DCBA' (found 'ABDC')"),
-        (("type: float32,", "type: float32, count: 1,"),
-         "line3.yaml:12: devices[0].points[1].count: float32 occupies 2 register(s), not 1"),
-        (("name: temp", "name: serial"),
-         "line3.yaml:12: devices[0].points[1].name: duplicate point name 'serial' (also points[0])"),
-        (("point: serial}", "point: serail}"),
-         "line3.yaml:5: stations[0].context.serial.point: unknown point of 'plc1' 'serail'; did you mean 'serial'?"),
-        (("type: string, count: 6", "type: string"),
-         "line3.yaml:11: devices[0].points[0].count: type string needs count (registers, two characters each)"),
-        (("type: modbus_tcp", "type: modbus_tpc"),
-         "line3.yaml:8: devices[0].type: unknown device type 'modbus_tpc'; expected one of 'modbus_tcp'"),
-        (("    host: 127.0.0.1\n", ""),
-         "line3.yaml:7: devices[0].host: missing required key"),
-        (("agent: {site: plant1, line: line3, id: pc1}", "agent: {site: plant1, line: line3, id: pc1, id: pc2}"),
-         "line3.yaml:1: agent.id: duplicate key (first given on line 1)"),
+        (
+            ("host: 127.0.0.1", "host: 127.0.0.1\n    hots: x"),
+            "line3.yaml:10: devices[0].hots: unknown key 'hots'; did you mean 'host'?",
+        ),
+        (
+            ("address: 0,", "address: 70000,"),
+            "line3.yaml:12: devices[0].points[1].address: Input should be less than or equal to 65535 (found 70000)",
+        ),
+        (
+            ("type: float32", "type: float33"),
+            "line3.yaml:12: devices[0].points[1].type: Input should be 'bool', 'bit', 'int16', 'uint16', "
+            "'int32', 'uint32', 'int64', 'uint64', 'float32', 'float64' or 'string' (found 'float33')",
+        ),
+        (
+            ("word_order: CDAB", "word_order: ABDC"),
+            "line3.yaml:12: devices[0].points[1].word_order: Input should be 'ABCD', 'CDAB', 'BADC' or 'DCBA' (found 'ABDC')",
+        ),
+        (
+            ("type: float32,", "type: float32, count: 1,"),
+            "line3.yaml:12: devices[0].points[1].count: float32 occupies 2 register(s), not 1",
+        ),
+        (
+            ("name: temp", "name: serial"),
+            "line3.yaml:12: devices[0].points[1].name: duplicate point name 'serial' (also points[0])",
+        ),
+        (
+            ("point: serial}", "point: serail}"),
+            "line3.yaml:5: stations[0].context.serial.point: unknown point of 'plc1' 'serail'; did you mean 'serial'?",
+        ),
+        (
+            ("type: string, count: 6", "type: string"),
+            "line3.yaml:11: devices[0].points[0].count: type string needs count (registers, two characters each)",
+        ),
+        (
+            ("type: modbus_tcp", "type: modbus_tpc"),
+            "line3.yaml:8: devices[0].type: unknown device type 'modbus_tpc'; expected one of 'modbus_tcp'",
+        ),
+        (("    host: 127.0.0.1\n", ""), "line3.yaml:7: devices[0].host: missing required key"),
+        (
+            (
+                "agent: {site: plant1, line: line3, id: pc1}",
+                "agent: {site: plant1, line: line3, id: pc1, id: pc2}",
+            ),
+            "line3.yaml:1: agent.id: duplicate key (first given on line 1)",
+        ),
     ],
 )
 def test_single_error_is_located(change: tuple[str, str], expected: str) -> None:
@@ -87,14 +109,19 @@ def test_single_error_is_located(change: tuple[str, str], expected: str) -> None
 
 
 def test_every_problem_at_once() -> None:
-    text = GOOD.replace("address: 0,", "address: -1,").replace("hosts", "x").replace(
-        "host: 127.0.0.1", "host: 127.0.0.1\n    colour: red"
-    ).replace("site: plant1", "site: 'plant 1'")
+    text = (
+        GOOD.replace("address: 0,", "address: -1,")
+        .replace("hosts", "x")
+        .replace("host: 127.0.0.1", "host: 127.0.0.1\n    colour: red")
+        .replace("site: plant1", "site: 'plant 1'")
+    )
     found = errors(text)
     assert len(found) == 3, found
     assert found[0].startswith("line3.yaml:1: agent.site: String should match pattern")
     assert found[1] == "line3.yaml:10: devices[0].colour: unknown key 'colour'"
-    assert found[2].startswith("line3.yaml:13: devices[0].points[1].address: Input should be greater")
+    assert found[2].startswith(
+        "line3.yaml:13: devices[0].points[1].address: Input should be greater"
+    )
 
 
 def test_yaml_syntax_error_names_line() -> None:
@@ -111,9 +138,7 @@ def test_yaml_syntax_error_line_is_right() -> None:
 
 
 def test_multi_station_requires_assignment() -> None:
-    text = GOOD.replace(
-        "devices:", "  - name: ST20\ndevices:"
-    )
+    text = GOOD.replace("devices:", "  - name: ST20\ndevices:")
     found = errors(text)
     assert found == [
         "line3.yaml:12: devices[0].points[0]: belongs to no station: set station on the device "
@@ -125,7 +150,9 @@ def test_multi_station_requires_assignment() -> None:
 
 def test_unknown_station_reference() -> None:
     found = errors(GOOD.replace("    host: 127.0.0.1", "    host: 127.0.0.1\n    station: ST11"))
-    assert found == ["line3.yaml:10: devices[0].station: unknown station 'ST11'; did you mean 'ST10'?"]
+    assert found == [
+        "line3.yaml:10: devices[0].station: unknown station 'ST11'; did you mean 'ST10'?"
+    ]
 
 
 def test_empty_and_non_mapping_files() -> None:
@@ -138,7 +165,9 @@ def test_validate_cli_exit_2_no_traceback(tmp_path: Path) -> None:
     bad.write_text(GOOD.replace("address: 0,", "address: 70000,").replace("hosts", "x"))
     proc = subprocess.run(
         [sys.executable, "-m", "edge_agent.cli", "validate", str(bad)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert f"{bad}:12: devices[0].points[1].address:" in proc.stderr
@@ -147,7 +176,9 @@ def test_validate_cli_exit_2_no_traceback(tmp_path: Path) -> None:
     good.write_text(GOOD)
     proc = subprocess.run(
         [sys.executable, "-m", "edge_agent.cli", "validate", str(good)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout

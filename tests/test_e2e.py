@@ -11,34 +11,20 @@ import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from edge_agent.config import AgentConfig
 from edge_agent.daemon import Agent
-from simulators.broker import MosquittoBroker
 from simulators.consumer import RecordCollector
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.util import eventually
+from tests.mqtt_helpers import Mosquitto, eventually
 
 AGENT = "e2e-pc1"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    b = MosquittoBroker(workdir=tmp_path / "broker")
-    (tmp_path / "broker").mkdir()
-    b.start_sync()
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 def models(cycle_a: float = 0.25, cycle_b: float = 0.4) -> list[StationModel]:
@@ -65,7 +51,9 @@ def max_counter(col: RecordCollector, station: str) -> int:
             (
                 r["value"]
                 for r in col.data.records.values()
-                if r["kind"] == "reading" and r["point"] == "cycle_counter" and r["station"] == station
+                if r["kind"] == "reading"
+                and r["point"] == "cycle_counter"
+                and r["station"] == station
                 and r["quality"] == "good"
             ),
             default=0,
@@ -101,8 +89,9 @@ def check_against_truth(
     return checked
 
 
-def check_contexts_follow_parts(records: dict[tuple[str, int], dict[str, Any]],
-                                truth: dict[str, StationModel]) -> None:
+def check_contexts_follow_parts(
+    records: dict[tuple[str, int], dict[str, Any]], truth: dict[str, StationModel]
+) -> None:
     """Serial context records per station walk through consecutive parts, none skipped."""
     serials: dict[str, list[str]] = defaultdict(list)
     for _key, r in sorted(records.items()):
@@ -114,12 +103,13 @@ def check_contexts_follow_parts(records: dict[tuple[str, int], dict[str, Any]],
         assert seen == [model.serial(first + i) for i in range(len(seen))], station
 
 
-async def test_end_to_end_binding_and_delivery(tmp_path: Path, broker: MosquittoBroker) -> None:
+async def test_end_to_end_binding_and_delivery(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    broker = mosquitto
     sims = models()
     async with ModbusStationServer(sims) as plc:
         cfg = AgentConfig.model_validate(config(plc.port, broker.port, tmp_path))
         truth = {"ST10": plc.stations[0], "ST20": plc.stations[1]}
-        with RecordCollector(broker.host, broker.port) as col:
+        with RecordCollector("127.0.0.1", broker.port) as col:
             agent = Agent(cfg)
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
@@ -145,22 +135,23 @@ async def test_end_to_end_binding_and_delivery(tmp_path: Path, broker: Mosquitto
         last[st] = seq
 
 
-async def test_broker_restart_loses_nothing(tmp_path: Path, broker: MosquittoBroker) -> None:
+async def test_broker_restart_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    broker = mosquitto
     async with ModbusStationServer(models()) as plc:
         cfg = AgentConfig.model_validate(config(plc.port, broker.port, tmp_path))
-        with RecordCollector(broker.host, broker.port, client_id="e2e-collector") as col:
+        with RecordCollector("127.0.0.1", broker.port, client_id="e2e-collector") as col:
             agent = Agent(cfg)
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             try:
                 await eventually(lambda: len(col.data.records) > 200, 30, "records flowing")
                 for _ in range(2):
-                    await broker.stop()
+                    await asyncio.to_thread(broker.stop)
                     depth = agent.buffer.depth
                     # Acquisition goes on while the broker is away: the backlog grows.
                     await eventually(lambda d=depth: agent.buffer.depth > d + 300, 30, "backlog")
                     assert not agent.sync.status.connected
-                    await broker.start()
+                    await asyncio.to_thread(broker.start)
                     await eventually(lambda: agent.buffer.depth < 100, 30, "backlog drained")
             finally:
                 stop.set()
@@ -174,6 +165,10 @@ async def test_broker_restart_loses_nothing(tmp_path: Path, broker: MosquittoBro
     assert col.data.out_of_order == 0
 
 
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env)
+
+
 def _db_state(path: Path) -> tuple[int, set[int]]:
     """(last committed seq, seqs still buffered) read straight from the journal file."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -185,28 +180,38 @@ def _db_state(path: Path) -> tuple[int, set[int]]:
     return (int(row[0]) if row else 0), left
 
 
-async def test_kill_9_under_load_loses_nothing(tmp_path: Path, broker: MosquittoBroker) -> None:
+async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """SIGKILL the agent process under load three times: every record it committed ends up
     at the subscriber or still in the journal; seq never repeats with different content."""
+    broker = mosquitto
     async with ModbusStationServer(models(0.2, 0.3)) as plc:
         cfg_path = tmp_path / "agent.yaml"
         cfg_path.write_text(yaml.safe_dump(config(plc.port, broker.port, tmp_path, poll=0.01)))
         db_path = tmp_path / "buffer.db"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "edge_agent.cli", "--log-level", "WARNING", "run", str(cfg_path)]
-        with RecordCollector(broker.host, broker.port, client_id="kill-collector") as col:
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "--log-level",
+            "WARNING",
+            "run",
+            str(cfg_path),
+        ]
+        with RecordCollector("127.0.0.1", broker.port, client_id="kill-collector") as col:
             proc: subprocess.Popen[bytes] | None = None
             try:
                 for _round in range(3):
                     before = len(col.data.records)
-                    proc = subprocess.Popen(cmd, env=env)
-                    await eventually(lambda b=before: len(col.data.records) > b + 1500, 60,
-                                     "records under load")
+                    proc = _spawn(cmd, env)
+                    await eventually(
+                        lambda b=before: len(col.data.records) > b + 1500, 60, "records under load"
+                    )
                     proc.send_signal(signal.SIGKILL)
                     await asyncio.to_thread(proc.wait, 10)
                     assert proc.returncode == -signal.SIGKILL
                     proc = None
-                proc = subprocess.Popen(cmd, env=env)
+                proc = _spawn(cmd, env)
                 before = len(col.data.records)
                 await eventually(lambda: len(col.data.records) > before + 500, 60, "after restart")
                 proc.send_signal(signal.SIGTERM)
@@ -223,6 +228,8 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, broker: Mosquitto
     assert delivered | left == set(range(1, last_seq + 1)), "no committed record lost"
     assert col.data.out_of_order == 0
     # The serials are still right after every restart.
-    truth = {"ST10": StationModel(unit_id=1, serial_prefix="A-", parts_per_lot=3),
-             "ST20": StationModel(unit_id=2, serial_prefix="B-", parts_per_lot=5)}
+    truth = {
+        "ST10": StationModel(unit_id=1, serial_prefix="A-", parts_per_lot=3),
+        "ST20": StationModel(unit_id=2, serial_prefix="B-", parts_per_lot=5),
+    }
     assert check_against_truth(col.data.records, truth) > 1000

@@ -15,20 +15,29 @@ from typing import Any
 
 import psutil
 import pytest
-from mqtt_helpers import Mosquitto, Received, Subscriber, eventually
 from pydantic import ValidationError
 
 from buffer.sqlite import SqliteBuffer
 from edge_agent.model import RecordDraft, RecordKind
 from sync.config import MqttConfig
 from sync.mqtt import MqttSync
+from tests.mqtt_helpers import Mosquitto, Received, Subscriber, eventually
 
 AGENT = "agent-7"
 SITE = "plant-a"
 LINE = "line-3"
 STATIONS = ("op10", "op20", "op30")
 ENVELOPE_FIELDS = [
-    "schema", "v", "agent", "site", "line", "station", "first_seq", "last_seq", "count", "records",
+    "schema",
+    "v",
+    "agent",
+    "site",
+    "line",
+    "station",
+    "first_seq",
+    "last_seq",
+    "count",
+    "records",
 ]
 
 
@@ -76,14 +85,20 @@ async def running(sync: MqttSync) -> AsyncIterator[asyncio.Task[None]]:
 async def append(buffer: SqliteBuffer, count: int, stations: Sequence[str] = STATIONS) -> None:
     """Append ``count`` readings, stations round-robin, and wait for the commit."""
     first = buffer.last_assigned_seq + 1
-    buffer.append([
-        RecordDraft(
-            stations[(first + i) % len(stations)],
-            RecordKind.READING,
-            {"kind": "reading", "station": stations[(first + i) % len(stations)], "n": first + i},
-        )
-        for i in range(count)
-    ])
+    buffer.append(
+        [
+            RecordDraft(
+                stations[(first + i) % len(stations)],
+                RecordKind.READING,
+                {
+                    "kind": "reading",
+                    "station": stations[(first + i) % len(stations)],
+                    "n": first + i,
+                },
+            )
+            for i in range(count)
+        ]
+    )
     await buffer.flush()
 
 
@@ -101,7 +116,11 @@ def check_envelopes(messages: Sequence[Received]) -> None:
         p = m.payload
         assert list(p) == ENVELOPE_FIELDS
         assert (p["schema"], p["v"], p["agent"], p["site"], p["line"]) == (
-            "edge-agent.records", 1, AGENT, SITE, LINE,
+            "edge-agent.records",
+            1,
+            AGENT,
+            SITE,
+            LINE,
         )
         assert m.topic == f"trace/{SITE}/{LINE}/{p['station']}/records"
         seqs = [r["seq"] for r in p["records"]]
@@ -156,10 +175,7 @@ async def test_socket_has_tcp_nodelay(buffer: SqliteBuffer, mosquitto: Mosquitto
     sync = new_sync(buffer, mosquitto.port)
     async with running(sync):
         await eventually(lambda: sync.status.connected, what="connected")
-        ours = [
-            c for c in psutil.Process().net_connections(kind="tcp")
-            if c.raddr and c.raddr.port == mosquitto.port and c.status == psutil.CONN_ESTABLISHED
-        ]
+        ours = tcp_to(mosquitto.port)
         assert len(ours) == 1, ours
         with socket.socket(fileno=os.dup(ours[0].fd)) as dup:
             assert dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
@@ -181,8 +197,9 @@ async def test_broker_down_at_start_keeps_journal_then_drains_backlog(
         await eventually(lambda: sync.status.reconnects >= 3, what="three failed attempts")
         assert not sync.status.connected
         assert sync.status.published_messages == 0
-        assert sync.status.last_error and "cannot connect" in sync.status.last_error
-        assert buffer.depth == 160 and await buffer.count() == 160
+        assert "cannot connect" in (sync.status.last_error or "")
+        assert buffer.depth == 160
+        assert await buffer.count() == 160
 
         await asyncio.to_thread(mosquitto.start)
         messages = await mqtt_subscriber.wait_for(has_all(160))
@@ -244,16 +261,41 @@ async def test_rows_stay_until_puback_and_window_is_bounded(
     assert [m.payload["count"] for m in messages] == [10] * 10
 
 
-@pytest.mark.parametrize("state", ["idle", "inflight", "broker-down"])
+async def test_broker_that_never_answers_is_timed_out_and_retried(
+    buffer: SqliteBuffer, mosquitto: Mosquitto
+) -> None:
+    mosquitto.pause()  # the kernel still accepts TCP; no CONNACK ever comes
+    sync = new_sync(buffer, mosquitto.port, connect_timeout=0.2)
+    async with running(sync):
+        await eventually(lambda: sync.status.reconnects >= 2, what="CONNACK timeouts")
+        assert "no CONNACK" in (sync.status.last_error or "")
+        mosquitto.resume()
+        await eventually(lambda: sync.status.connected, what="connected")
+
+
+def tcp_to(port: int) -> list[Any]:
+    """Established TCP connections of this process to 127.0.0.1:port."""
+    return [
+        c
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    ]
+
+
+@pytest.mark.parametrize("state", ["idle", "inflight", "awaiting-connack", "broker-down"])
 async def test_cancel_closes_connection_and_joins_threads(
     buffer: SqliteBuffer, mosquitto: Mosquitto, state: str
 ) -> None:
     before = set(threading.enumerate())
-    sync = new_sync(buffer, mosquitto.port)
+    if state == "awaiting-connack":
+        mosquitto.pause()
+    sync = new_sync(buffer, mosquitto.port, connect_timeout=5.0)
     task = asyncio.create_task(sync.run())
     if state == "broker-down":
         await asyncio.to_thread(mosquitto.stop)
         await eventually(lambda: sync.status.reconnects >= 2, what="retrying")
+    elif state == "awaiting-connack":
+        await eventually(lambda: len(tcp_to(mosquitto.port)) == 1, what="TCP connected")
     else:
         await eventually(lambda: sync.status.connected, what="connected")
     if state == "inflight":
@@ -262,21 +304,29 @@ async def test_cancel_closes_connection_and_joins_threads(
         await eventually(lambda: sync.status.inflight == 4, what="messages in flight")
 
     task.cancel()
-    async with asyncio.timeout(3):
+    async with asyncio.timeout(1.5):  # well under connect_timeout and keepalive
         with contextlib.suppress(asyncio.CancelledError):
             await task
     # The executor's worker (asyncio_N) belongs to the loop and ends with it.
-    left = [t.name for t in threading.enumerate()
-            if t not in before and not t.name.startswith("asyncio_")]
+    left = [
+        t.name
+        for t in threading.enumerate()
+        if t not in before and not t.name.startswith("asyncio_")
+    ]
     assert left == []
     assert not sync.status.connected
+    assert tcp_to(mosquitto.port) == []
     assert buffer.depth == (50 if state == "inflight" else 0)
 
 
 def test_config_defaults_and_validation() -> None:
     cfg = MqttConfig()
     assert (cfg.host, cfg.port, cfg.topic_prefix, cfg.keepalive, cfg.qos) == (
-        "localhost", 1883, "trace", 30, 1,
+        "localhost",
+        1883,
+        "trace",
+        30,
+        1,
     )
     assert (cfg.max_inflight, cfg.batch_max_records, cfg.batch_max_bytes) == (16, 1000, 262144)
     assert (cfg.backoff_initial, cfg.backoff_max, cfg.client_id) == (0.5, 30.0, None)
@@ -293,13 +343,13 @@ def test_config_defaults_and_validation() -> None:
         with pytest.raises(ValidationError):
             MqttConfig(**values)
     with pytest.raises(ValidationError):
-        cfg.port = 1  # type: ignore[misc]  # frozen
-    assert "secret" not in repr(MqttConfig(username="u", password="secret"))
+        cfg.port = 1  # frozen
+    assert "secret" not in repr(MqttConfig.model_validate({"username": "u", "password": "secret"}))
 
 
 async def test_rejects_site_and_line_that_break_topics(buffer: SqliteBuffer) -> None:
     for site, line in [("a/b", "l"), ("s", "+"), ("", "l")]:
-        with pytest.raises(ValueError, match="site|line"):
+        with pytest.raises(ValueError, match=r"site|line"):
             MqttSync(MqttConfig(), agent_id=AGENT, site=site, line=line, buffer=buffer)
     sync = MqttSync(MqttConfig(), agent_id="a1", site="s", line="l", buffer=buffer)
     assert sync.client_id == "edge-agent-a1"
