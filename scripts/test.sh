@@ -14,3 +14,6 @@ fi
 
 python -m pip install -q -e '.[test]'
 python -m pytest "$@"
+# Lint and types are part of "the tests pass".
+ruff check .
+mypy

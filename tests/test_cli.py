@@ -1,0 +1,71 @@
+"""The commands a person runs: simulate, demo, run with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from pymodbus.client import AsyncModbusTcpClient
+
+from edge_agent.config import parse_config
+from simulators.broker import free_port, wait_listening
+from simulators.station import StationModel, encode
+
+CLI = [sys.executable, "-m", "edge_agent.cli"]
+
+
+def test_simulate_print_config_is_a_valid_config() -> None:
+    out = subprocess.run(
+        [*CLI, "simulate", "--port", "5999", "--stations", "2", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    cfg = parse_config(out, "printed.yaml")
+    assert [d.port for d in cfg.devices] == [5999, 5999]
+    assert [s.name for s in cfg.stations] == ["ST10", "ST20"]
+    assert yaml.safe_load(out)["stations"][0]["context"]["serial"]["point"] == "part_serial"
+
+
+async def test_simulate_serves_the_register_map() -> None:
+    port = free_port()
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [*CLI, "simulate", "--port", str(port), "--stations", "2", "--cycle-time", "60"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.to_thread(wait_listening, "127.0.0.1", port, 20)
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+        await client.connect()
+        try:
+            reply = await client.read_holding_registers(20, count=6, device_id=2)
+        finally:
+            client.close()
+        # Unit 2's first part, as the simulator's ground truth names it.
+        expected = StationModel(unit_id=2, serial_prefix="S2-").serial(0)
+        assert reply.registers == encode("string", expected, "ABCD", 6)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+def test_demo_runs_and_loses_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*CLI, "demo", "--duration", "3", "--stations", "2", "--cycle-time", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "records/s" in proc.stdout
+    assert "serial S1-" in proc.stdout
+    assert "serial S2-" in proc.stdout
+    assert "nothing lost." in proc.stdout
+    assert list(tmp_path.iterdir()) == [], "the demo leaves nothing behind"
