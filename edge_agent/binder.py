@@ -71,19 +71,35 @@ def context_value(value: Value) -> Value:
 def bind(
     contexts: Mapping[str, Context], batch: Sequence[Observation], rules: BindingRules
 ) -> tuple[Mapping[str, Context], list[RecordDraft]]:
-    """Bind one batch of observations taken together (one device response).
+    """Bind a batch of observations, in order.
 
-    Context sources in the batch are applied before the readings of the same batch: they
-    were read in the same instant, so those readings belong to the new part. A context
-    source that reads BAD leaves the context as it was (the part mid-cycle keeps its
-    serial) and is recorded as a BAD reading, so the gap is visible.
+    A batch may hold several device responses (one poll of a group spanning several
+    requests); a response is a run of consecutive observations with the same ``ts``. Within
+    one response, context sources are applied before the readings: they were read in the
+    same instant, so those readings belong to the new part. Across responses, order decides.
+    A context source that reads BAD leaves the context as it was (the part mid-cycle keeps
+    its serial) and is recorded as a BAD reading, so the gap is visible.
 
     Returns the new contexts (the same object if nothing changed) and the records, in order.
     """
     drafts: list[RecordDraft] = []
+    start = 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or batch[i].ts != batch[start].ts:
+            contexts = _bind_response(contexts, batch[start:i], rules, drafts)
+            start = i
+    return contexts, drafts
+
+
+def _bind_response(
+    contexts: Mapping[str, Context],
+    response: Sequence[Observation],
+    rules: BindingRules,
+    drafts: list[RecordDraft],
+) -> Mapping[str, Context]:
     current: dict[str, Context] | None = None  # copied on first change only
     context_of = rules.context_of
-    for obs in batch:
+    for obs in response:
         targets = context_of.get((obs.device, obs.point))
         if not targets or obs.quality is not Quality.GOOD:
             continue
@@ -115,7 +131,7 @@ def bind(
             )
     now: Mapping[str, Context] = contexts if current is None else current
     station_of = rules.station_of
-    for obs in batch:
+    for obs in response:
         pk = (obs.device, obs.point)
         if pk in context_of and obs.quality is Quality.GOOD:
             continue  # became a context record above (if it changed anything)
@@ -137,7 +153,7 @@ def bind(
         if obs.error is not None:
             body["error"] = obs.error
         drafts.append(RecordDraft(station, RecordKind.READING, body))
-    return now, drafts
+    return now
 
 
 class Binder:

@@ -31,7 +31,8 @@ RULES = BindingRules(
 def obs(
     device: str, point: str, value: Any, quality: Quality = Quality.GOOD, **kw: Any
 ) -> Observation:
-    return Observation(device, point, value, quality, ts=1_700_000_000.0, **kw)
+    kw.setdefault("ts", 1_700_000_000.0)
+    return Observation(device, point, value, quality, **kw)
 
 
 def summary(drafts: list[Any]) -> list[tuple[Any, ...]]:
@@ -96,6 +97,22 @@ CASES: list[
         [
             ("reading", "ST10", "serial", None, "SN1"),
             ("reading", "ST10", "temp", None, "SN1"),
+        ],
+    ),
+    (
+        "one batch, two responses: a value read before the serial's response keeps the old serial",
+        {"ST10": {"serial": "SN1", "lot": None}},
+        [
+            [
+                obs("plc", "temp", 5.0, ts=1.0),
+                obs("plc", "serial", "SN2", ts=1.01),
+                obs("plc", "force", 6, ts=1.01),
+            ]
+        ],
+        [
+            ("reading", "ST10", "temp", 5.0, "SN1"),
+            ("context", "ST10", "serial", "SN2", "SN2"),
+            ("reading", "ST10", "force", 6, "SN2"),
         ],
     ),
     (
