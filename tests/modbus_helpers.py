@@ -9,7 +9,6 @@ an exception code, to stop answering (requests hang until resumed), and it count
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -24,6 +23,7 @@ from pymodbus.simulator import SimData, SimDevice
 from drivers.modbus.codec import Raw, encode
 from drivers.modbus.config import BIT_TABLES, DataType, ModbusPoint, Table
 from edge_agent.model import Observation
+from simulators.broker import free_port  # noqa: F401  (re-exported for the tests)
 
 # Function codes by table, for reads.
 READ_FC: dict[Table, int] = {
@@ -41,14 +41,6 @@ _FILLER_ADDRESS = 60000
 
 Memory = dict[Table, dict[int, int]]
 """Protocol address -> register word (or 0/1 for bit tables), per table."""
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (right now), for "device is down" tests."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def memory_for(values: Mapping[ModbusPoint, Raw], address_base: int = 0) -> Memory:

@@ -29,6 +29,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from simulators.broker import free_port
+
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 
 
@@ -37,14 +39,6 @@ def mosquitto_binary() -> str:
     path = shutil.which("mosquitto", path=SBIN_PATH)
     assert path, "mosquitto is not installed (apt-get install mosquitto); the MQTT tests need it"
     return path
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (asked for when needed, never at import)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def eventually(
