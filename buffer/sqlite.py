@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from edge_agent.errors import BufferError_
-from edge_agent.model import RecordDraft
+from edge_agent.model import RecordDraft, RecordKind
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,21 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- What each station knew as of its last committed record (context, part counter): written
+-- in the same transaction as that record, so a restart resumes exactly where the journal is.
+CREATE TABLE IF NOT EXISTS station_state (
+    station TEXT PRIMARY KEY,
+    state   TEXT NOT NULL
+);
+-- Serials that have a part record at a station, for repeat (rework) marking after a restart.
+CREATE TABLE IF NOT EXISTS part_serials (
+    station  TEXT NOT NULL,
+    serial   TEXT NOT NULL,
+    parts    INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (station, serial)
+);
+CREATE INDEX IF NOT EXISTS part_serials_recent ON part_serials (station, last_seq);
 """
 
 Synchronous = Literal["FULL", "NORMAL"]
@@ -71,11 +86,14 @@ class SqliteBuffer:
         *,
         synchronous: Synchronous = "FULL",
         max_batch: int = 20_000,
+        max_serials: int = 100_000,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.max_batch = max_batch
+        self.max_serials = max_serials
+        self._parts_since_prune = 0
         self._on_commit_cb = on_commit
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -292,15 +310,22 @@ class SqliteBuffer:
     def _commit(self, db: sqlite3.Connection, batch: list[tuple[int, RecordDraft]]) -> None:
         # Serialising here keeps JSON encoding off the event loop. ``default=dict`` renders the
         # binder's read-only context mappings.
-        rows = [
-            (
-                seq,
-                d.station,
-                d.kind.value,
-                json.dumps({"seq": seq, **d.body}, separators=(",", ":"), default=dict),
+        rows = []
+        states: dict[str, dict[str, Any]] = {}
+        parts: list[tuple[str, str, int]] = []
+        for seq, d in batch:
+            rows.append(
+                (
+                    seq,
+                    d.station,
+                    d.kind.value,
+                    json.dumps({"seq": seq, **d.body}, separators=(",", ":"), default=dict),
+                )
             )
-            for seq, d in batch
-        ]
+            if d.state is not None:
+                states[d.station] = d.state
+            if d.kind is RecordKind.PART and isinstance(d.body.get("serial"), str):
+                parts.append((d.station, d.body["serial"], seq))
         last = batch[-1][0]
         with db:
             db.executemany("INSERT INTO records (seq, station, kind, body) VALUES (?,?,?,?)", rows)
@@ -309,8 +334,49 @@ class SqliteBuffer:
                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 (str(last),),
             )
+            if states:
+                db.executemany(
+                    "INSERT INTO station_state (station, state) VALUES (?, ?) "
+                    "ON CONFLICT(station) DO UPDATE SET state=excluded.state",
+                    [(k, json.dumps(v, default=dict)) for k, v in states.items()],
+                )
+            if parts:
+                db.executemany(
+                    "INSERT INTO part_serials (station, serial, parts, last_seq) "
+                    "VALUES (?, ?, 1, ?) ON CONFLICT(station, serial) "
+                    "DO UPDATE SET parts = parts + 1, last_seq = excluded.last_seq",
+                    parts,
+                )
+                self._parts_since_prune += len(parts)
+                if self._parts_since_prune >= PRUNE_EVERY:
+                    self._parts_since_prune = 0
+                    _prune_part_serials(db, self.max_serials)
         n = len(rows)
         self._notify(lambda: self._committed(last, n))
+
+    async def load_state(
+        self,
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
+        """What the stations knew at the last commit: {station: state} and, per station, the
+        most recent ``max_serials`` serials with their part-record counts (oldest first)."""
+
+        def job(db: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+            states = {
+                station: json.loads(state)
+                for station, state in db.execute("SELECT station, state FROM station_state")
+            }
+            parts: dict[str, dict[str, int]] = {}
+            stations = [r[0] for r in db.execute("SELECT DISTINCT station FROM part_serials")]
+            for station in stations:
+                rows = db.execute(
+                    "SELECT serial, parts FROM (SELECT serial, parts, last_seq FROM part_serials "
+                    "WHERE station = ? ORDER BY last_seq DESC LIMIT ?) ORDER BY last_seq",
+                    (station, self.max_serials),
+                )
+                parts[station] = {serial: int(n) for serial, n in rows}
+            return states, parts
+
+        return await self._submit(job)
 
     def _notify(self, fn: Callable[[], None]) -> None:
         loop = self._loop
@@ -350,6 +416,19 @@ class SqliteBuffer:
             if not fut.done():
                 fut.set_exception(BufferError_(f"buffer failed: {exc}"))
         self._flush_waiters = []
+
+
+PRUNE_EVERY = 10_000
+"""Part records between two prunings of ``part_serials`` (kept to ``max_serials`` per station)."""
+
+
+def _prune_part_serials(db: sqlite3.Connection, keep: int) -> None:
+    for (station,) in db.execute("SELECT DISTINCT station FROM part_serials").fetchall():
+        db.execute(
+            "DELETE FROM part_serials WHERE station = ? AND last_seq < (SELECT min(last_seq) FROM "
+            "(SELECT last_seq FROM part_serials WHERE station = ? ORDER BY last_seq DESC LIMIT ?))",
+            (station, station, keep),
+        )
 
 
 def _ranges(seqs: list[int]) -> list[tuple[int, int]]:

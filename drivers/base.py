@@ -16,8 +16,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
-from edge_agent.errors import ConnectError, ReadError
-from edge_agent.model import DeviceState, Observation, Quality
+from edge_agent.errors import ConnectError, ReadError, WriteError
+from edge_agent.model import DeviceState, Observation, Quality, Value
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,30 @@ class PolledDriver(ABC):
     def point_names(self) -> Sequence[str]:
         """Every point, so an outage can be recorded against each of them."""
 
+    async def read_points(self, names: Sequence[str]) -> list[Observation]:
+        """Read the named points now, as one consistent snapshot: in as few requests as the
+        device allows (points of one table within max_registers share one request), whatever
+        their poll interval or report mode. Per-point failures come back as BAD observations;
+        a device that stopped answering raises ConnectError/ReadError (the caller records the
+        snapshot as failed; the poll loop notices the outage on its own). Observations of one
+        request share its ts. Never filters on_change points."""
+        raise ReadError(self.name, "snapshot reads are not supported by this driver")
+
+    async def write(self, point: str, value: Value) -> None:
+        """Write one point (PLC handshake bits, 'data taken'). Raise WriteError or
+        ConnectError; returns only once the device acknowledged the write."""
+        raise WriteError(self.name, "writes are not supported by this driver")
+
+    async def watch_connection(self) -> None:
+        """Return only by raising ConnectError/ReadError once the open connection is lost.
+
+        ``run_polled`` awaits this instead of polling when the driver has no poll groups (every
+        point is read on demand by ``read_points``), so that such a device is still
+        reconnected. The default waits until cancelled: a driver that cannot tell leaves loss
+        detection to ``read_points``/``write`` raising ConnectError, with no reconnect.
+        """
+        await asyncio.get_running_loop().create_future()
+
     def outage(self, reason: str) -> list[Observation]:
         """Observations recording that nothing is known about the points from now on."""
         now = time.time()
@@ -136,6 +160,11 @@ async def run_polled(driver: PolledDriver, sink: Sink) -> None:
     The device is UP only once a read has come back (a PLC that accepts the connection but
     never answers must not flap UP/DOWN), DOWN when open or read fails, and is then retried
     with full-jitter exponential backoff; a connection that answered resets the backoff.
+
+    A driver without poll groups (every point read on demand through ``read_points``) is UP as
+    soon as its connection is open; the runner then holds the connection and only learns of
+    its loss from ``watch_connection``. Failed snapshot reads and writes never change the
+    device state: their callers see the errors.
     """
     attempt = 0
     status = driver.status
@@ -145,8 +174,12 @@ async def run_polled(driver: PolledDriver, sink: Sink) -> None:
             answered: list[bool] = [False]
             try:
                 await driver.open()
-                await _poll_connected(driver, groups, sink, answered)
+                if groups:
+                    await _poll_connected(driver, groups, sink, answered)
+                else:
+                    await _hold_connection(driver, answered)
             except (ConnectError, ReadError) as exc:
+                _reraise_swallowed_cancel()
                 status.reads_failed += 1
                 # Outage records once per outage, not once per retry.
                 if status.state is not DeviceState.DOWN:
@@ -162,6 +195,25 @@ async def run_polled(driver: PolledDriver, sink: Sink) -> None:
                 attempt += 1
     finally:
         await driver.close()
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Python 3.11's ``asyncio.wait_for`` (which pymodbus' connect uses) can lose a
+    cancellation that lands just as the connection attempt fails; the task would then retry
+    forever and a stopping agent would hang. The task still knows it is being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _hold_connection(driver: PolledDriver, answered: list[bool]) -> None:
+    # An open connection is all a device without poll groups can show, so it counts as an
+    # answer (and resets the backoff): nothing else would ever mark such a device UP.
+    answered[0] = True
+    if driver.status.state in (DeviceState.STARTING, DeviceState.DOWN):
+        driver.status.set_state(DeviceState.UP)
+    await driver.watch_connection()
+    raise ConnectError(driver.name, "connection watch ended")
 
 
 async def _poll_connected(

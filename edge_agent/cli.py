@@ -40,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stations", type=int, default=1, help="stations = unit ids 1..N")
     p.add_argument("--cycle-time", type=float, default=2.0, help="seconds per part")
     p.add_argument(
+        "--handshake",
+        action="store_true",
+        help="hold each finished part until the agent writes data_taken (coil 3)",
+    )
+    p.add_argument(
         "--print-config", action="store_true", help="print a matching agent config (YAML) and exit"
     )
 
@@ -55,8 +60,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="auto: Mosquitto if installed, else the embedded amqtt broker",
     )
 
+    p = sub.add_parser("context", help="show or set a running agent's station context")
+    csub = p.add_subparsers(dest="context_command", required=True)
+    for name, help_ in (
+        ("set", "set context keys of a station, e.g. work_order=WO-7 (empty value clears)"),
+        ("show", "print every station's current context"),
+    ):
+        cp = csub.add_parser(name, help=help_)
+        where = cp.add_mutually_exclusive_group()
+        where.add_argument("-c", "--config", help="the agent's config (to find its socket)")
+        where.add_argument(
+            "--socket",
+            help="the agent's control socket (default: $EDGE_AGENT_SOCKET, else "
+            "data/control.sock, the config's default)",
+        )
+        if name == "set":
+            cp.add_argument("--station", required=True)
+            cp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if args.command == "context":
+        return _context(args)
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "run":
@@ -100,6 +125,56 @@ def _validate(paths: Sequence[str]) -> int:
     return EXIT_CONFIG if bad else 0
 
 
+def _context(args: argparse.Namespace) -> int:
+    import getpass
+    import json
+    import os
+
+    from edge_agent.control import ControlError, request
+
+    socket = args.socket or os.environ.get("EDGE_AGENT_SOCKET") or "data/control.sock"
+    if args.config:
+        from edge_agent.config import load_config
+
+        try:
+            socket = load_config(args.config).control.socket
+        except ConfigError as exc:
+            for issue in exc.issues:
+                print(issue, file=sys.stderr)
+            return EXIT_CONFIG
+    message: dict[str, object]
+    if args.context_command == "set":
+        values: dict[str, str | None] = {}
+        for item in args.assignments:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                print(f"expected KEY=VALUE, got {item!r}", file=sys.stderr)
+                return EXIT_CONFIG
+            values[key] = value or None
+        message = {
+            "op": "context.set",
+            "station": args.station,
+            "values": values,
+            "user": getpass.getuser(),
+        }
+    else:
+        message = {"op": "status"}
+    try:
+        reply = asyncio.run(request(socket, message))
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(reply.get("error", "refused"), file=sys.stderr)
+        return 1
+    if args.context_command == "set":
+        print(f"{args.station}: {json.dumps(reply['ctx'])} (committed, seq {reply['seq']})")
+    else:
+        for station, ctx in reply["status"]["stations"].items():
+            print(f"{station}: {json.dumps(ctx)}")
+    return 0
+
+
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,16 +215,23 @@ def _simulate(args: argparse.Namespace) -> int:
             mqtt_port=1883,
             buffer_path="data/buffer.db",
             stations=args.stations,
+            handshake=args.handshake,
         )
+        hs = " --handshake" if args.handshake else ""
         print(
             f"# Agent config for `edge-agent simulate --port {args.port} "
-            f"--stations {args.stations}`"
+            f"--stations {args.stations}{hs}`"
         )
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
 
     models = [
-        StationModel(unit_id=i + 1, serial_prefix=f"S{i + 1}-", cycle_time=args.cycle_time)
+        StationModel(
+            unit_id=i + 1,
+            serial_prefix=f"S{i + 1}-",
+            cycle_time=args.cycle_time,
+            handshake=args.handshake,
+        )
         for i in range(args.stations)
     ]
 
@@ -165,7 +247,11 @@ def _simulate(args: argparse.Namespace) -> int:
             for name, (addr, kind, order, count, unit, scale) in REGISTER_MAP.items():
                 extra = f" x{scale}" if scale != 1.0 else ""
                 print(f"  {addr:>3}  {name:<14} {kind:<8} {order} {count} reg {unit or ''}{extra}")
-            print("coils: 0 running, 1 cycle_complete.  Ctrl-C to stop.", flush=True)
+            print(
+                "coils: 0 running, 1 cycle_complete, 2 data_ready, 3 data_taken (the only "
+                "writable address).  Ctrl-C to stop.",
+                flush=True,
+            )
             await stop.wait()
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 from drivers.base import Issue
 from drivers.modbus.config import ModbusTcpDevice, Name
 from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.scan import ScanRule
 from edge_agent.yamlsrc import SourceMap, load_yaml
 from sync.config import MqttConfig
 
@@ -58,16 +59,168 @@ class ContextSource(BaseModel):
     point: Name = Field(description="Point name on that device.")
 
 
+class ScanSource(BaseModel):
+    """Where a station's scans come from: every point of an identification device, or one
+    point (e.g. a PLC string register holding the last code its camera read)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Name = Field(description="Device name.")
+    point: Name | None = Field(default=None, description="One point only; default: every point.")
+
+
+class ScanConfig(BaseModel):
+    """How a station classifies scans and what they set or consume."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: list[ScanSource] = Field(
+        min_length=1, description="Devices (or points) whose values are scans for this station."
+    )
+    rules: list[ScanRule] = Field(
+        default_factory=list,
+        description="Tried in order; the first that matches classifies the scan. A scan no "
+        "rule matches is recorded as unclassified.",
+    )
+
+
+class TriggerConfig(BaseModel):
+    """The PLC point whose edge means "a part is done", e.g. a cycle-complete bit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Name = Field(description="Device name.")
+    point: Name = Field(description="Point name on that device (polled).")
+    edge: Literal["rising", "falling", "change"] = Field(
+        default="rising",
+        description="rising: false -> true; falling: true -> false; change: any new value.",
+    )
+
+
+class SnapshotConfig(BaseModel):
+    """Points read together, in one request, when the trigger fires."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Name = Field(description="Device the snapshot is read from.")
+    points: list[Name] = Field(
+        min_length=1,
+        description="Points of that device; they must fit in one Modbus request (one table, "
+        "within max_registers), which is what makes the snapshot consistent.",
+    )
+
+
+class Limits(BaseModel):
+    """Acceptance limits of one snapshot value (inclusive)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float | None = Field(default=None, description="Lowest accepted value.")
+    max: float | None = Field(default=None, description="Highest accepted value.")
+
+
+ResultValue = bool | int | str
+
+
+def _ok_values() -> list[ResultValue]:
+    return [1]
+
+
+def _nok_values() -> list[ResultValue]:
+    return [2]
+
+
+class ResultConfig(BaseModel):
+    """The part's OK/NOK as the PLC states it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    point: Name = Field(description="Snapshot point holding the result.")
+    ok: list[ResultValue] = Field(
+        default_factory=_ok_values, description="Values that mean OK.", examples=[[1], [True]]
+    )
+    nok: list[ResultValue] = Field(
+        default_factory=_nok_values, description="Values that mean NOK.", examples=[[2], [False]]
+    )
+
+
+class HandshakeConfig(BaseModel):
+    """PLC handshake: the trigger point is "data ready"; the agent writes ``taken`` only once
+    the part record is committed, and resets it when the PLC drops "data ready"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    taken: Name = Field(description="Writable point on the trigger's device: 'data taken'.")
+    reset: bool = Field(
+        default=True, description="Write taken=false once the PLC has dropped data ready."
+    )
+
+
+class PartConfig(BaseModel):
+    """One part record per cycle: a trigger, a snapshot, and how to judge the result."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    trigger: TriggerConfig = Field(description="What says a part is done.")
+    snapshot: SnapshotConfig = Field(description="The values that make the part record.")
+    counter: Name | None = Field(
+        default=None,
+        description="Snapshot point with the PLC's part counter: a jump records a gap (missed "
+        "parts), an unchanged value a trigger seen twice for one part.",
+    )
+    result: ResultConfig | None = Field(
+        default=None, description="OK/NOK from a PLC point (combined with limits if both)."
+    )
+    limits: dict[Name, Limits] = Field(
+        default_factory=dict, description="Snapshot point -> limits; a value outside is NOK."
+    )
+    cycle_time: Name | None = Field(
+        default=None,
+        description="Snapshot point with the PLC's cycle time (unit ms or s); default: the time "
+        "between two triggers.",
+    )
+    handshake: HandshakeConfig | None = Field(
+        default=None, description="Optional data ready / data taken handshake."
+    )
+
+
 class StationConfig(BaseModel):
     """A station: the unit whose context (serial, lot, ...) readings are bound to."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Name = Field(description="Station name, e.g. 'ST10'; appears in topics and records.")
-    context: dict[Name, ContextSource] = Field(
+    context: dict[Name, ContextSource | None] = Field(
         default_factory=dict,
-        description="Context key -> source point. Well-known keys: serial, lot, work_order, "
-        "product, operator; any other name is an integrator-defined key.",
+        description="Context key -> source point, or empty for a key set only by scans or by "
+        "`edge-agent context set`. Well-known keys: serial, lot, work_order, product, operator; "
+        "any other name is an integrator-defined key.",
+    )
+    scans: ScanConfig | None = Field(
+        default=None, description="Scans that set context keys or record consumption."
+    )
+    part: PartConfig | None = Field(
+        default=None, description="Triggered part records (one per cycle)."
+    )
+
+    def context_keys(self) -> tuple[str, ...]:
+        """Every context key of the station: configured ones, then those only scans set."""
+        keys = dict.fromkeys(self.context)
+        if self.scans is not None:
+            for rule in self.scans.rules:
+                keys.update(dict.fromkeys(rule.set))
+        return tuple(keys)
+
+
+class ControlConfig(BaseModel):
+    """The local control socket (``edge-agent context set``, ``edge-agent reload``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    socket: str = Field(
+        default="data/control.sock",
+        description="Unix socket path (relative to the CWD); only local users with access to "
+        "the file can use it.",
     )
 
 
@@ -88,6 +241,9 @@ class AgentConfig(BaseModel):
     )
     mqtt: MqttConfig = Field(
         default_factory=MqttConfig, description="The broker the journal is forwarded to."
+    )
+    control: ControlConfig = Field(
+        default_factory=ControlConfig, description="Local control socket."
     )
 
     def issues(self) -> list[Issue]:
@@ -123,17 +279,132 @@ class AgentConfig(BaseModel):
                         )
                     )
         for i, st in enumerate(self.stations):
-            for key, src in st.context.items():
-                path: tuple[str | int, ...] = ("stations", i, "context", key)
-                if src.device not in devices:
-                    out.append(((*path, "device"), _unknown("device", src.device, devices)))
-                    continue
-                dev = self.devices[devices[src.device]]
-                names = {p.name for p in dev.points}
-                if src.point not in names:
-                    out.append(
-                        ((*path, "point"), _unknown(f"point of {src.device!r}", src.point, names))
+            out.extend(self._station_issues(st, ("stations", i), devices))
+        return out
+
+    def device(self, name: str) -> ModbusTcpDevice | None:
+        for dev in self.devices:
+            if dev.name == name:
+                return dev
+        return None
+
+    def _point_issue(
+        self, path: tuple[str | int, ...], device: str, point: str | None, devices: dict[str, int]
+    ) -> list[Issue]:
+        """A (device, point) reference that does not resolve, as an issue at ``path``."""
+        if device not in devices:
+            return [((*path, "device"), _unknown("device", device, devices))]
+        if point is None:
+            return []
+        names = {p.name for p in self.devices[devices[device]].points}
+        if point not in names:
+            return [((*path, "point"), _unknown(f"point of {device!r}", point, names))]
+        return []
+
+    def _station_issues(
+        self, st: StationConfig, path: tuple[str | int, ...], devices: dict[str, int]
+    ) -> list[Issue]:
+        out: list[Issue] = []
+        for key, src in st.context.items():
+            if src is not None:
+                out.extend(
+                    self._point_issue((*path, "context", key), src.device, src.point, devices)
+                )
+        if st.scans is not None:
+            for j, scan_src in enumerate(st.scans.sources):
+                out.extend(
+                    self._point_issue(
+                        (*path, "scans", "sources", j), scan_src.device, scan_src.point, devices
                     )
+                )
+            for j, rule in enumerate(st.scans.rules):
+                out.extend(((*path, "scans", "rules", j, *p), m) for p, m in rule.issues())
+        if st.part is not None:
+            out.extend(self._part_issues(st.part, (*path, "part"), devices))
+        return out
+
+    def _part_issues(
+        self, part: PartConfig, path: tuple[str | int, ...], devices: dict[str, int]
+    ) -> list[Issue]:
+        from drivers.modbus.plan import snapshot_requests  # the planner imports the models
+
+        trig, snap = part.trigger, part.snapshot
+        out = self._point_issue((*path, "trigger"), trig.device, trig.point, devices)
+        snap_issues = self._point_issue((*path, "snapshot"), snap.device, None, devices)
+        out.extend(snap_issues)
+        if snap_issues:
+            return out
+        dev = self.devices[devices[snap.device]]
+        names = {p.name for p in dev.points}
+        bad = False
+        for j, name in enumerate(snap.points):
+            if name not in names:
+                out.append(
+                    (
+                        (*path, "snapshot", "points", j),
+                        _unknown(f"point of {dev.name!r}", name, names),
+                    )
+                )
+                bad = True
+        if not bad:
+            requests = snapshot_requests(dev, snap.points)
+            if len(requests) > 1:
+                spans = ", ".join(f"{r.table.value} {r.address}+{r.count}" for r in requests)
+                out.append(
+                    (
+                        (*path, "snapshot", "points"),
+                        f"needs {len(requests)} requests ({spans}); a consistent snapshot is "
+                        "one request: keep its points in one table within max_registers",
+                    )
+                )
+        in_snapshot = set(snap.points)
+        refs: list[tuple[tuple[str | int, ...], str]] = []
+        if part.counter is not None:
+            refs.append(((*path, "counter"), part.counter))
+        if part.result is not None:
+            refs.append(((*path, "result", "point"), part.result.point))
+        if part.cycle_time is not None:
+            refs.append(((*path, "cycle_time"), part.cycle_time))
+        refs.extend(((*path, "limits", name), name) for name in part.limits)
+        for ref_path, name in refs:
+            if name not in in_snapshot:
+                out.append(
+                    (
+                        ref_path,
+                        f"{name!r} is not a snapshot point (snapshot.points: "
+                        f"{', '.join(snap.points)})",
+                    )
+                )
+        for name, lim in part.limits.items():
+            if lim.min is None and lim.max is None:
+                out.append(((*path, "limits", name), "give min, max or both"))
+            elif lim.min is not None and lim.max is not None and lim.min > lim.max:
+                out.append(
+                    ((*path, "limits", name, "min"), f"min {lim.min} is above max {lim.max}")
+                )
+        if part.handshake is not None:
+            if trig.edge != "rising":
+                out.append(
+                    ((*path, "trigger", "edge"), "a handshake trigger is 'data ready': use rising")
+                )
+            trig_dev = self.device(trig.device)
+            if trig_dev is not None:
+                taken = next((p for p in trig_dev.points if p.name == part.handshake.taken), None)
+                if taken is None:
+                    out.append(
+                        (
+                            (*path, "handshake", "taken"),
+                            _unknown(
+                                f"point of {trig.device!r}",
+                                part.handshake.taken,
+                                {p.name for p in trig_dev.points},
+                            ),
+                        )
+                    )
+                else:
+                    why = taken.write_issue()
+                    if why is not None:
+                        out.append(((*path, "handshake", "taken"), f"cannot be written: {why}"))
         return out
 
     def station_of(self, device: ModbusTcpDevice, point_name: str) -> str:

@@ -18,10 +18,11 @@ from typing import Any
 from buffer.sqlite import SqliteBuffer
 from drivers.base import PolledDriver, backoff_delay, run_polled
 from drivers.registry import create_driver
-from edge_agent.binder import Binder, BindingRules
+from edge_agent.binder import Action, Binder, BindingRules, Capture, ContextRejected, WriteTaken
 from edge_agent.config import AgentConfig
-from edge_agent.errors import BufferError_
-from edge_agent.model import DeviceState, Observation
+from edge_agent.control import ControlServer
+from edge_agent.errors import BufferError_, DeviceError
+from edge_agent.model import DeviceState, Observation, RecordDraft, RecordKind, Value
 from sync.mqtt import MqttSync
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 class AgentStats:
     observations: int = 0
     records: int = 0
+    parts: int = 0
+    rejected_scans: int = 0
+    gaps: int = 0
     started: float = field(default_factory=time.time)
 
 
@@ -42,13 +46,18 @@ class Agent:
         self.drain_timeout = drain_timeout
         self.rules = BindingRules.from_config(cfg)
         self.binder = Binder(self.rules)
-        self.buffer = SqliteBuffer(cfg.buffer.path, synchronous=cfg.buffer.synchronous)
+        self.buffer = SqliteBuffer(
+            cfg.buffer.path, synchronous=cfg.buffer.synchronous, max_serials=self.rules.max_serials
+        )
         self.drivers: list[PolledDriver] = []
         for device in cfg.devices:
             driver = create_driver(device)
             if not isinstance(driver, PolledDriver):  # streaming devices come with their drivers
                 raise TypeError(f"device {device.name!r}: streaming drivers are not wired in yet")
             self.drivers.append(driver)
+        self._by_name = {d.name: d for d in self.drivers}
+        self.control = ControlServer(cfg.control.socket, self._control)
+        self._actions: set[asyncio.Task[None]] = set()
         self.sync = MqttSync(
             cfg.mqtt,
             agent_id=cfg.agent.id,
@@ -62,21 +71,139 @@ class Agent:
         self._stop: asyncio.Event | None = None
 
     def _sink(self, batch: Sequence[Observation]) -> None:
-        """Called in the event loop by every driver: bind, then queue for commit."""
-        drafts = self.binder.feed(batch)
+        """Called in the event loop by every driver: bind, queue for commit, act."""
+        step = self.binder.feed(batch)
         self.stats.observations += len(batch)
-        if drafts:
+        self._emit(step.drafts)
+        self._act(step.actions)
+
+    def _emit(self, drafts: list[RecordDraft]) -> None:
+        if not drafts:
+            return
+        try:
+            self.buffer.append(drafts)
+        except BufferError_ as exc:
+            # Without a journal nothing can be kept safely: stop acquiring, loudly.
+            if self.fatal is None:
+                log.critical("journal failed, stopping acquisition: %s", exc)
+                self.fatal = exc
+                if self._stop is not None:
+                    self._stop.set()
+            raise
+        self.stats.records += len(drafts)
+        for d in drafts:
+            if d.kind is not RecordKind.READING:
+                self._note(d)
+
+    def _note(self, d: RecordDraft) -> None:
+        """One log line per event worth a person's attention; readings never log."""
+        b = d.body
+        extra = {"station": d.station, "serial": b.get("serial") or b["ctx"].get("serial")}
+        if d.kind is RecordKind.PART:
+            self.stats.parts += 1
+            if b["quality"] != "good":
+                log.warning(
+                    "station %s: part record %s: %s",
+                    d.station,
+                    b["quality"],
+                    b.get("error"),
+                    extra=extra,
+                )
+        elif d.kind is RecordKind.SCAN and b["status"] == "rejected":
+            self.stats.rejected_scans += 1
+            log.warning(
+                "station %s: scan rejected: %s (%r)",
+                d.station,
+                b.get("error"),
+                b.get("text"),
+                extra=extra,
+            )
+        elif d.kind is RecordKind.GAP:
+            self.stats.gaps += 1
+            log.warning(
+                "station %s: part counter went from %s to %s: %s part(s) without a record",
+                d.station,
+                b["previous"],
+                b["counter"],
+                b["missed"] if b["missed"] is not None else "unknown (counter reset)",
+                extra=extra,
+            )
+
+    def _act(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            coro = self._capture(action) if isinstance(action, Capture) else self._write(action)
+            task = asyncio.create_task(coro, name=f"{type(action).__name__}:{action.station}")
+            self._actions.add(task)
+            task.add_done_callback(self._actions.discard)
+
+    async def _capture(self, cap: Capture) -> None:
+        """Read a part's snapshot and record it; in a handshake, say "taken" only once the
+        part record is committed (invariant 1)."""
+        snapshot: list[Observation] | None = None
+        error: str | None = None
+        try:
+            snapshot = await self._by_name[cap.device].read_points(cap.points)
+        except DeviceError as exc:
+            error = str(exc)
+            if cap.handshake:
+                log.warning(
+                    "station %s: snapshot read failed, will read again while the PLC "
+                    "holds data ready: %s",
+                    cap.station,
+                    error,
+                    extra={"station": cap.station},
+                )
+        step = self.binder.complete(cap, snapshot, error)
+        writes = [a for a in step.actions if isinstance(a, WriteTaken)]
+        try:
+            self._emit(step.drafts)
+            if writes:
+                await self.buffer.flush()
+        except BufferError_:
+            return  # _emit has stopped the agent; the PLC keeps its data (no "taken")
+        for w in writes:
+            await self._write(w)
+
+    async def _write(self, w: WriteTaken) -> None:
+        try:
+            await self._by_name[w.device].write(w.point, w.value)
+        except DeviceError as exc:
+            log.warning(
+                "station %s: handshake write %s=%s failed: %s",
+                w.station,
+                w.point,
+                w.value,
+                exc,
+                extra={"station": w.station},
+            )
+            if w.value:
+                self.binder.handshake_failed(w.station)
+
+    async def set_context(
+        self, station: str, values: dict[str, Value], user: str | None = None
+    ) -> int:
+        """Manual context change; returns once committed, with the last seq it wrote."""
+        step = self.binder.set_context(station, values, ts=time.time(), user=user)
+        self._emit(step.drafts)
+        return await self.buffer.flush()
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, "status": self.snapshot()}
+        if op == "context.set":
+            station, values = request.get("station"), request.get("values")
+            if not isinstance(station, str) or not isinstance(values, dict) or not values:
+                return {"ok": False, "error": "context.set needs station and values"}
+            user = request.get("user")
             try:
-                self.buffer.append(drafts)
-            except BufferError_ as exc:
-                # Without a journal nothing can be kept safely: stop acquiring, loudly.
-                if self.fatal is None:
-                    log.critical("journal failed, stopping acquisition: %s", exc)
-                    self.fatal = exc
-                    if self._stop is not None:
-                        self._stop.set()
-                raise
-            self.stats.records += len(drafts)
+                seq = await self.set_context(
+                    station, values, user if isinstance(user, str) else None
+                )
+            except ContextRejected as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "seq": seq, "ctx": dict(self.binder.contexts[station])}
+        return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then stop cleanly with everything read committed.
@@ -85,6 +212,13 @@ class Agent:
         and the service manager restarts it)."""
         self._stop = stop
         await self.buffer.start()
+        try:
+            saved, parts = await self.buffer.load_state()
+            self._emit(self.binder.restore(saved, parts, ts=time.time()).drafts)
+            await self.control.start()
+        except BaseException:
+            await self.buffer.stop()
+            raise
         try:
             sync_task = asyncio.create_task(self.sync.run(), name="sync")
             device_tasks = [
@@ -100,9 +234,11 @@ class Agent:
             try:
                 await stop.wait()
             finally:
+                await self.control.stop()
                 for t in device_tasks:
                     t.cancel()
                 await asyncio.gather(*device_tasks, return_exceptions=True)
+                await self._finish_actions()
                 if self.fatal is None:
                     last = await self.buffer.flush()
                     log.info(
@@ -120,6 +256,18 @@ class Agent:
                 )
         if self.fatal is not None:
             raise self.fatal
+
+    async def _finish_actions(self) -> None:
+        """Let captures in flight end (each is bounded by its device's timeout), so a part
+        whose trigger was seen is recorded; a handshake part cut short is captured again
+        after the restart, because the PLC still holds its data."""
+        if not self._actions:
+            return
+        limit = 2 * max(dev.timeout for dev in self.cfg.devices)
+        _, pending = await asyncio.wait(set(self._actions), timeout=limit)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Give sync a short moment to deliver what is committed; whatever is left stays
@@ -154,6 +302,9 @@ class Agent:
             "agent": self.cfg.agent.id,
             "observations": self.stats.observations,
             "records": self.stats.records,
+            "parts": self.stats.parts,
+            "gaps": self.stats.gaps,
+            "rejected_scans": self.stats.rejected_scans,
             "committed_seq": self.buffer.committed_seq,
             "buffer_depth": self.buffer.depth,
             "stations": {st: dict(ctx) for st, ctx in self.binder.contexts.items()},

@@ -121,6 +121,11 @@ async def _live_view(agent: Agent, collector: RecordCollector, out: TextIO) -> N
             f"(+{dups} duplicates dropped) | broker {'up' if s['sync']['connected'] else 'DOWN'}",
             file=out,
         )
+        print(
+            f"    part records {s['parts']} | gaps {s['gaps']} | rejected scans "
+            f"{s['rejected_scans']}",
+            file=out,
+        )
         for station, ctx in s["stations"].items():
             mine = [d.name for d in agent.cfg.devices if d.station == station]
             devs = ", ".join(f"{name}:{s['devices'][name]}" for name in mine)
@@ -143,6 +148,7 @@ def _summary(agent: Agent, collector: RecordCollector, out: TextIO) -> int:
         f"(seq 1..{agent.buffer.committed_seq}); "
         f"{len(seqs)} unique records at the consumer; {agent.buffer.depth} still buffered; "
         f"{collector.data.duplicates} duplicates dropped; "
+        f"{agent.stats.parts} part records; "
         + ("nothing lost." if not missing else f"{len(missing)} MISSING!"),
         file=out,
         flush=True,

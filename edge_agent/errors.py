@@ -52,6 +52,10 @@ class ReadError(DeviceError):
     """The device is connected but a read failed as a whole (timeout, protocol error)."""
 
 
+class WriteError(DeviceError):
+    """A write to a device was refused or not acknowledged."""
+
+
 class BufferError_(EdgeAgentError):  # the trailing _ avoids shadowing the builtin
     """The local journal could not store or hand out records."""
 

@@ -55,6 +55,11 @@ class RecordKind(StrEnum):
 
     READING = "reading"  # a process value with the station context it was taken in
     CONTEXT = "context"  # a station context key changed (serial, lot, ...)
+    CONTEXT_RESTORED = "context_restored"  # the context a station had when the agent stopped
+    SCAN = "scan"  # an identification (barcode, RFID...): accepted, unclassified or rejected
+    CONSUMPTION = "consumption"  # genealogy: a component or lot consumed into a serial
+    PART = "part"  # one cycle's part record: snapshot values, result, cycle time
+    GAP = "gap"  # the PLC's cycle counter jumped: parts went by without a part record
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +67,15 @@ class RecordDraft:
     """A bound record before the buffer gives it its sequence number.
 
     ``body`` is the record as it goes on the wire, minus ``seq`` (added on append).
+    ``state``, when set, is the station's durable state after this record (its context and
+    last part counter); the journal keeps it in the same transaction as the record, so after
+    a crash the restored state is exactly that of the last committed record.
     """
 
     station: str
     kind: RecordKind
     body: dict[str, Any]
+    state: dict[str, Any] | None = None
 
 
 def iso_utc(ts: float) -> str:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from simulators.station import REGISTER_MAP, point_config
+from simulators.station import (
+    COIL_CYCLE_COMPLETE,
+    COIL_DATA_READY,
+    COIL_DATA_TAKEN,
+    FORCE_NOK_ABOVE,
+    REGISTER_MAP,
+    point_config,
+)
 
 PROCESS_POINTS = tuple(n for n in REGISTER_MAP if n not in ("part_serial", "material_lot"))
+PART_POINTS = ("final_force", "final_depth", "result")
+"""Registers that only matter once a part is done: read by the part snapshot, not polled."""
+SNAPSHOT_POINTS = ("cycle_counter", "part_serial", "material_lot", "cycle_time_ms", *PART_POINTS)
+FORCE_LIMITS = {"min": 18.0, "max": FORCE_NOK_ABOVE}
 
 
 def station_name(index: int) -> str:
@@ -23,11 +35,15 @@ def demo_config(
     modbus_host: str = "127.0.0.1",
     mqtt_host: str = "127.0.0.1",
     agent_id: str = "demo-pc1",
+    parts: bool = True,
+    handshake: bool = False,
 ) -> dict[str, Any]:
     """A config for ``stations`` simulated stations on one gateway (unit ids 1..n).
 
     Serial and lot sit in the same coalesced request as the process values, so every
-    reading's serial is exactly the one the PLC showed at that instant.
+    reading's serial is exactly the one the PLC showed at that instant. With ``parts``, each
+    station records one part per cycle, triggered by the cycle-complete coil, or with
+    ``handshake`` by data ready / data taken (the simulator must run with handshake too).
     """
     devices = []
     station_cfgs = []
@@ -46,22 +62,74 @@ def demo_config(
                 "poll_interval": poll_interval,
                 "backoff_initial": 0.2,
                 "backoff_max": 2.0,
-                "points": [point_config(n) for n in REGISTER_MAP],
+                "points": _points(parts),
             }
         )
-        station_cfgs.append(
-            {
-                "name": name,
-                "context": {
-                    "serial": {"device": dev, "point": "part_serial"},
-                    "lot": {"device": dev, "point": "material_lot"},
-                },
+        station: dict[str, Any] = {
+            "name": name,
+            "context": {
+                "serial": {"device": dev, "point": "part_serial"},
+                "lot": {"device": dev, "point": "material_lot"},
+                "work_order": None,
+                "operator": None,
+            },
+        }
+        if parts:
+            station["part"] = _part(dev, handshake)
+            station["context"]["product"] = None
+            station["scans"] = {
+                "sources": [{"device": dev, "point": "part_label"}],
+                "rules": [
+                    {
+                        "name": "part_label",
+                        "gs1": True,
+                        "require": ["01", "21"],
+                        "set": {"serial": "21", "lot": "10", "product": "01"},
+                    }
+                ],
             }
-        )
+        station_cfgs.append(station)
     return {
         "agent": {"site": "demo-plant", "line": "line1", "id": agent_id},
         "stations": station_cfgs,
         "devices": devices,
         "buffer": {"path": buffer_path},
+        # Beside the buffer, so agents started from different directories never share one.
+        "control": {"socket": str(Path(buffer_path).with_suffix(".sock"))},
         "mqtt": {"host": mqtt_host, "port": mqtt_port},
     }
+
+
+def _points(parts: bool) -> list[dict[str, Any]]:
+    points = []
+    for name in REGISTER_MAP:
+        point = point_config(name)
+        if parts and name in PART_POINTS:
+            point["report"] = "snapshot"
+        if name == "part_label":
+            point["report"] = "on_change"
+        points.append(point)
+    if parts:
+        points += [
+            {"name": "cycle_complete", "table": "coil", "address": COIL_CYCLE_COMPLETE,
+             "type": "bool", "report": "on_change"},
+            {"name": "data_ready", "table": "coil", "address": COIL_DATA_READY,
+             "type": "bool", "report": "on_change"},
+            {"name": "data_taken", "table": "coil", "address": COIL_DATA_TAKEN,
+             "type": "bool", "report": "snapshot"},
+        ]  # fmt: skip
+    return points
+
+
+def _part(device: str, handshake: bool) -> dict[str, Any]:
+    part: dict[str, Any] = {
+        "trigger": {"device": device, "point": "data_ready" if handshake else "cycle_complete"},
+        "snapshot": {"device": device, "points": list(SNAPSHOT_POINTS)},
+        "counter": "cycle_counter",
+        "result": {"point": "result", "ok": [1], "nok": [2]},
+        "limits": {"final_force": dict(FORCE_LIMITS)},
+        "cycle_time": "cycle_time_ms",
+    }
+    if handshake:
+        part["handshake"] = {"taken": "data_taken"}
+    return part

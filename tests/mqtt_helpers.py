@@ -41,6 +41,12 @@ def mosquitto_binary() -> str:
     return path
 
 
+def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start an agent process. Popen only forks, so calling it from a test coroutine is fine;
+    waiting on it must go through a thread."""
+    return subprocess.Popen(cmd, env=env)
+
+
 async def eventually(
     predicate: Callable[[], bool],
     timeout: float = 10.0,  # noqa: ASYNC109 - expiry becomes an assertion naming `what`

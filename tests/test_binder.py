@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.binder import Binder, BindingRules, bind, context_value
+from edge_agent.binder import Binder, BindingRules, StationState, bind, context_value
 from edge_agent.model import Observation, Quality, RecordKind
 
 RULES = BindingRules(
@@ -152,35 +152,41 @@ def test_bind_table(
     batches: list[list[Observation]],
     expected: list[tuple[Any, ...]],
 ) -> None:
-    contexts = RULES.empty_contexts()
-    contexts.update({k: MappingProxyType(v) for k, v in start.items()})
-    binder = Binder(RULES, contexts)
-    drafts = [d for batch in batches for d in binder.feed(batch)]
+    state = RULES.initial_state()
+    for station, ctx in start.items():
+        state[station] = StationState(MappingProxyType(ctx))
+    binder = Binder(RULES, state)
+    drafts = [d for batch in batches for d in binder.feed(batch).drafts]
     assert summary(drafts) == expected
 
 
-def test_bind_is_pure() -> None:
-    contexts = RULES.empty_contexts()
-    before = {k: dict(v) for k, v in contexts.items()}
-    new, drafts = bind(contexts, [obs("plc", "serial", "SN1")], RULES)
-    assert {k: dict(v) for k, v in contexts.items()} == before  # input untouched
-    assert new["ST10"]["serial"] == "SN1"
-    assert drafts[0].body["previous"] is None
+def test_bind_is_deterministic_and_records_keep_their_context() -> None:
+    batch = [obs("plc", "serial", "SN1"), obs("plc", "temp", 1.0)]
+    first, second = RULES.initial_state(), RULES.initial_state()
+    assert [d.body for d in bind(first, batch, RULES).drafts] == [
+        d.body for d in bind(second, batch, RULES).drafts
+    ]
     # A record keeps the context it was bound to, even after later changes.
     binder = Binder(RULES)
-    first = binder.feed([obs("plc", "serial", "SN1"), obs("plc", "temp", 1.0)])[-1]
+    reading = binder.feed(batch).drafts[-1]
     binder.feed([obs("plc", "serial", "SN2")])
-    assert first.body["ctx"]["serial"] == "SN1"
+    assert reading.body["ctx"]["serial"] == "SN1"
+    assert binder.contexts["ST10"]["serial"] == "SN2"
 
 
-def test_no_change_returns_same_contexts() -> None:
-    contexts = RULES.empty_contexts()
-    new, _ = bind(contexts, [obs("plc", "temp", 1.0)], RULES)
-    assert new is contexts
+def test_unchanged_context_is_the_same_mapping() -> None:
+    binder = Binder(RULES)
+    before = binder.contexts["ST10"]
+    binder.feed([obs("plc", "temp", 1.0), obs("plc", "serial", None, Quality.BAD)])
+    assert binder.contexts["ST10"] is before
 
 
 def test_reading_body_fields() -> None:
-    (d,) = Binder(RULES).feed([obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5)])
+    (d,) = (
+        Binder(RULES)
+        .feed([obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5)])
+        .drafts
+    )
     assert d.body == {
         "kind": "reading",
         "station": "ST10",
@@ -196,7 +202,7 @@ def test_reading_body_fields() -> None:
 
 
 def test_unknown_point_is_kept_not_dropped() -> None:
-    (d,) = Binder(RULES).feed([obs("ghost", "x", 1)])
+    (d,) = Binder(RULES).feed([obs("ghost", "x", 1)]).drafts
     assert d.station == "_unassigned"
 
 

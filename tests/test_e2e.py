@@ -22,7 +22,7 @@ from simulators.consumer import RecordCollector
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.mqtt_helpers import Mosquitto, eventually
+from tests.mqtt_helpers import Mosquitto, eventually, spawn
 
 AGENT = "e2e-pc1"
 
@@ -165,10 +165,6 @@ async def test_broker_restart_loses_nothing(tmp_path: Path, mosquitto: Mosquitto
     assert col.data.out_of_order == 0
 
 
-def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env=env)
-
-
 def _db_state(path: Path) -> tuple[int, set[int]]:
     """(last committed seq, seqs still buffered) read straight from the journal file."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -203,7 +199,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
             try:
                 for _round in range(3):
                     before = len(col.data.records)
-                    proc = _spawn(cmd, env)
+                    proc = spawn(cmd, env)
                     await eventually(
                         lambda b=before: len(col.data.records) > b + 1500, 60, "records under load"
                     )
@@ -211,7 +207,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
                     await asyncio.to_thread(proc.wait, 10)
                     assert proc.returncode == -signal.SIGKILL
                     proc = None
-                proc = _spawn(cmd, env)
+                proc = spawn(cmd, env)
                 before = len(col.data.records)
                 await eventually(lambda: len(col.data.records) > before + 500, 60, "after restart")
                 proc.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 from typing import Any
 
@@ -17,6 +18,7 @@ from drivers.modbus.codec import (
     encode,
     same_value,
     words_to_bytes,
+    write_value,
 )
 from drivers.modbus.config import DataType, ModbusPoint, Table, WordOrder
 
@@ -251,3 +253,39 @@ def test_bit_round_trip(bit: int) -> None:
 def test_bytes_words_inverse(order: WordOrder) -> None:
     data = bytes(range(1, 9))
     assert words_to_bytes(bytes_to_words(data, order), order) == data
+
+
+@pytest.mark.parametrize(
+    ("pt", "value", "wire"),
+    [
+        (point(T.BOOL), True, True),
+        (point(T.BOOL), False, False),
+        (point(T.BOOL), 1, True),
+        (point(T.BOOL), 0, False),
+        (point(T.UINT16), 65535, 65535),
+        (point(T.UINT16), True, 1),  # a "taken" flag kept in a whole register
+        (point(T.INT16), -2, 0xFFFE),
+        (point(T.INT16, BADC), 1, 0x0100),  # the word order the point is read with
+    ],
+)
+def test_write_value(pt: ModbusPoint, value: Any, wire: bool | int) -> None:
+    got = write_value(pt, value)
+    assert (got, type(got)) == (wire, type(wire))
+
+
+@pytest.mark.parametrize(
+    ("pt", "value", "message"),
+    [
+        (point(T.BOOL), 2, "a coil takes true/false (or 1/0), not 2"),
+        (point(T.BOOL), "on", "a coil takes true/false (or 1/0), not 'on'"),
+        (point(T.UINT16), -1, "uint16 cannot hold -1"),
+        (point(T.INT16), 40000, "int16 cannot hold 40000"),
+        (point(T.INT16), 1.0, "int16 cannot hold 1.0"),
+        (point(T.UINT16), None, "uint16 cannot hold None"),
+        (point(T.FLOAT32), 1.0, "'p' is not writable: only single-register"),
+        (point(T.INT16, scale=0.1), 1, "'p' is not writable: scaled points"),
+    ],
+)
+def test_write_value_rejects(pt: ModbusPoint, value: Any, message: str) -> None:
+    with pytest.raises(CodecError, match="^" + re.escape(message)):
+        write_value(pt, value)

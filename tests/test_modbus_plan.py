@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.config import DataType, ModbusPoint, ModbusTcpDevice, Table
-from drivers.modbus.plan import Request, plan_device, plan_issues, plan_requests
+from drivers.modbus.config import DataType, ModbusPoint, ModbusTcpDevice, Report, Table
+from drivers.modbus.plan import (
+    Request,
+    plan_device,
+    plan_issues,
+    plan_requests,
+    snapshot_requests,
+)
 
 H, IN, C, D = Table.HOLDING, Table.INPUT, Table.COIL, Table.DISCRETE_INPUT
 
@@ -210,3 +216,135 @@ def test_points_too_long_for_a_request_are_config_issues() -> None:
     assert plan_issues(dev) == [
         (("points", 1, "count"), "20 registers do not fit one request (max_registers is 16)")
     ]
+
+
+# -- snapshots ----------------------------------------------------------------------------
+
+SNAPSHOT_DEVICE = [
+    mk("counter", 0, "uint32", poll_interval=0.1),
+    mk("serial", 2, "string", count=4, report=Report.ON_CHANGE),
+    mk("force", 6, "float32", report=Report.SNAPSHOT),
+    mk("result", 8, "uint16", report=Report.SNAPSHOT),
+    mk("far", 30, "uint16", report=Report.SNAPSHOT),
+    mk("in_a", 0, "uint16", table=IN, report=Report.SNAPSHOT),
+    mk("ready", 2, "bool", report=Report.SNAPSHOT),
+    mk("slow", 10, "uint16", poll_interval=60.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("names", "kw", "expected"),
+    [
+        pytest.param(
+            ["result", "counter", "force", "serial"],
+            {},
+            [(H, 0, 9, [("counter", 0), ("serial", 2), ("force", 6), ("result", 8)])],
+            id="intervals and report modes do not split a snapshot",
+        ),
+        pytest.param(
+            ["counter", "slow"],
+            {},
+            [(H, 0, 11, [("counter", 0), ("slow", 10)])],
+            id="points of different poll groups coalesce",
+        ),
+        pytest.param(
+            ["counter", "in_a", "ready"],
+            {},
+            [(H, 0, 2, [("counter", 0)]), (IN, 0, 1, [("in_a", 0)]), (C, 2, 1, [("ready", 0)])],
+            id="tables split",
+        ),
+        pytest.param(
+            ["result", "far"],
+            {"max_gap": 0},
+            [(H, 8, 23, [("result", 0), ("far", 22)])],
+            id="a snapshot bridges gaps wider than max_gap: one instant beats a round trip",
+        ),
+        pytest.param(
+            ["counter", "force", "result"],
+            {"max_registers": 8},
+            [(H, 0, 8, [("counter", 0), ("force", 6)]), (H, 8, 1, [("result", 0)])],
+            id="max_registers splits",
+        ),
+        pytest.param(
+            ["force", "force", "result", "force"],
+            {},
+            [(H, 6, 3, [("force", 0), ("result", 2)])],
+            id="a repeated name is read once",
+        ),
+        pytest.param([], {}, [], id="nothing to read"),
+    ],
+)
+def test_snapshot_requests(names: list[str], kw: dict[str, Any], expected: list[Want]) -> None:
+    assert shape(snapshot_requests(device(SNAPSHOT_DEVICE, **kw), names)) == expected
+
+
+def test_snapshot_of_unknown_points_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="device 'plc' has no point\\(s\\) 'nope', 'nah'"):
+        snapshot_requests(device(SNAPSHOT_DEVICE), ["counter", "nope", "nah"])
+
+
+def test_snapshot_honours_address_base() -> None:
+    dev = device([mk("a", 1, "uint16"), mk("b", 3, "uint16")], address_base=1)
+    assert shape(snapshot_requests(dev, ["b", "a"])) == [(H, 0, 3, [("a", 0), ("b", 2)])]
+
+
+def test_snapshot_only_points_are_not_polled() -> None:
+    groups = plan_device(device(SNAPSHOT_DEVICE))
+    assert [[p.name for p in g.points] for g in groups] == [["counter"], ["serial"], ["slow"]]
+
+
+def test_a_device_of_snapshot_points_only_has_no_poll_groups() -> None:
+    dev = device([mk("a", 0, "uint16", report=Report.SNAPSHOT)])
+    assert dev.issues() == []
+    assert plan_device(dev) == []
+
+
+def test_snapshot_points_take_no_poll_interval() -> None:
+    p = mk("a", 0, "uint16", report=Report.SNAPSHOT, poll_interval=1.0)
+    assert p.issues() == [
+        (("poll_interval",), "report snapshot is never polled; drop poll_interval")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "issue"),
+    [
+        (("c", 0, "bool", {}), None),
+        (("h16", 0, "int16", {}), None),
+        (("hu16", 0, "uint16", {"word_order": "BADC"}), None),
+        (
+            ("d", 0, "bool", {"table": D}),
+            "discrete_input is read-only in Modbus; use a coil or holding register",
+        ),
+        (
+            ("i", 0, "uint16", {"table": IN}),
+            "input is read-only in Modbus; use a coil or holding register",
+        ),
+        (
+            ("b", 0, "bit", {"bit": 3}),
+            "type bit would need a read-modify-write of the whole register, which can undo bits "
+            "the PLC changes in between; use a coil or a whole int16/uint16 register",
+        ),
+        (
+            ("f", 0, "float32", {}),
+            "only single-register int16/uint16 points are written (FC6), not float32",
+        ),
+        (
+            ("s", 0, "string", {"count": 1}),
+            "only single-register int16/uint16 points are written (FC6), not string",
+        ),
+        (
+            ("sc", 0, "int16", {"scale": 0.1}),
+            "scaled points are not written; use scale 1 and offset 0 (the raw register)",
+        ),
+        (
+            ("of", 0, "uint16", {"offset": 1.0}),
+            "scaled points are not written; use scale 1 and offset 0 (the raw register)",
+        ),
+    ],
+)
+def test_write_issue(spec: Spec, issue: str | None) -> None:
+    name, address, type_, kw = spec
+    p = mk(name, address, type_, **kw)
+    assert p.issues() == []
+    assert p.write_issue() == issue

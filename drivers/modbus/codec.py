@@ -178,3 +178,26 @@ def same_value(a: Value, b: Value) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
+
+
+def write_value(point: ModbusPoint, value: Value) -> bool | int:
+    """What a single write sends to set ``point`` to ``value``: the coil state (FC5) or the
+    register word (FC6). Only points ``ModbusPoint.write_issue`` accepts can be written.
+
+    A bool may go to a register (1/0: a "taken" flag kept in a word) and 0/1 to a coil; floats
+    are refused even when whole, since the value written must be the value read back.
+    """
+    if point.write_issue() is not None:
+        raise CodecError(f"{point.name!r} is not writable: {point.write_issue()}")
+    if point.type is DataType.BOOL:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise CodecError(f"a coil takes true/false (or 1/0), not {value!r}")
+    if isinstance(value, bool):
+        value = int(value)
+    if value is None or isinstance(value, float):
+        raise CodecError(f"{point.type.value} cannot hold {value!r}")
+    (word,) = encode(point.type, value, point.word_order)
+    return word

@@ -64,6 +64,7 @@ class Report(StrEnum):
 
     EVERY_POLL = "every_poll"
     ON_CHANGE = "on_change"
+    SNAPSHOT = "snapshot"  # not polled; read only when a trigger's snapshot asks for it
 
 
 # Registers a type occupies; None means "given by count" (strings).
@@ -118,7 +119,9 @@ class ModbusPoint(BaseModel):
         default=None, description="Station this point belongs to; defaults to the device's."
     )
     report: Report = Field(
-        default=Report.EVERY_POLL, description="every_poll, or on_change to record changes only."
+        default=Report.EVERY_POLL,
+        description="every_poll; on_change to record changes only; snapshot: not polled, read "
+        "only when a part trigger's snapshot asks for it.",
     )
 
     @property
@@ -128,6 +131,31 @@ class ModbusPoint(BaseModel):
         if fixed is not None:
             return fixed
         return self.count or 1
+
+    def write_issue(self) -> str | None:
+        """Why the driver cannot write this point, or None if it can.
+
+        Writable are coils (type bool, FC5) and unscaled int16/uint16 holding registers (FC6):
+        single-request writes the PLC either applies whole or refuses.
+        """
+        if self.table in (Table.INPUT, Table.DISCRETE_INPUT):
+            return f"{self.table.value} is read-only in Modbus; use a coil or holding register"
+        if self.table is Table.COIL:
+            return None if self.type is DataType.BOOL else "a coil holds one bit; use type bool"
+        if self.type is DataType.BIT:
+            # The PLC may change other bits of the word between our read and our write, and
+            # the write would silently put them back.
+            return (
+                "type bit would need a read-modify-write of the whole register, which can undo "
+                "bits the PLC changes in between; use a coil or a whole int16/uint16 register"
+            )
+        if self.type not in (DataType.INT16, DataType.UINT16):
+            return (
+                f"only single-register int16/uint16 points are written (FC6), not {self.type.value}"
+            )
+        if self.scale != 1.0 or self.offset != 0.0:
+            return "scaled points are not written; use scale 1 and offset 0 (the raw register)"
+        return None
 
     def issues(self) -> list[Issue]:
         """Cross-field problems, each with the key path (relative to the point) it belongs to."""
@@ -158,6 +186,8 @@ class ModbusPoint(BaseModel):
         numeric = self.type not in (DataType.BOOL, DataType.BIT, DataType.STRING)
         if not numeric and (self.scale != 1.0 or self.offset != 0.0):
             out.append((("scale",), f"scale and offset apply to numbers, not {self.type.value}"))
+        if self.report is Report.SNAPSHOT and self.poll_interval is not None:
+            out.append((("poll_interval",), "report snapshot is never polled; drop poll_interval"))
         if self.address + self.register_count - 1 > 65535:
             out.append(
                 (("address",), f"{self.address} + {self.register_count} registers passes 65535")

@@ -4,6 +4,12 @@ The runner (``drivers.base.run_polled``) owns the schedule, the backoff and the 
 this module only translates. A Modbus exception response is data about some points (BAD
 observations, device DEGRADED); silence or a lost connection is about the whole device and is
 raised as ConnectError/ReadError so the runner reconnects.
+
+Besides the poll loop, other tasks read snapshots (``read_points``) and write handshake bits
+(``write``) over the same connection. Every request takes the driver's lock for that one
+request only, so a handshake write waits for at most the request on the wire (and those
+already queued), never for a whole poll group; ``request_delay`` is kept between any two
+requests, whoever sends them.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -21,10 +28,18 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from drivers.base import PolledDriver
-from drivers.modbus.codec import CodecError, decode, decode_bits, same_value
-from drivers.modbus.config import BIT_TABLES, ModbusTcpDevice, Report, Table
-from drivers.modbus.plan import PlannedPoint, PollGroup, Request, plan_device, request_count
-from edge_agent.errors import ConnectError, ReadError
+from drivers.modbus.codec import CodecError, decode, decode_bits, same_value, write_value
+from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Report, Table
+from drivers.modbus.plan import (
+    PlannedPoint,
+    PollGroup,
+    Request,
+    plan_device,
+    protocol_address,
+    request_count,
+    snapshot_requests,
+)
+from edge_agent.errors import ConnectError, ReadError, WriteError
 from edge_agent.model import DeviceState, Observation, Quality, Value
 
 log = logging.getLogger(__name__)
@@ -72,7 +87,11 @@ class ModbusTcpDriver(PolledDriver):
             self.plan: list[PollGroup] = plan_device(device)
         except ValueError as exc:
             raise ValueError(f"configuration invalid for device {device.name!r}: {exc}") from exc
+        self._points: dict[str, ModbusPoint] = {p.name: p for p in device.points}
         self._client: AsyncModbusTcpClient | None = None
+        self._lost: asyncio.Event | None = None  # set when the open connection drops
+        self._lock = asyncio.Lock()  # one request on the wire at a time, see the module doc
+        self._request_done = -math.inf  # loop time the last request ended, for request_delay
         self._last: dict[str, tuple[Value, Quality]] = {}
         self._unclean: dict[int, str] = {}  # group -> why its last read was not clean
         log.debug(
@@ -95,6 +114,7 @@ class ModbusTcpDriver(PolledDriver):
     async def open(self) -> None:
         await self.close()
         d = self.device
+        lost = asyncio.Event()
         client = AsyncModbusTcpClient(
             d.host,
             port=d.port,
@@ -104,6 +124,9 @@ class ModbusTcpDriver(PolledDriver):
             # 0 turns off pymodbus' own reconnect task: run_polled owns the backoff, and a
             # second reconnect loop would race it and outlive close().
             reconnect_delay=0,
+            # pymodbus reports a drop (peer closed, or its own close after several
+            # unanswered requests) only here; our own close() does not call it.
+            trace_connect=lambda up: None if up else lost.set(),
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -111,15 +134,18 @@ class ModbusTcpDriver(PolledDriver):
             if not await client.connect():
                 elapsed = loop.time() - started
                 raise ConnectError(d.name, await self._connect_failure_reason(elapsed))
-            self._client = client
+            # Published only after connect_delay, so that snapshot reads and writes from
+            # other tasks cannot reach a PLC that is not ready yet.
+            if d.connect_delay:
+                await asyncio.sleep(d.connect_delay)
+            self._client, self._lost = client, lost
+            self._request_done = -math.inf
             # A new connection starts from a blank slate: the runner has recorded an outage
             # against every point, so on_change points must report their value again.
             self._last.clear()
             self._unclean.clear()
-            if d.connect_delay:
-                await asyncio.sleep(d.connect_delay)
         except BaseException:
-            self._client = None
+            self._client = self._lost = None
             client.close()
             raise
 
@@ -128,18 +154,77 @@ class ModbusTcpDriver(PolledDriver):
             raise KeyError(f"device {self.name!r} has no poll group {group!r}")
         out: list[Observation] = []
         problems: list[str] = []
-        for i, req in enumerate(self.plan[group].requests):
-            if i and self.device.request_delay:
-                await asyncio.sleep(self.device.request_delay)
+        for req in self.plan[group].requests:
             reply = await self._perform(req)
             if reply.error is not None:
                 problems.append(f"{_describe_request(req)}: {reply.error}")
-            out.extend(self._observe(req, reply, problems))
+            observed, bad = self._observations(req, reply)
+            problems.extend(bad)
+            out.extend(self._changed(observed))
         self._update_state(group, problems)
         return out
 
+    async def read_points(self, names: Sequence[str]) -> list[Observation]:
+        # Deliberately leaves _last and _unclean alone: a snapshot is a side read and must not
+        # hide the next on_change report nor flip the device between UP and DEGRADED.
+        out: list[Observation] = []
+        for req in snapshot_requests(self.device, names):
+            observed, _bad = self._observations(req, await self._perform(req))
+            out.extend(observed)
+        return out
+
+    async def write(self, point: str, value: Value) -> None:
+        p = self._points.get(point)
+        if p is None:
+            raise ValueError(f"device {self.name!r} has no point {point!r}")
+        why = p.write_issue()
+        if why is not None:
+            raise WriteError(self.name, f"point {point!r} cannot be written: {why}")
+        try:
+            wire = write_value(p, value)
+        except CodecError as exc:
+            raise WriteError(self.name, f"point {point!r}: {exc}") from exc
+        addr, unit = protocol_address(p, self.device.address_base), self.device.unit_id
+        what = f"write {p.table.value} {addr}"
+        async with self._turn() as client:
+            try:
+                rr: ModbusPDU
+                if p.table is Table.COIL:
+                    rr = await client.write_coil(addr, bool(wire), device_id=unit)
+                else:
+                    rr = await client.write_register(addr, int(wire), device_id=unit)
+            except ModbusIOException as exc:
+                raise self._io_failure(client, what, exc, WriteError) from exc
+            except ConnectionException as exc:
+                raise ConnectError(self.name, f"connection lost: {exc}") from exc
+            except (ModbusException, OSError) as exc:
+                raise WriteError(self.name, f"{what} failed: {exc}") from exc
+        if isinstance(rr, ExceptionResponse):
+            raise WriteError(
+                self.name, f"{what} refused: {describe_exception(int(rr.exception_code))}"
+            )
+        if rr.isError():
+            raise WriteError(self.name, f"{what} failed: {rr}")
+        # FC5/FC6 acknowledge by echoing address and value; anything else is not our write.
+        echo: object = rr.bits[0] if p.table is Table.COIL and rr.bits else None
+        if p.table is not Table.COIL:
+            echo = rr.registers[0] if rr.registers else None
+        if rr.address != addr or echo != wire:
+            raise WriteError(
+                self.name,
+                f"{what}: device acknowledged address {rr.address} value {echo!r}, "
+                f"not {addr} {wire!r}",
+            )
+
+    async def watch_connection(self) -> None:
+        lost = self._lost
+        if lost is None:
+            raise ConnectError(self.name, "not connected")
+        await lost.wait()
+        raise ConnectError(self.name, "connection lost (closed by the device or the network)")
+
     async def close(self) -> None:
-        client, self._client = self._client, None
+        client, self._client, self._lost = self._client, None, None
         if client is None:
             return
         try:
@@ -149,35 +234,70 @@ class ModbusTcpDriver(PolledDriver):
 
     # -- internals --------------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[AsyncModbusTcpClient]:
+        """The client, for one request, once every earlier request is done and
+        ``request_delay`` has passed since the last one ended.
+
+        pymodbus 3.16 serialises requests on a client itself, but its lock knows nothing of
+        request_delay, and it silently reconnects a closed client when asked to send.
+        """
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            wait = self._request_done + self.device.request_delay - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            # Checked under the lock and after the pause: the connection may have been
+            # replaced or lost meanwhile, and a closed pymodbus client would reconnect.
+            client = self._client
+            if client is None or not client.connected:
+                raise ConnectError(self.name, "not connected (connection lost)")
+            try:
+                yield client
+            finally:
+                self._request_done = loop.time()
+
+    def _io_failure(
+        self,
+        client: AsyncModbusTcpClient,
+        what: str,
+        exc: ModbusIOException,
+        error: type[ReadError] | type[WriteError],
+    ) -> ConnectError | ReadError | WriteError:
+        """The error for a request pymodbus gave up on."""
+        if not client.connected:
+            # The socket closed while we waited (peer, network, or our own close from the
+            # poll task): pymodbus leaves the request to time out and reports silence.
+            return ConnectError(self.name, f"{what}: connection lost while awaiting the reply")
+        # pymodbus raises this for silence and for mismatched replies alike; only the text
+        # tells them apart, and its timeout text ("continue with next request") would mislead
+        # an operator.
+        text = (
+            f"no response within {self.device.timeout}s"
+            if "no response" in str(exc).lower()
+            else str(exc)
+        )
+        return error(self.name, f"{what}: {text}")
+
     async def _perform(self, req: Request) -> _Reply:
-        client = self._client
-        if client is None or not client.connected:
-            raise ConnectError(self.name, "not connected (connection lost)")
         addr, n, unit = req.address, req.count, self.device.unit_id
-        try:
-            rr: ModbusPDU
-            if req.table is Table.HOLDING:
-                rr = await client.read_holding_registers(addr, count=n, device_id=unit)
-            elif req.table is Table.INPUT:
-                rr = await client.read_input_registers(addr, count=n, device_id=unit)
-            elif req.table is Table.COIL:
-                rr = await client.read_coils(addr, count=n, device_id=unit)
-            else:
-                rr = await client.read_discrete_inputs(addr, count=n, device_id=unit)
-        except ModbusIOException as exc:
-            # pymodbus raises this for silence and for mismatched replies alike; only the
-            # text tells them apart, and its timeout text ("continue with next request") would
-            # mislead an operator.
-            what = (
-                f"no response within {self.device.timeout}s"
-                if "no response" in str(exc).lower()
-                else str(exc)
-            )
-            raise ReadError(self.name, f"{_describe_request(req)}: {what}") from exc
-        except ConnectionException as exc:
-            raise ConnectError(self.name, f"connection lost: {exc}") from exc
-        except (ModbusException, OSError) as exc:
-            raise ReadError(self.name, f"{_describe_request(req)} failed: {exc}") from exc
+        async with self._turn() as client:
+            try:
+                rr: ModbusPDU
+                if req.table is Table.HOLDING:
+                    rr = await client.read_holding_registers(addr, count=n, device_id=unit)
+                elif req.table is Table.INPUT:
+                    rr = await client.read_input_registers(addr, count=n, device_id=unit)
+                elif req.table is Table.COIL:
+                    rr = await client.read_coils(addr, count=n, device_id=unit)
+                else:
+                    rr = await client.read_discrete_inputs(addr, count=n, device_id=unit)
+            except ModbusIOException as exc:
+                raise self._io_failure(client, _describe_request(req), exc, ReadError) from exc
+            except ConnectionException as exc:
+                raise ConnectError(self.name, f"connection lost: {exc}") from exc
+            except (ModbusException, OSError) as exc:
+                raise ReadError(self.name, f"{_describe_request(req)} failed: {exc}") from exc
         ts = time.time()
         if isinstance(rr, ExceptionResponse):
             code = int(rr.exception_code)
@@ -191,8 +311,10 @@ class ModbusTcpDriver(PolledDriver):
             return _Reply(ts, bits=list(rr.bits[: req.count]))
         return _Reply(ts, words=list(rr.registers))
 
-    def _observe(self, req: Request, reply: _Reply, problems: list[str]) -> list[Observation]:
+    def _observations(self, req: Request, reply: _Reply) -> tuple[list[Observation], list[str]]:
+        """Every point of the request, and the decode problems among them."""
         out: list[Observation] = []
+        problems: list[str] = []
         for pp in req.points:
             p = pp.point
             value: Value = None
@@ -202,16 +324,23 @@ class ModbusTcpDriver(PolledDriver):
                 if error is not None:
                     problems.append(f"{p.name}: {error}")
             quality = Quality.GOOD if error is None else Quality.BAD
-            if p.report is Report.ON_CHANGE:
-                last = self._last.get(p.name)
-                if last is not None and last[1] is quality and same_value(last[0], value):
-                    continue
-                self._last[p.name] = (value, quality)
             out.append(
                 Observation(
                     self.name, p.name, value, quality, ts=reply.ts, unit=p.unit, error=error
                 )
             )
+        return out, problems
+
+    def _changed(self, observations: list[Observation]) -> list[Observation]:
+        """Drop on_change points whose value and quality are what the poll last reported."""
+        out: list[Observation] = []
+        for o in observations:
+            if self._points[o.point].report is Report.ON_CHANGE:
+                last = self._last.get(o.point)
+                if last is not None and last[1] is o.quality and same_value(last[0], o.value):
+                    continue
+                self._last[o.point] = (o.value, o.quality)
+            out.append(o)
         return out
 
     def _update_state(self, group: int, problems: list[str]) -> None:

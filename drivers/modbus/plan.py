@@ -3,7 +3,8 @@
 Points polled at the same interval are grouped; within a group, points of one table whose
 addresses are close are coalesced into one request, because on a line PLC the round trip
 costs far more than a few unused registers. Overlapping points (several bits of one status
-word, a string and a number sharing registers) share the request.
+word, a string and a number sharing registers) share the request. Points reported only in
+snapshots are left out of the poll plan; :func:`snapshot_requests` plans those reads.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from drivers.base import Issue
-from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Table
+from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Report, Table
 
 MAX_BITS = 2000
 """Largest coil / discrete input read the Modbus spec allows (FC1, FC2)."""
@@ -125,10 +126,13 @@ def effective_interval(device: ModbusTcpDevice, point: ModbusPoint) -> float:
 
 
 def plan_device(device: ModbusTcpDevice) -> list[PollGroup]:
-    """Group the device's points by poll interval (fastest first) and plan each group."""
+    """Group the device's polled points by poll interval (fastest first) and plan each group.
+
+    Snapshot-only points are not polled, so a device with nothing else has no groups."""
     by_interval: dict[float, list[ModbusPoint]] = {}
     for p in device.points:
-        by_interval.setdefault(effective_interval(device, p), []).append(p)
+        if p.report is not Report.SNAPSHOT:
+            by_interval.setdefault(effective_interval(device, p), []).append(p)
     return [
         PollGroup(
             interval,
@@ -143,6 +147,29 @@ def plan_device(device: ModbusTcpDevice) -> list[PollGroup]:
         )
         for interval, pts in sorted(by_interval.items())
     ]
+
+
+def snapshot_requests(device: ModbusTcpDevice, names: Sequence[str]) -> list[Request]:
+    """The requests that read the named points now, whatever their poll intervals or report
+    modes: one per table as long as the points fit in max_registers (max_bits).
+
+    Unlike polling, a snapshot bridges gaps of any width: its values must come from one
+    instant, which is worth a few unused registers. A PLC that leaves the gap unmapped
+    answers with an exception, which the first part record shows as its error.
+
+    Names may repeat (read once). An unknown name is a ValueError: config validation
+    rejects it before a driver ever plans it.
+    """
+    by_name = {p.name: p for p in device.points}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"device {device.name!r} has no point(s) {', '.join(map(repr, unknown))}")
+    return plan_requests(
+        (by_name[n] for n in dict.fromkeys(names)),
+        address_base=device.address_base,
+        max_registers=device.max_registers,
+        max_gap=MAX_BITS,
+    )
 
 
 def plan_issues(device: ModbusTcpDevice) -> list[Issue]:
