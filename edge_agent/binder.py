@@ -719,6 +719,20 @@ class Binder:
     ) -> Step:
         return restore(self.state, saved, parts, self.rules, ts=ts)
 
+    def reconfigure(self, rules: BindingRules) -> None:
+        """Take new rules (a reloaded config) without forgetting what the stations know:
+        contexts keep their values for keys still configured, new keys start unset, and
+        trigger, counter and handshake state carry over."""
+        kept: State = {}
+        for station, keys in rules.station_keys.items():
+            st = self.state.get(station) or StationState(_EMPTY)
+            if tuple(st.ctx) != keys:
+                st.ctx = MappingProxyType({k: st.ctx.get(k) for k in keys})
+            kept[station] = st
+        self.state.clear()
+        self.state.update(kept)
+        self.rules = rules
+
     def handshake_failed(self, station: str) -> None:
         """A "data taken" write failed: start over, so the next poll that sees data ready
         captures again (and the counter tells it is the part already recorded)."""

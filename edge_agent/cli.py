@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from edge_agent.errors import ConfigError
 from edge_agent.logs import setup_logging
@@ -67,21 +68,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("show", "print every station's current context"),
     ):
         cp = csub.add_parser(name, help=help_)
-        where = cp.add_mutually_exclusive_group()
-        where.add_argument("-c", "--config", help="the agent's config (to find its socket)")
-        where.add_argument(
-            "--socket",
-            help="the agent's control socket (default: $EDGE_AGENT_SOCKET, else "
-            "data/control.sock, the config's default)",
-        )
+        _socket_options(cp)
         if name == "set":
             cp.add_argument("--station", required=True)
             cp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+
+    p = sub.add_parser(
+        "reload",
+        help="make a running agent re-read its config file (same as SIGHUP); "
+        "an invalid file is rejected and the running config kept",
+    )
+    _socket_options(p)
+
+    p = sub.add_parser("config", help="config tools: schema, probe, validate")
+    gsub = p.add_subparsers(dest="config_command", required=True)
+    gsub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    gp = gsub.add_parser(
+        "probe", help="connect to each device, read every point once, print what came back"
+    )
+    gp.add_argument("config")
+    gp.add_argument("--device", help="probe only this device")
+    gp.add_argument("--json", action="store_true", help="JSON instead of a table")
+    gp = gsub.add_parser("validate", help="same as `edge-agent validate`")
+    gp.add_argument("config", nargs="+")
 
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     if args.command == "context":
         return _context(args)
+    if args.command == "reload":
+        return _reload(args)
+    if args.command == "config":
+        return _config(args)
     if args.command == "validate":
         return _validate(args.config)
     if args.command == "run":
@@ -102,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
+
+
+def _print_issues(exc: ConfigError) -> None:
+    for issue in exc.issues:
+        print(issue, file=sys.stderr)
 
 
 def _validate(paths: Sequence[str]) -> int:
@@ -125,24 +148,100 @@ def _validate(paths: Sequence[str]) -> int:
     return EXIT_CONFIG if bad else 0
 
 
-def _context(args: argparse.Namespace) -> int:
-    import getpass
-    import json
+def _socket_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-c", "--config", help="the agent's config (to find its socket)")
+    where.add_argument(
+        "--socket",
+        help="the agent's control socket (default: $EDGE_AGENT_SOCKET, else "
+        "data/control.sock, the config's default)",
+    )
+
+
+def _socket(args: argparse.Namespace) -> str:
+    """The control socket named by --socket, --config, the environment or the default.
+    Raises ConfigError if --config names a broken file."""
     import os
 
-    from edge_agent.control import ControlError, request
-
-    socket = args.socket or os.environ.get("EDGE_AGENT_SOCKET") or "data/control.sock"
     if args.config:
         from edge_agent.config import load_config
 
-        try:
-            socket = load_config(args.config).control.socket
-        except ConfigError as exc:
-            for issue in exc.issues:
-                print(issue, file=sys.stderr)
-            return EXIT_CONFIG
-    message: dict[str, object]
+        return load_config(args.config).control.socket
+    return str(args.socket or os.environ.get("EDGE_AGENT_SOCKET") or "data/control.sock")
+
+
+def _ask(socket: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    from edge_agent.control import ControlError, request
+
+    try:
+        return asyncio.run(request(socket, message))
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        socket = _socket(args)
+    except ConfigError as exc:
+        _print_issues(exc)
+        print("the file is invalid; the running agent was not asked to reload", file=sys.stderr)
+        return EXIT_CONFIG
+    reply = _ask(socket, {"op": "reload"})
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        for error in reply.get("errors") or [reply.get("error")]:
+            print(error, file=sys.stderr)
+        print("reload rejected; the agent keeps running with its current config", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"reloaded: restarted {reply['restarted']}, added {reply['added']}, "
+        f"removed {reply['removed']}" + ("; sync restarted" if reply["sync_restarted"] else "")
+    )
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "schema":
+        from edge_agent.schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
+    if args.config_command == "validate":
+        return _validate(args.config)
+    import json
+
+    from edge_agent.config import load_config
+    from edge_agent.probe import exit_code, format_table, probe, to_json
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return EXIT_CONFIG
+    try:
+        probes = asyncio.run(probe(cfg, args.device))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps(to_json(probes), indent=2))
+    else:
+        print(format_table(probes))
+    return exit_code(probes)
+
+
+def _context(args: argparse.Namespace) -> int:
+    import getpass
+    import json
+
+    try:
+        socket = _socket(args)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return EXIT_CONFIG
+    message: dict[str, Any]
     if args.context_command == "set":
         values: dict[str, str | None] = {}
         for item in args.assignments:
@@ -159,10 +258,8 @@ def _context(args: argparse.Namespace) -> int:
         }
     else:
         message = {"op": "status"}
-    try:
-        reply = asyncio.run(request(socket, message))
-    except ControlError as exc:
-        print(exc, file=sys.stderr)
+    reply = _ask(socket, message)
+    if reply is None:
         return 1
     if not reply.get("ok"):
         print(reply.get("error", "refused"), file=sys.stderr)
@@ -188,14 +285,22 @@ def _run(path: str) -> int:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
+        _print_issues(exc)
         return EXIT_CONFIG
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await Agent(cfg).run(stop)
+        agent = Agent(cfg, config_path=path)
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload() -> None:
+            task: asyncio.Task[object] = asyncio.create_task(agent.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+        await agent.run(stop)
 
     asyncio.run(main())
     return 0

@@ -11,21 +11,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from buffer.sqlite import SqliteBuffer
 from drivers.base import PolledDriver, backoff_delay, run_polled
 from drivers.registry import create_driver
 from edge_agent.binder import Action, Binder, BindingRules, Capture, ContextRejected, WriteTaken
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, DeviceConfig, load_config
 from edge_agent.control import ControlServer
-from edge_agent.errors import BufferError_, DeviceError
+from edge_agent.errors import BufferError_, ConfigError, DeviceError
 from edge_agent.model import DeviceState, Observation, RecordDraft, RecordKind, Value
 from sync.mqtt import MqttSync
 
 log = logging.getLogger(__name__)
+
+
+def _polled(device: DeviceConfig) -> PolledDriver:
+    driver = create_driver(device)
+    if not isinstance(driver, PolledDriver):  # streaming devices come with their drivers
+        raise TypeError(f"device {device.name!r}: streaming drivers are not wired in yet")
+    return driver
 
 
 @dataclass
@@ -41,34 +50,50 @@ class AgentStats:
 class Agent:
     """One agent process: every device of one config, bound, buffered and forwarded."""
 
-    def __init__(self, cfg: AgentConfig, *, drain_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        drain_timeout: float = 2.0,
+        config_path: str | Path | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.drain_timeout = drain_timeout
         self.rules = BindingRules.from_config(cfg)
         self.binder = Binder(self.rules)
         self.buffer = SqliteBuffer(
             cfg.buffer.path, synchronous=cfg.buffer.synchronous, max_serials=self.rules.max_serials
         )
-        self.drivers: list[PolledDriver] = []
-        for device in cfg.devices:
-            driver = create_driver(device)
-            if not isinstance(driver, PolledDriver):  # streaming devices come with their drivers
-                raise TypeError(f"device {device.name!r}: streaming drivers are not wired in yet")
-            self.drivers.append(driver)
-        self._by_name = {d.name: d for d in self.drivers}
+        self._by_name = {device.name: _polled(device) for device in cfg.devices}
+        self._device_tasks: dict[str, asyncio.Task[None]] = {}
+        self._reload_lock = asyncio.Lock()
         self.control = ControlServer(cfg.control.socket, self._control)
         self._actions: set[asyncio.Task[None]] = set()
-        self.sync = MqttSync(
+        self.sync = self._new_sync(cfg)
+        self._sync_task: asyncio.Task[None] | None = None
+        self.stats = AgentStats()
+        self.started = asyncio.Event()
+        self.fatal: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def drivers(self) -> list[PolledDriver]:
+        return list(self._by_name.values())
+
+    @property
+    def device_tasks(self) -> Mapping[str, asyncio.Task[None]]:
+        """The running task of each device (a restarted device gets a new one)."""
+        return MappingProxyType(self._device_tasks)
+
+    def _new_sync(self, cfg: AgentConfig) -> MqttSync:
+        return MqttSync(
             cfg.mqtt,
             agent_id=cfg.agent.id,
             site=cfg.agent.site,
             line=cfg.agent.line,
             buffer=self.buffer,
         )
-        self.stats = AgentStats()
-        self.started = asyncio.Event()
-        self.fatal: BaseException | None = None
-        self._stop: asyncio.Event | None = None
 
     def _sink(self, batch: Sequence[Observation]) -> None:
         """Called in the event loop by every driver: bind, queue for commit, act."""
@@ -191,6 +216,8 @@ class Agent:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.snapshot()}
+        if op == "reload":
+            return await self.reload()
         if op == "context.set":
             station, values = request.get("station"), request.get("values")
             if not isinstance(station, str) or not isinstance(values, dict) or not values:
@@ -220,10 +247,9 @@ class Agent:
             await self.buffer.stop()
             raise
         try:
-            sync_task = asyncio.create_task(self.sync.run(), name="sync")
-            device_tasks = [
-                asyncio.create_task(self._device(d), name=f"device:{d.name}") for d in self.drivers
-            ]
+            self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
+            for driver in self.drivers:
+                self._start_device(driver)
             self.started.set()
             log.info(
                 "agent %s running: %d device(s), %d station(s)",
@@ -235,9 +261,8 @@ class Agent:
                 await stop.wait()
             finally:
                 await self.control.stop()
-                for t in device_tasks:
-                    t.cancel()
-                await asyncio.gather(*device_tasks, return_exceptions=True)
+                async with self._reload_lock:  # a reload half done would restart devices
+                    await self._stop_devices(list(self._device_tasks))
                 await self._finish_actions()
                 if self.fatal is None:
                     last = await self.buffer.flush()
@@ -245,8 +270,7 @@ class Agent:
                         "acquisition stopped; everything read is committed (last seq %d)", last
                     )
                     await self._drain()
-                sync_task.cancel()
-                await asyncio.gather(sync_task, return_exceptions=True)
+                await self._stop_sync()
         finally:
             if self.fatal is None:
                 await self.buffer.stop()
@@ -256,6 +280,100 @@ class Agent:
                 )
         if self.fatal is not None:
             raise self.fatal
+
+    def _start_device(self, driver: PolledDriver) -> None:
+        self._device_tasks[driver.name] = asyncio.create_task(
+            self._device(driver), name=f"device:{driver.name}"
+        )
+
+    async def _stop_devices(self, names: Sequence[str]) -> None:
+        tasks = [self._device_tasks.pop(n) for n in names if n in self._device_tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_sync(self) -> None:
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply it without a restart (SIGHUP, ``edge-agent
+        reload``).
+
+        An invalid file is rejected with every problem logged, and the running config stays.
+        A valid one is applied in place: the journal, its seq and the stations' contexts
+        carry on; only devices whose settings changed are restarted (added ones started,
+        removed ones stopped); sync is restarted only if the ``mqtt`` section changed.
+        Identity, journal and control socket cannot move under a running agent: changing
+        them is refused with the reason (restart the agent to apply them).
+        """
+        async with self._reload_lock:
+            if self.config_path is None:
+                return {"ok": False, "errors": ["this agent was not started from a config file"]}
+            if self._stop is None or self._stop.is_set():
+                return {"ok": False, "errors": ["the agent is not running"]}
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                log.error(
+                    "reload of %s rejected (%d problem(s)); the running config stays",
+                    self.config_path,
+                    len(exc.issues),
+                )
+                for issue in exc.issues:
+                    log.error("  %s", issue)
+                return {"ok": False, "errors": [str(i) for i in exc.issues]}
+            old = self.cfg
+            fixed = [
+                name
+                for name in ("agent", "buffer", "control")
+                if getattr(old, name) != getattr(new, name)
+            ]
+            if fixed:
+                errors = [f"{name}: changed; restart the agent to apply it" for name in fixed]
+                log.error("reload of %s rejected: %s", self.config_path, "; ".join(errors))
+                return {"ok": False, "errors": errors}
+            before = {d.name: d for d in old.devices}
+            after = {d.name: d for d in new.devices}
+            changed = [n for n in after if n in before and after[n] != before[n]]
+            added = [n for n in after if n not in before]
+            removed = [n for n in before if n not in after]
+            try:
+                fresh = {n: _polled(after[n]) for n in (*changed, *added)}
+            except (TypeError, ValueError) as exc:
+                log.error("reload of %s rejected: %s", self.config_path, exc)
+                return {"ok": False, "errors": [str(exc)]}
+            await self._stop_devices([*changed, *removed])
+            self.rules = BindingRules.from_config(new)
+            self.binder.reconfigure(self.rules)
+            self.cfg = new
+            # Rebuilt in the file's order, so status lists devices as the file does.
+            self._by_name = {n: fresh.get(n) or self._by_name[n] for n in after}
+            for driver in fresh.values():
+                self._start_device(driver)
+            sync_restarted = new.mqtt != old.mqtt
+            if sync_restarted:
+                await self._stop_sync()
+                self.sync = self._new_sync(new)
+                self._sync_task = asyncio.create_task(self.sync.run(), name="sync")
+            log.info(
+                "config %s reloaded: %d device(s) restarted %s, added %s, removed %s%s",
+                self.config_path,
+                len(changed),
+                changed,
+                added,
+                removed,
+                "; sync restarted" if sync_restarted else "",
+            )
+            return {
+                "ok": True,
+                "restarted": changed,
+                "added": added,
+                "removed": removed,
+                "sync_restarted": sync_restarted,
+            }
 
     async def _finish_actions(self) -> None:
         """Let captures in flight end (each is bounded by its device's timeout), so a part

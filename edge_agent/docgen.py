@@ -20,6 +20,7 @@ from edge_agent.config import (
     BufferConfig,
     ContextSource,
     StationConfig,
+    Templates,
 )
 from sync.config import MqttConfig
 
@@ -32,7 +33,33 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("devices[].points[] (modbus_tcp)", ModbusPoint),
     ("buffer", BufferConfig),
     ("mqtt", MqttConfig),
+    ("templates", Templates),
 ]
+
+
+FILE_SYNTAX = [
+    "## Templates, station devices, variables, secrets",
+    "",
+    "- **Templates.** `templates.devices.NAME` and `templates.stations.NAME` hold partial",
+    "  entries. An entry with `template: NAME` takes every key of the template, then its own: a",
+    "  key given in the entry replaces the template's whole value (`points:` in an entry",
+    "  replaces the template's list, it does not add to it). Templates do not nest. A mistake in",
+    "  a template is reported at the template's line, naming the entry that uses it:",
+    "  `devices[3].timeout (from template 'press-plc')`.",
+    "- **Station device.** A station's `device` is the default of `context.<key>.device`,",
+    "  `scans.sources[].device`, `part.trigger.device` and `part.snapshot.device`.",
+    "- **Environment variables.** In any string value, `${VAR}` is replaced by the variable",
+    "  (an error if it is not set), `${VAR:-default}` by the variable or, if it is unset or",
+    "  empty, the default; `$${` is a literal `${`. Substitution happens after parsing, so a",
+    "  value cannot add YAML structure; `port: ${PORT:-502}` still becomes the number 502.",
+    "- **Secrets from files.** `password_file: /run/secrets/mqtt` (beside a secret key such as",
+    "  `mqtt.password`, not with it) reads the secret from that file when the config is loaded;",
+    "  one trailing newline is dropped. Secrets never appear in messages, logs or dumps.",
+    "- YAML anchors, aliases and merge keys (`<<: *base`) work; tags such as `!!python/object`",
+    "  are refused.",
+    "",
+]
+"""Hand-written: what the file format adds on top of the models."""
 
 
 def _type_name(annotation: Any) -> str:
@@ -80,11 +107,12 @@ def render() -> str:
         "",
         "Generated from the config models by `python -m edge_agent.docgen`; do not edit by hand.",
         "Check a file with `edge-agent validate FILE`: every problem is listed at once as",
-        "`file:line: key.path: message`, and the exit status is 2.",
+        "`file:line:col: key.path: message`, and the exit status is 2.",
         "",
         "Names (sites, lines, stations, devices, points) are letters, digits, `_`, `.`, `-`,",
         "starting with a letter or `_`. Unknown keys are errors, never silently ignored.",
         "",
+        *FILE_SYNTAX,
     ]
     for title, model in SECTIONS:
         lines += [f"## {title}", "", (model.__doc__ or "").strip().split("\n")[0], ""]

@@ -15,7 +15,11 @@ class EdgeAgentError(Exception):
 
 @dataclass(frozen=True)
 class ConfigIssue:
-    """One problem in a config file, located as precisely as the YAML allows."""
+    """One problem in a config file, located as precisely as the YAML allows.
+
+    Prints as ``file:line:col: key.path: message`` (line and column 1-based), the form editors
+    and CI problem matchers jump to. Only a file that cannot be read at all has no position.
+    """
 
     file: str
     line: int | None
@@ -24,7 +28,9 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}:{self.column or 1}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 

@@ -213,7 +213,10 @@ class ScanRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Name = Field(description="Rule name, recorded with every scan it classifies.")
+    name: Name = Field(
+        description="Rule name, recorded with every scan it classifies.",
+        examples=["part_label", "badge", "material"],
+    )
     regex: str | None = Field(
         default=None,
         description="Python regular expression that must match the whole data (after the AIM "
@@ -224,6 +227,7 @@ class ScanRule(BaseModel):
         default=False,
         description="Match GS1 element strings (GS1 DataMatrix, GS1-128, GS1 QR); the fields "
         "are AIs such as '01' (GTIN), '10' (lot), '17' (expiry), '21' (serial).",
+        examples=[True],
     )
     require: list[str] = Field(
         default_factory=list,
@@ -237,7 +241,9 @@ class ScanRule(BaseModel):
         examples=[{"serial": "21", "product": "01", "lot": "10"}],
     )
     consume: Consume | None = Field(
-        default=None, description="Record that the scanned item was consumed into the serial."
+        default=None,
+        description="Record that the scanned item was consumed into the serial.",
+        examples=[{"lot": "lot", "quantity": "qty", "unit": "pcs"}],
     )
 
     @property

@@ -44,7 +44,11 @@ def demo_config(
     reading's serial is exactly the one the PLC showed at that instant. With ``parts``, each
     station records one part per cycle, triggered by the cycle-complete coil, or with
     ``handshake`` by data ready / data taken (the simulator must run with handshake too).
+
+    The device timeout is the poll interval (at most 1 s): a longer one fails validation, as
+    a slow answer would overrun the next poll.
     """
+    timeout = min(poll_interval, 1.0)
     devices = []
     station_cfgs = []
     for i in range(stations):
@@ -58,7 +62,7 @@ def demo_config(
                 "port": modbus_port,
                 "unit_id": i + 1,
                 "station": name,
-                "timeout": 1.0,
+                "timeout": timeout,
                 "poll_interval": poll_interval,
                 "backoff_initial": 0.2,
                 "backoff_max": 2.0,

@@ -67,6 +67,7 @@ devices:
   - name: plc2
     type: modbus_tcp
     host: 127.0.0.1
+    unit_id: 2
     station: ST20
     points:
       - {name: serial, address: 0, type: string, count: 6}
@@ -77,6 +78,7 @@ devices:
   - name: plc3
     type: modbus_tcp
     host: 127.0.0.1
+    unit_id: 3
     station: ST30
     points:
       - {name: step, address: 0, type: uint16}
@@ -84,6 +86,7 @@ devices:
   - name: cam
     type: modbus_tcp
     host: 127.0.0.1
+    unit_id: 4
     station: ST10
     points:
       - {name: code, address: 0, type: string, count: 40}

@@ -681,3 +681,56 @@ async def test_snapshots_and_writes_interleave_with_polling() -> None:
         assert state(driver) is DeviceState.UP
         assert driver.status.reads_failed == 0
         assert all(o.quality is Quality.GOOD for o in sink.all)
+
+
+# -- the commissioning probe's single requests ---------------------------------------------
+
+
+async def test_probe_request_returns_failures_as_data_and_leaves_the_poll_state_alone() -> None:
+    a, b, coil = pt("a", 0, "uint16"), pt("b", 1, "int32"), pt("c", 2, "bool", C)
+    async with sim_server(memory_for({a: 7, b: -2, coil: True})) as sim:
+        driver = ModbusTcpDriver(device(sim.port, [a, b, coil], **FAST))
+        (req, coil_req) = driver.plan[0].requests
+        with pytest.raises(ConnectError, match="not connected"):
+            await driver.probe_request(req)
+        await driver.open()
+        try:
+            good = await driver.probe_request(req)
+            assert (good.words, good.bits, good.error, good.exception_code) == (
+                (7, 0xFFFF, 0xFFFE),
+                None,
+                None,
+                None,
+            )
+            assert good.latency is not None
+            assert 0 < good.latency < 0.3
+            assert [(o.point, o.value, o.quality) for o in good.observations] == [
+                ("a", 7, Quality.GOOD),
+                ("b", -2, Quality.GOOD),
+            ]
+            bits = await driver.probe_request(coil_req)
+            assert (bits.bits, bits.words) == ((True,), None)
+            for code in (ExcCodes.ILLEGAL_ADDRESS, ExcCodes.GATEWAY_NO_RESPONSE):
+                sim.fail[(H, 0)] = code
+                refused = await driver.probe_request(req)
+                assert (refused.exception_code, refused.words) == (int(code), None)
+                assert refused.error is not None
+                assert refused.error.startswith(f"modbus exception {int(code)} (")
+                assert refused.latency is not None
+                assert all(o.quality is Quality.BAD for o in refused.observations)
+            sim.fail.clear()
+            sim.short_by = 1
+            short = await driver.probe_request(req)
+            assert short.words == (7, 0xFFFF)
+            assert short.observations[1].error == "short response: 2 of 3 registers"
+            sim.short_by = 0
+            sim.go_silent()
+            silent = await driver.probe_request(req)
+            assert (silent.timed_out, silent.latency, silent.words) == (True, None, None)
+            assert silent.error == "no response within 0.3s"
+            assert [o.error for o in silent.observations] == ["no response within 0.3s"] * 2
+            await sim.resume()
+            assert state(driver) is DeviceState.STARTING
+            assert driver.status.reads_ok == driver.status.reads_failed == 0
+        finally:
+            await driver.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -90,38 +91,73 @@ class ModbusPoint(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Name
+    name: Name = Field(
+        description="Point name, unique on the device; used in records and references.",
+        examples=["cycle_counter", "final_force", "part_serial"],
+    )
     address: int = Field(
-        ge=0, le=65535, description="Register or coil address (see the device's address_base)."
+        ge=0,
+        le=65535,
+        description="Register or coil address (see the device's address_base).",
+        examples=[0, 20, 100],
     )
     table: Table = Field(
         default=Table.HOLDING,
         description="holding (FC3), input (FC4), coil (FC1) or discrete_input (FC2).",
+        examples=["holding", "coil"],
     )
-    type: DataType = Field(description="Data type; decides how many registers are read.")
+    type: DataType = Field(
+        description="Data type; decides how many registers are read.",
+        examples=["float32", "uint16", "string"],
+    )
     count: int | None = Field(
         default=None,
         ge=1,
         le=125,
         description="Registers to read. Required for string; must match the type otherwise.",
+        examples=[6, 10],
     )
-    bit: int | None = Field(default=None, ge=0, le=15, description="Bit index for type bit.")
+    bit: int | None = Field(
+        default=None, ge=0, le=15, description="Bit index for type bit.", examples=[0, 7]
+    )
     word_order: WordOrder = Field(
-        default=WordOrder.ABCD, description="Byte and word order of multi-register values."
+        default=WordOrder.ABCD,
+        description="Byte and word order of multi-register values.",
+        examples=["CDAB", "BADC"],
     )
-    scale: float = Field(default=1.0, description="value = raw * scale + offset (numbers only).")
-    offset: float = Field(default=0.0, description="value = raw * scale + offset (numbers only).")
-    unit: str | None = Field(default=None, max_length=32, description="Engineering unit.")
+    scale: float = Field(
+        default=1.0,
+        description="value = raw * scale + offset (numbers only).",
+        examples=[0.1, 0.01],
+    )
+    offset: float = Field(
+        default=0.0,
+        description="value = raw * scale + offset (numbers only).",
+        examples=[-40.0],
+    )
+    unit: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Engineering unit.",
+        examples=["kN", "mm", "degC", "bar"],
+    )
     poll_interval: float | None = Field(
-        default=None, gt=0, le=86400, description="Seconds; defaults to the device's."
+        default=None,
+        gt=0,
+        le=86400,
+        description="Seconds; defaults to the device's.",
+        examples=[0.2, 5],
     )
     station: Name | None = Field(
-        default=None, description="Station this point belongs to; defaults to the device's."
+        default=None,
+        description="Station this point belongs to; defaults to the device's.",
+        examples=["ST10"],
     )
     report: Report = Field(
         default=Report.EVERY_POLL,
         description="every_poll; on_change to record changes only; snapshot: not polled, read "
         "only when a part trigger's snapshot asks for it.",
+        examples=["on_change", "snapshot"],
     )
 
     @property
@@ -184,6 +220,9 @@ class ModbusPoint(BaseModel):
         if self.type is DataType.STRING and self.word_order not in (WordOrder.ABCD, WordOrder.BADC):
             out.append((("word_order",), "strings take ABCD or BADC only"))
         numeric = self.type not in (DataType.BOOL, DataType.BIT, DataType.STRING)
+        for key, number in (("scale", self.scale), ("offset", self.offset)):
+            if not math.isfinite(number):
+                out.append(((key,), f"expected a finite number, found {number}"))
         if not numeric and (self.scale != 1.0 or self.offset != 0.0):
             out.append((("scale",), f"scale and offset apply to numbers, not {self.type.value}"))
         if self.report is Report.SNAPSHOT and self.poll_interval is not None:
@@ -200,38 +239,96 @@ class ModbusTcpDevice(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["modbus_tcp"] = Field(description="Driver: modbus_tcp.")
-    name: Name = Field(description="Device name, unique in the file; used in logs and records.")
-    host: str = Field(min_length=1, description="PLC or gateway IP address or host name.")
-    port: int = Field(default=502, ge=1, le=65535)
-    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit (device) id.")
-    station: Name | None = Field(
-        default=None, description="Station the points belong to unless a point says otherwise."
+    type: Literal["modbus_tcp"] = Field(description="Driver: modbus_tcp.", examples=["modbus_tcp"])
+    name: Name = Field(
+        description="Device name, unique in the file; used in logs and records.",
+        examples=["press10", "nutrunner30"],
     )
-    timeout: float = Field(default=1.0, gt=0, le=60, description="Seconds per request.")
-    poll_interval: float = Field(default=1.0, gt=0, le=86400, description="Default, seconds.")
+    host: str = Field(
+        min_length=1,
+        description="PLC or gateway IP address or host name.",
+        examples=["192.168.10.21", "plc-st10.line3.local"],
+    )
+    port: int = Field(
+        default=502,
+        ge=1,
+        le=65535,
+        description="TCP port of the PLC or gateway; 502 is the Modbus standard.",
+        examples=[502, 5020],
+    )
+    unit_id: int = Field(
+        default=1,
+        ge=0,
+        le=255,
+        description="Modbus unit (device) id.",
+        examples=[1, 2, 255],
+    )
+    station: Name | None = Field(
+        default=None,
+        description="Station the points belong to unless a point says otherwise.",
+        examples=["ST10"],
+    )
+    timeout: float = Field(
+        default=1.0, gt=0, le=60, description="Seconds per request.", examples=[0.5, 2.0]
+    )
+    poll_interval: float = Field(
+        default=1.0, gt=0, le=86400, description="Default, seconds.", examples=[0.2, 1.0]
+    )
     address_base: Literal[0, 1] = Field(
         default=0,
         description="0 if addresses are protocol addresses; 1 if the PLC manual counts from 1.",
+        examples=[1],
     )
     max_registers: int = Field(
-        default=125, ge=1, le=125, description="Largest single register request."
+        default=125,
+        ge=1,
+        le=125,
+        description="Largest single register request.",
+        examples=[100, 64],
     )
     max_gap: int = Field(
         default=8,
         ge=0,
         le=124,
         description="Unused registers a coalesced request may span to save a round trip.",
+        examples=[0, 16],
     )
     connect_delay: float = Field(
-        default=0.0, ge=0, le=60, description="Pause after connecting (some PLCs need it)."
+        default=0.0,
+        ge=0,
+        le=60,
+        description="Pause after connecting (some PLCs need it).",
+        examples=[0.5],
     )
     request_delay: float = Field(
-        default=0.0, ge=0, le=10, description="Pause between requests (slow gateways)."
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Pause between requests (slow gateways).",
+        examples=[0.05],
     )
-    backoff_initial: float = Field(default=0.5, gt=0, le=60, description="Reconnect backoff base.")
-    backoff_max: float = Field(default=30.0, gt=0, le=3600, description="Reconnect backoff cap.")
-    points: list[ModbusPoint] = Field(min_length=1)
+    backoff_initial: float = Field(
+        default=0.5, gt=0, le=60, description="Reconnect backoff base.", examples=[1.0]
+    )
+    backoff_max: float = Field(
+        default=30.0, gt=0, le=3600, description="Reconnect backoff cap.", examples=[60.0]
+    )
+    points: list[ModbusPoint] = Field(
+        min_length=1,
+        description="The PLC's register map: one entry per named value.",
+        examples=[
+            [
+                {"name": "cycle_counter", "address": 0, "type": "uint32"},
+                {
+                    "name": "force",
+                    "address": 4,
+                    "type": "float32",
+                    "word_order": "CDAB",
+                    "unit": "kN",
+                },
+            ]
+        ],
+    )
 
     def issues(self) -> list[Issue]:
         """Cross-field problems with key paths relative to this device."""
@@ -250,6 +347,7 @@ class ModbusTcpDevice(BaseModel):
                 seen[p.name] = i
             if self.address_base == 1 and p.address == 0:
                 out.append((("points", i, "address"), "address_base is 1, so addresses start at 1"))
+        out.extend(_overlap_issues(self.points))
         if self.backoff_max < self.backoff_initial:
             out.append((("backoff_max",), "must be at least backoff_initial"))
         if not out:
@@ -260,3 +358,49 @@ class ModbusTcpDevice(BaseModel):
 
     def point_station(self, point: ModbusPoint) -> str | None:
         return point.station or self.station
+
+
+def _overlap_issues(points: list[ModbusPoint]) -> list[Issue]:
+    """Points of one table whose registers (or bits) overlap, which means a misread register
+    map: a uint32 at 10 and an int16 at 11. Sharing is fine for bits of one register, for a
+    whole 16-bit word beside its bits, and for exact aliases (same address and type). Each
+    clash is reported once, at the later point."""
+    out: list[Issue] = []
+    for table in Table:
+        active: list[tuple[int, ModbusPoint]] = []  # (index, point) still covering addresses
+        entries = sorted(
+            ((i, p) for i, p in enumerate(points) if p.table is table),
+            key=lambda e: (e[1].address, e[0]),
+        )
+        for i, p in entries:
+            active = [(j, q) for j, q in active if q.address + q.register_count > p.address]
+            for j, q in active:
+                if _may_share(p, q):
+                    continue
+                (k, later), (m, earlier) = ((i, p), (j, q)) if i > j else ((j, q), (i, p))
+                other = f"{earlier.name!r} (points[{m}], {earlier.type.value} at {_span(earlier)})"
+                out.append(
+                    (
+                        ("points", k, "address"),
+                        f"{later.type.value} at {_span(later)} overlaps {other}: only bits of "
+                        "one register or exact aliases (same address and type) may share",
+                    )
+                )
+            active.append((i, p))
+    return out
+
+
+def _may_share(p: ModbusPoint, q: ModbusPoint) -> bool:
+    words = (DataType.INT16, DataType.UINT16)
+    if p.type is DataType.BIT and (q.type is DataType.BIT or q.type in words):
+        return True
+    if q.type is DataType.BIT and p.type in words:
+        return True
+    return (p.type, p.address, p.register_count) == (q.type, q.address, q.register_count)
+
+
+def _span(p: ModbusPoint) -> str:
+    what = p.table.value if p.table in BIT_TABLES else "register"
+    if p.register_count == 1:
+        return f"{what} {p.address}"
+    return f"{what}s {p.address}..{p.address + p.register_count - 1}"

@@ -6,10 +6,11 @@ observations, device DEGRADED); silence or a lost connection is about the whole 
 raised as ConnectError/ReadError so the runner reconnects.
 
 Besides the poll loop, other tasks read snapshots (``read_points``) and write handshake bits
-(``write``) over the same connection. Every request takes the driver's lock for that one
-request only, so a handshake write waits for at most the request on the wire (and those
-already queued), never for a whole poll group; ``request_delay`` is kept between any two
-requests, whoever sends them.
+(``write``) over the same connection; the commissioning probe (``edge_agent.probe``) sends
+single requests through ``probe_request`` on a connection of its own. Every request takes
+the driver's lock for that one request only, so a handshake write waits for at most the
+request on the wire (and those already queued), never for a whole poll group;
+``request_delay`` is kept between any two requests, whoever sends them.
 """
 
 from __future__ import annotations
@@ -74,6 +75,39 @@ class _Reply:
     words: list[int] | None = None
     bits: list[bool] | None = None
     error: str | None = None
+    code: int | None = None  # the Modbus exception code, when the device answered with one
+    latency: float = 0.0  # seconds from sending the request to its answer
+
+
+class RequestFailed(ReadError):
+    """A read brought no usable answer (silence, a garbled reply) while the connection is up."""
+
+    def __init__(self, device: str, message: str, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(device, message)
+        self.reason = reason  # the message without the device and the request
+        self.timed_out = timed_out
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeReply:
+    """What one request of a commissioning probe brought back (``probe_request``).
+
+    ``words`` (register tables) or ``bits`` (coil tables, exactly ``request.count`` of them)
+    when the device answered with data, which may be fewer words than asked; otherwise
+    ``error`` says why not: a Modbus exception (``exception_code``, gateway codes included),
+    silence (``timed_out``) or a reply pymodbus could not use. ``latency`` is the time from
+    sending to the answer, None when none came. ``observations`` holds every point of the
+    request decoded exactly as a poll decodes it.
+    """
+
+    request: Request
+    latency: float | None
+    words: tuple[int, ...] | None = None
+    bits: tuple[bool, ...] | None = None
+    exception_code: int | None = None
+    error: str | None = None
+    timed_out: bool = False
+    observations: tuple[Observation, ...] = ()
 
 
 class ModbusTcpDriver(PolledDriver):
@@ -216,6 +250,37 @@ class ModbusTcpDriver(PolledDriver):
                 f"not {addr} {wire!r}",
             )
 
+    async def probe_request(self, req: Request) -> ProbeReply:
+        """Send one read for the commissioning probe and report whatever came back.
+
+        Unlike polling, a Modbus exception (gateway codes 10 and 11 too), a timeout or an
+        unusable reply are results here, not errors; only a connection that is gone (or was
+        never opened) raises ConnectError. Leaves the poll state (on_change memory, device
+        state) alone. ``req`` may be any request, also one the poll plan never makes.
+        """
+        try:
+            reply = await self._exchange(req)
+        except RequestFailed as exc:
+            failed = _Reply(time.time(), error=exc.reason)
+            observed, _ = self._observations(req, failed)
+            return ProbeReply(
+                req,
+                None,
+                error=exc.reason,
+                timed_out=exc.timed_out,
+                observations=tuple(observed),
+            )
+        observed, _ = self._observations(req, reply)
+        return ProbeReply(
+            req,
+            reply.latency,
+            words=None if reply.words is None else tuple(reply.words),
+            bits=None if reply.bits is None else tuple(reply.bits),
+            exception_code=reply.code,
+            error=reply.error,
+            observations=tuple(observed),
+        )
+
     async def watch_connection(self) -> None:
         lost = self._lost
         if lost is None:
@@ -272,16 +337,26 @@ class ModbusTcpDriver(PolledDriver):
         # pymodbus raises this for silence and for mismatched replies alike; only the text
         # tells them apart, and its timeout text ("continue with next request") would mislead
         # an operator.
-        text = (
-            f"no response within {self.device.timeout}s"
-            if "no response" in str(exc).lower()
-            else str(exc)
-        )
+        timed_out = "no response" in str(exc).lower()
+        text = f"no response within {self.device.timeout}s" if timed_out else str(exc)
+        if error is ReadError:
+            return RequestFailed(self.name, f"{what}: {text}", text, timed_out=timed_out)
         return error(self.name, f"{what}: {text}")
 
     async def _perform(self, req: Request) -> _Reply:
+        """One poll or snapshot request; a gateway exception means the device is down."""
+        reply = await self._exchange(req)
+        if reply.code in _GATEWAY_CODES:
+            raise ReadError(self.name, describe_exception(reply.code))
+        return reply
+
+    async def _exchange(self, req: Request) -> _Reply:
+        """One request on the wire. Raises ConnectError when the connection is gone and
+        RequestFailed when no usable answer came; an exception response is a reply."""
         addr, n, unit = req.address, req.count, self.device.unit_id
         async with self._turn() as client:
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
             try:
                 rr: ModbusPDU
                 if req.table is Table.HOLDING:
@@ -297,19 +372,20 @@ class ModbusTcpDriver(PolledDriver):
             except ConnectionException as exc:
                 raise ConnectError(self.name, f"connection lost: {exc}") from exc
             except (ModbusException, OSError) as exc:
-                raise ReadError(self.name, f"{_describe_request(req)} failed: {exc}") from exc
+                what = _describe_request(req)
+                raise RequestFailed(self.name, f"{what} failed: {exc}", f"failed: {exc}") from exc
+            latency = loop.time() - sent
         ts = time.time()
         if isinstance(rr, ExceptionResponse):
             code = int(rr.exception_code)
-            if code in _GATEWAY_CODES:
-                raise ReadError(self.name, describe_exception(code))
-            return _Reply(ts, error=describe_exception(code))
+            return _Reply(ts, error=describe_exception(code), code=code, latency=latency)
         if rr.isError():
-            raise ReadError(self.name, f"{_describe_request(req)} failed: {rr}")
+            what = _describe_request(req)
+            raise RequestFailed(self.name, f"{what} failed: {rr}", f"failed: {rr}")
         if req.table in BIT_TABLES:
             # Bits come back padded to whole bytes.
-            return _Reply(ts, bits=list(rr.bits[: req.count]))
-        return _Reply(ts, words=list(rr.registers))
+            return _Reply(ts, bits=list(rr.bits[: req.count]), latency=latency)
+        return _Reply(ts, words=list(rr.registers), latency=latency)
 
     def _observations(self, req: Request, reply: _Reply) -> tuple[list[Observation], list[str]]:
         """Every point of the request, and the decode problems among them."""
