@@ -69,3 +69,43 @@ def test_demo_runs_and_loses_nothing(tmp_path: Path) -> None:
     assert "serial S2-" in proc.stdout
     assert "nothing lost." in proc.stdout
     assert list(tmp_path.iterdir()) == [], "the demo leaves nothing behind"
+
+
+def test_config_schema_prints_the_committed_schema() -> None:
+    from edge_agent.schema import schema_text
+
+    out = subprocess.run(
+        [*CLI, "config", "schema"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out == schema_text()
+
+
+async def test_config_probe_reads_every_point_of_a_simulated_plc(tmp_path: Path) -> None:
+    from simulators.modbus_server import ModbusStationServer
+    from simulators.scenario import demo_config
+
+    async with ModbusStationServer([StationModel(unit_id=1, cycle_time=60)]) as plc:
+        raw = demo_config(
+            modbus_port=plc.port, mqtt_port=free_port(), buffer_path=str(tmp_path / "b.db")
+        )
+        path = tmp_path / "agent.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        good = await asyncio.to_thread(
+            subprocess.run,
+            [*CLI, "config", "probe", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        unknown = await asyncio.to_thread(
+            subprocess.run,
+            [*CLI, "config", "probe", str(path), "--device", "pres1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "cycle_counter" in good.stdout
+    assert "'SN00000001'" in good.stdout  # part_serial decoded from the PLC's registers
+    assert unknown.returncode == 2
+    assert "did you mean 'press1'" in unknown.stderr
