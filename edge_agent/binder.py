@@ -355,10 +355,6 @@ def _scan(
 # ---- triggers, snapshots and the handshake -----------------------------------------------
 
 
-def _truthy(value: Value) -> bool:
-    return bool(value)
-
-
 def _trigger(
     st: StationState, station: str, obs: Observation, part: PartConfig, step: Step
 ) -> None:
@@ -367,7 +363,7 @@ def _trigger(
         return
     previous, st.trigger = st.trigger, obs.value
     if part.handshake is not None:
-        ready = _truthy(obs.value)
+        ready = bool(obs.value)
         if ready and st.handshake is Handshake.IDLE:
             st.handshake = Handshake.CAPTURING
             _capture(st, station, obs, part, step, handshake=True)
@@ -382,16 +378,16 @@ def _trigger(
                 )
         return
     edge = part.trigger.edge
-    now = _truthy(obs.value)
+    now = bool(obs.value)
     if previous is UNSEEN:
         # The level at start (or after an outage) may be an edge we never saw, or one we
         # already recorded. Only a counter can tell, and completion checks it; without a
         # counter, not capturing is the choice that never invents a part.
         fire = part.counter is not None and edge != "change" and now == (edge == "rising")
     elif edge == "rising":
-        fire = now and not _truthy(previous)
+        fire = now and not bool(previous)
     elif edge == "falling":
-        fire = not now and _truthy(previous)
+        fire = not now and bool(previous)
     else:
         fire = obs.value != previous
     if fire:
