@@ -228,6 +228,9 @@ async def _poll_connected(
     start = loop.time()
     due = [start] * len(groups)
     while True:
+        # A read that completed just as the task was cancelled can swallow the cancellation
+        # (3.11's wait_for inside pymodbus); without this check the poll loop would go on.
+        _reraise_swallowed_cancel()
         i = min(range(len(groups)), key=due.__getitem__)
         delay = due[i] - loop.time()
         if delay > 0:
