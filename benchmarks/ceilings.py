@@ -27,22 +27,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.broker import MosquittoBroker
 
-# A typical reading record as the journal stores it (about 250 bytes of JSON).
-RECORD = json.dumps(
-    {
-        "seq": 0,
-        "kind": "reading",
-        "station": "ST10",
-        "ts": "2026-11-21T10:15:02.123456Z",
-        "device": "press10",
-        "point": "temperature",
-        "value": 181.27,
-        "quality": "good",
-        "ctx": {"serial": "SN00000042", "lot": "L00001", "work_order": None},
-        "unit": "degC",
-    },
-    separators=(",", ":"),
-)
+# A typical reading record body as the binder makes it; as JSON about 250 bytes.
+READING: dict[str, Any] = {
+    "kind": "reading",
+    "station": "ST10",
+    "ts": "2026-11-21T10:15:02.123456Z",
+    "device": "press10",
+    "point": "temperature",
+    "value": 181.27,
+    "quality": "good",
+    "ctx": {"serial": "SN00000042", "lot": "L00001", "work_order": None},
+    "unit": "degC",
+}
+RECORD = json.dumps({"seq": 0, **READING}, separators=(",", ":"))
 
 
 def sqlite_ceiling(

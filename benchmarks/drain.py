@@ -23,7 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.ceilings import paho_ceiling
+from benchmarks.ceilings import READING, paho_ceiling
 from buffer.sqlite import SqliteBuffer
 from edge_agent.model import RecordDraft, RecordKind
 from simulators.broker import MosquittoBroker
@@ -64,18 +64,7 @@ class Counter:
 
 
 async def drain(records: int) -> dict[str, Any]:
-    body = {
-        "kind": "reading",
-        "station": "ST10",
-        "ts": "2026-11-21T10:15:02.123456Z",
-        "device": "press10",
-        "point": "temperature",
-        "value": 181.27,
-        "quality": "good",
-        "ctx": {"serial": "SN00000042", "lot": "L00001"},
-        "unit": "degC",
-    }
-    draft = RecordDraft("ST10", RecordKind.READING, body)
+    draft = RecordDraft("ST10", RecordKind.READING, dict(READING))
     with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp:
         buffer = SqliteBuffer(Path(tmp) / "buffer.db", synchronous="NORMAL")
         await buffer.start()
