@@ -60,10 +60,11 @@ class Agent:
         self.cfg = cfg
         self.config_path = config_path
         self.drain_timeout = drain_timeout
-        self.rules = BindingRules.from_config(cfg)
-        self.binder = Binder(self.rules)
+        self.binder = Binder(BindingRules.from_config(cfg))
         self.buffer = SqliteBuffer(
-            cfg.buffer.path, synchronous=cfg.buffer.synchronous, max_serials=self.rules.max_serials
+            cfg.buffer.path,
+            synchronous=cfg.buffer.synchronous,
+            max_serials=self.binder.rules.max_serials,
         )
         self._by_name = {device.name: _polled(device) for device in cfg.devices}
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
@@ -346,8 +347,7 @@ class Agent:
                 log.error("reload of %s rejected: %s", self.config_path, exc)
                 return {"ok": False, "errors": [str(exc)]}
             await self._stop_devices([*changed, *removed])
-            self.rules = BindingRules.from_config(new)
-            self.binder.reconfigure(self.rules)
+            self.binder.reconfigure(BindingRules.from_config(new))
             self.cfg = new
             # Rebuilt in the file's order, so status lists devices as the file does.
             self._by_name = {n: fresh.get(n) or self._by_name[n] for n in after}
