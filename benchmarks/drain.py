@@ -46,7 +46,7 @@ class Counter:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id="bench-drain-counter", clean_session=False
         )
-        self._client.on_connect = lambda c, *_: c.subscribe("trace/#", qos=1)
+        self._client.on_connect = lambda c, *_: c.subscribe("trace/+/+/+/records", qos=1)
         self._client.on_subscribe = lambda *_: self.ready.set()
         self._client.on_message = self._on_message
         self._client.connect(host, port)

@@ -1,4 +1,4 @@
-"""``edge-agent`` command line: run, validate, simulate, demo."""
+"""``edge-agent`` command line: run, validate, simulate, demo, buffer salvage."""
 
 from __future__ import annotations
 
@@ -92,8 +92,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     gp = gsub.add_parser("validate", help="same as `edge-agent validate`")
     gp.add_argument("config", nargs="+")
 
+    from trace_store import cli as trace_store_cli  # the central store: trace-store, trace
+
+    trace_store_cli.register(sub)
+
+    p = sub.add_parser("buffer", help="journal tools (the agent must be stopped)")
+    bsub = p.add_subparsers(dest="buffer_command", required=True)
+    bp = bsub.add_parser(
+        "salvage",
+        help="copy the readable records of a damaged journal (set aside at start) into the "
+        "live journal as new records; safe to run twice",
+    )
+    bp.add_argument("-c", "--config", required=True, help="the agent's config")
+    bp.add_argument("damaged", help="the damaged journal, e.g. data/buffer.db.damaged-<time>")
+
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if args.command == "buffer":
+        from buffer.salvage import main as salvage
+
+        return salvage(args.config, args.damaged)
+    if args.command in trace_store_cli.COMMANDS:
+        return trace_store_cli.dispatch(args)
     if args.command == "context":
         return _context(args)
     if args.command == "reload":

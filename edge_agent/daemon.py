@@ -20,6 +20,7 @@ from typing import Any
 from buffer.sqlite import SqliteBuffer
 from drivers.base import PolledDriver, backoff_delay, run_polled
 from drivers.registry import create_driver
+from edge_agent.alarms import Alarms
 from edge_agent.binder import Action, Binder, BindingRules, Capture, ContextRejected, WriteTaken
 from edge_agent.config import AgentConfig, DeviceConfig, load_config
 from edge_agent.control import ControlServer
@@ -28,6 +29,9 @@ from edge_agent.model import DeviceState, Observation, RecordDraft, RecordKind, 
 from sync.mqtt import MqttSync
 
 log = logging.getLogger(__name__)
+
+STOP_FLUSH_TIMEOUT = 10.0
+"""Seconds a stopping agent waits for its last commit (only a full journal takes longer)."""
 
 
 def _polled(device: DeviceConfig) -> PolledDriver:
@@ -61,9 +65,11 @@ class Agent:
         self.config_path = config_path
         self.drain_timeout = drain_timeout
         self.binder = Binder(BindingRules.from_config(cfg))
-        self.buffer = SqliteBuffer(
-            cfg.buffer.path,
-            synchronous=cfg.buffer.synchronous,
+        self.alarms = Alarms()
+        self.buffer = SqliteBuffer.from_config(
+            cfg.buffer,
+            alarms=self.alarms,
+            config_path=config_path,
             max_serials=self.binder.rules.max_serials,
         )
         self._by_name = {device.name: _polled(device) for device in cfg.devices}
@@ -94,6 +100,7 @@ class Agent:
             site=cfg.agent.site,
             line=cfg.agent.line,
             buffer=self.buffer,
+            alarms=self.alarms,
         )
 
     def _sink(self, batch: Sequence[Observation]) -> None:
@@ -266,11 +273,19 @@ class Agent:
                     await self._stop_devices(list(self._device_tasks))
                 await self._finish_actions()
                 if self.fatal is None:
-                    last = await self.buffer.flush()
-                    log.info(
-                        "acquisition stopped; everything read is committed (last seq %d)", last
-                    )
-                    await self._drain()
+                    try:
+                        async with asyncio.timeout(STOP_FLUSH_TIMEOUT):
+                            last = await self.buffer.flush()
+                    except TimeoutError:
+                        # A full journal: buffer.stop() makes the last attempt and names
+                        # the records that never fitted.
+                        log.critical("acquisition stopped; the journal cannot commit (full?)")
+                    else:
+                        log.info(
+                            "acquisition stopped; everything read is committed (last seq %d)",
+                            last,
+                        )
+                        await self._drain()
                 await self._stop_sync()
         finally:
             if self.fatal is None:
@@ -429,7 +444,12 @@ class Agent:
             "devices": {d.name: d.status.state.value for d in self.drivers},
             "sync": {
                 "connected": self.sync.status.connected,
+                "confirm": self.cfg.mqtt.confirm,
                 "confirmed_records": self.sync.status.confirmed_records,
+                "store_watermark": self.sync.status.store_watermark,
+                "resends": self.sync.status.resends,
                 "last_error": self.sync.status.last_error,
             },
+            "buffer": self.buffer.stats(),
+            "alarms": [a.as_dict() for a in self.alarms.active()],
         }

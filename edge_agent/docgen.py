@@ -19,10 +19,12 @@ from edge_agent.config import (
     AgentIdentity,
     BufferConfig,
     ContextSource,
+    DiskWatermarkConfig,
     StationConfig,
+    TelemetryRetention,
     Templates,
 )
-from sync.config import MqttConfig
+from sync.config import MqttConfig, MqttTls
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Top level", AgentConfig),
@@ -32,7 +34,10 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("devices[] with type: modbus_tcp", ModbusTcpDevice),
     ("devices[].points[] (modbus_tcp)", ModbusPoint),
     ("buffer", BufferConfig),
+    ("buffer.telemetry", TelemetryRetention),
+    ("buffer.disk", DiskWatermarkConfig),
     ("mqtt", MqttConfig),
+    ("mqtt.tls", MqttTls),
     ("templates", Templates),
 ]
 

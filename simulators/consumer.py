@@ -35,7 +35,7 @@ class RecordCollector:
     QoS 1, so records queued for it survive its own reconnects and a broker restart."""
 
     def __init__(
-        self, host: str, port: int, topic: str = "trace/#", client_id: str | None = None
+        self, host: str, port: int, topic: str = "trace/+/+/+/records", client_id: str | None = None
     ) -> None:
         self.host, self.port, self.topic = host, port, topic
         self.lock = threading.Lock()

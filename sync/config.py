@@ -1,9 +1,7 @@
 """Config model of the MQTT uplink (lives beside ``sync/mqtt.py``, which it configures).
 
-Only plain TCP and MQTT 3.1.1 for now. TLS and MQTT 5 come later as new optional fields
-(e.g. ``tls: MqttTls | None = None``, ``protocol: Literal["3.1.1", "5"]``); everything that
-turns this model into a paho client lives in one place (``sync.mqtt._new_client``), so adding
-them touches that function and this model only.
+Everything that turns this model into a paho client lives in one place
+(``sync.mqtt._new_client``).
 """
 
 from __future__ import annotations
@@ -24,6 +22,58 @@ def invalid_topic_level(level: str) -> str | None:
     if any(c in level for c in "+#\0"):
         return f"{level!r} contains an MQTT wildcard or NUL"
     return None
+
+
+class MqttTls(BaseModel):
+    """TLS to the broker; with ``cert_file`` and ``key_file`` the agent also proves who it is
+    (mutual TLS)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM file of the CA(s) that signed the broker's certificate; default: the "
+        "operating system's trusted CAs.",
+        examples=["/etc/edge-agent/plant-ca.pem"],
+    )
+    cert_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM client certificate (chain) for mutual TLS; needs key_file.",
+        examples=["/etc/edge-agent/line3-pc1.crt"],
+    )
+    key_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM private key of cert_file.",
+        examples=["/etc/edge-agent/line3-pc1.key"],
+    )
+    key_password: SecretStr | None = Field(
+        default=None,
+        description="Password of an encrypted key_file.",
+        examples=["${MQTT_KEY_PASSWORD}"],
+    )
+    key_password_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File holding key_password instead, read when the config is loaded.",
+        examples=["/run/secrets/mqtt-key"],
+    )
+    verify_hostname: bool = Field(
+        default=True,
+        description="Check that the broker's certificate names mqtt.host. Turn off only for "
+        "brokers reached by an address their certificate does not list.",
+        examples=[True],
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        if self.key_password is not None and self.key_file is None:
+            raise ValueError("key_password given without key_file")
+        return self
 
 
 class MqttConfig(BaseModel):
@@ -128,6 +178,54 @@ class MqttConfig(BaseModel):
         "config is loaded; one trailing newline is dropped. Relative to the CWD. Not with "
         "password.",
         examples=["/run/secrets/mqtt"],
+    )
+
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1",
+        description="MQTT protocol version. With 5 a message the broker refuses (e.g. not "
+        "authorized) is reported by its reason code and kept for a later attempt.",
+        examples=["5"],
+    )
+    tls: MqttTls | None = Field(
+        default=None,
+        description="Connect with TLS (usually port 8883); absent: plain TCP.",
+        examples=[{"ca_file": "/etc/edge-agent/plant-ca.pem"}],
+    )
+    order: Literal["in_order", "live_first"] = Field(
+        default="in_order",
+        description="in_order: the backlog after an outage goes first, then live data, all in "
+        "seq order. live_first: new records go out at once and the backlog is drained beside "
+        "them at drain_rate (receivers then order by seq).",
+        examples=["live_first"],
+    )
+    drain_rate: float = Field(
+        default=5000.0,
+        gt=0,
+        le=10_000_000,
+        description="Records per second of backlog sent in live_first order.",
+        examples=[2000.0],
+    )
+    confirm: Literal["puback", "store"] = Field(
+        default="puback",
+        description="When journal rows are released: puback, once the broker acknowledged "
+        "them; store, once the trace store confirmed it committed them (end-to-end; see "
+        "docs/wire-format.md).",
+        examples=["store"],
+    )
+    confirm_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds without progress of the store's confirmation, while records are "
+        "unconfirmed, after which the agent sends them again (confirm: store). Doubles after "
+        "each resend that brought no progress, up to 16 times this.",
+        examples=[60.0],
+    )
+    status: bool = Field(
+        default=True,
+        description="Publish a retained online/offline status (with a Last Will) to "
+        "<prefix>/<site>/<line>/<agent>/status.",
+        examples=[True],
     )
 
     @model_validator(mode="after")

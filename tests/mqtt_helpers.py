@@ -63,7 +63,16 @@ async def eventually(
 class Mosquitto:
     """A real mosquitto broker on 127.0.0.1 with persistence in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        anonymous: bool = True,
+        extra: str = "",
+    ) -> None:
+        """``extra``: more mosquitto.conf lines (a password_file, a TLS listener...); the
+        plain listener on ``port`` stays first, for readiness checks and test subscribers."""
         self.binary = mosquitto_binary()
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +83,7 @@ class Mosquitto:
         data.mkdir(exist_ok=True)
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {data}/\n"
             # Started as root, mosquitto would switch to user "mosquitto", which cannot
@@ -84,6 +93,7 @@ class Mosquitto:
             "max_queued_messages 0\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            f"{extra}"
         )
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False

@@ -107,3 +107,13 @@ async def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     b = SqliteBuffer(tmp_path / "dir.db")
     with pytest.raises(BufferError_, match="cannot open buffer"):
         await b.start()
+
+
+async def test_journal_directory_is_created(tmp_path: Path) -> None:
+    b = SqliteBuffer(tmp_path / "data" / "sub" / "j.db")
+    await b.start()
+    try:
+        assert b.append(drafts(1)) == 1
+        assert await b.flush() == 1
+    finally:
+        await b.stop()

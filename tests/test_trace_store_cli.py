@@ -1,0 +1,367 @@
+"""``edge-agent trace ...`` output in its three formats, and ``edge-agent trace-store`` as a
+real process that is SIGKILLed mid-stream and restarted."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.mqtt_helpers import Mosquitto
+from tests.test_trace_store import (
+    AGENT,
+    CONFIRMED,
+    WAIT,
+    Publisher,
+    accepted,
+    envelope,
+    genealogy,
+    readings,
+    topic,
+    write,
+)
+from trace_store import cli as store_cli
+from trace_store.config import StoreConfig
+from trace_store.service import TraceStore
+from trace_store.storage import open_storage
+
+CLI = [sys.executable, "-m", "edge_agent.cli"]
+
+
+@pytest.fixture
+def trace_db(tmp_path: Path) -> str:
+    """A SQLite trace store holding the small genealogy of ``genealogy()``."""
+    path = str(tmp_path / "trace.db")
+    with open_storage(path) as storage:
+        write(storage, *(accepted(p, t) for t, p in genealogy()))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The trace commands in-process: ``edge-agent``'s parser with our sub-commands."""
+    parser = argparse.ArgumentParser(prog="edge-agent")
+    store_cli.register(parser.add_subparsers(dest="command", required=True))
+    code = store_cli.dispatch(parser.parse_args(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- queries -------------------------------------------------------------------------------------
+
+
+def test_trace_serial_table(trace_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "trace", "serial", "SA-1", "--db", trace_db)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == (
+        "serial SA-1: 3 record(s) at 1 station(s), "
+        "2026-11-21T10:00:02.000000Z .. 2026-11-21T10:00:04.000000Z"
+    )
+    assert lines[2].startswith("op10  (plant-a/line-3, agent line3-pc1)")
+    assert "  2026-11-21T10:00:02.000000Z  2    context  serial = SA-1 (was -)" in out
+    assert "press10.force = 20.5 kN (good)" in out
+    assert "result ok, quality good, force=20.6 kN [18..22.5], cycle 2.0 s, counter 1" in out
+    assert "used as a component in:" in out
+    assert "  FG-1    op30     plant-a/line-3  line3-pc1  9    2026-11-21T10:00:09.000000Z" in out
+
+
+def test_trace_lot_is_the_recall_list(trace_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "trace", "lot", "L-STEEL", "--db", trace_db)
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "lot L-STEEL: 5 serial(s) affected (3 consumed it directly, 2 through components)"
+    )
+    rows = [line.split()[:4] for line in out.splitlines()[2:]]
+    assert rows == [
+        ["SA-1", "1", "L-STEEL", "part"],  # "part ctx.lot"
+        ["SA-2", "1", "L-STEEL", "part"],
+        ["SA-3", "1", "L-STEEL", "consumption"],
+        ["FG-1", "2", "SA-1", "component"],
+        ["FG-2", "2", "SA-2", "component"],
+    ]
+
+    code, out, _ = run(capsys, "trace", "lot", "L-STEEL", "--db", trace_db, "--format", "json")
+    doc = json.loads(out)
+    assert doc["lot"] == "L-STEEL"
+    assert [(s["serial"], s["depth"], s["via"], s["how"]) for s in doc["serials"]] == [
+        ("SA-1", 1, "L-STEEL", "part ctx.lot"),
+        ("SA-2", 1, "L-STEEL", "part ctx.lot"),
+        ("SA-3", 1, "L-STEEL", "consumption"),
+        ("FG-1", 2, "SA-1", "component"),
+        ("FG-2", 2, "SA-2", "component"),
+    ]
+    assert doc["serials"][2] | {"ts": None} == {
+        "serial": "SA-3",
+        "depth": 1,
+        "via": "L-STEEL",
+        "how": "consumption",
+        "site": "plant-a",
+        "line": "line-3",
+        "station": "op20",
+        "agent": AGENT,
+        "seq": 7,
+        "ts": None,
+        "product": None,
+        "quantity": 1.5,
+        "unit": "kg",
+    }
+
+    code, out, _ = run(capsys, "trace", "lot", "L-STEEL", "--db", trace_db, "--format", "csv")
+    rows_csv = list(csv.DictReader(io.StringIO(out)))
+    assert [r["serial"] for r in rows_csv] == ["SA-1", "SA-2", "SA-3", "FG-1", "FG-2"]
+    assert rows_csv[3]["via"] == "SA-1"
+    assert rows_csv[3]["station"] == "op30"
+
+
+def test_trace_materials_goes_back_through_components(
+    trace_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "trace", "materials", "FG-1", "--db", trace_db)
+    assert code == 0
+    assert out.splitlines()[0] == "serial FG-1: 3 material(s) (2 lot(s), 1 component(s))"
+    assert [line.split()[:5] for line in out.splitlines()[2:]] == [
+        ["1", "component", "SA-1", "FG-1", "component"],
+        ["1", "lot", "L-GLUE", "FG-1", "consumption"],
+        ["2", "lot", "L-STEEL", "SA-1", "part"],
+    ]
+    code, out, _ = run(capsys, "trace", "materials", "FG-1", "--db", trace_db, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["kind"], r["id"], r["quantity"], r["unit"]) for r in rows] == [
+        ("component", "SA-1", "1.0", "pcs"),
+        ("lot", "L-GLUE", "3.0", "g"),
+        ("lot", "L-STEEL", "", ""),
+    ]
+    code, out, _ = run(capsys, "trace", "materials", "FG-1", "--db", trace_db, "--format", "json")
+    assert [m["id"] for m in json.loads(out)["materials"]] == ["SA-1", "L-GLUE", "L-STEEL"]
+
+
+def test_trace_serial_json_and_csv(trace_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "trace", "serial", "SA-2", "--db", trace_db, "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["serial"] == "SA-2"
+    assert doc["records"] == 2
+    [station] = doc["stations"]
+    assert (station["station"], station["agent"]) == ("op10", AGENT)
+    assert [r["seq"] for r in station["records"]] == [5, 6]
+    assert station["records"][1]["body"]["result"] == "nok"
+    assert [u["serial"] for u in doc["used_in"]] == ["FG-2"]
+
+    code, out, _ = run(capsys, "trace", "serial", "SA-2", "--db", trace_db, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["station"], r["seq"], r["kind"]) for r in rows] == [
+        ("op10", "5", "context"),
+        ("op10", "6", "part"),
+    ]
+    assert "force=23.1 kN [18..22.5] NOK" in rows[1]["details"]
+    assert json.loads(rows[1]["body"])["counter"] == 2
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_nothing_found_exits_1_and_says_so(
+    trace_db: str, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    for command, key in (("serial", "stations"), ("lot", "serials"), ("materials", "materials")):
+        code, out, err = run(capsys, "trace", command, "NOPE", "--db", trace_db, "--format", fmt)
+        assert code == 1
+        assert "'NOPE'" in err
+        if fmt == "json":
+            assert json.loads(out)[key] == []
+        elif fmt == "csv":
+            assert len(out.splitlines()) == 1  # the header only
+        else:
+            assert out == ""
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "trace", "lot", "L1", "--db", str(tmp_path / "missing.db"))
+    assert code == 2
+    assert "no such database" in err
+    (tmp_path / "other.db").write_bytes(b"")
+    code, _, err = run(capsys, "trace", "lot", "L1", "--db", str(tmp_path / "other.db"))
+    assert code == 2
+    assert "not a trace store database" in err
+    assert not (tmp_path / "missing.db").exists()  # a query never creates a database
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, "trace", "lot")
+    assert exit_info.value.code == 2
+    code, _, err = run(capsys, "trace-store", "--broker", "host:notaport")
+    assert code == 2
+    assert "port 'notaport'" in err
+
+
+def test_the_edge_agent_command_runs_the_queries(trace_db: str) -> None:
+    done = subprocess.run(
+        [*CLI, "trace", "lot", "L-GLUE", "--db", trace_db, "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["serial"] for r in csv.DictReader(io.StringIO(done.stdout))] == ["FG-1"]
+    done = subprocess.run(
+        [*CLI, "trace", "serial", "NOPE", "--db", trace_db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no records for serial 'NOPE'" in done.stderr
+
+
+def test_store_options_become_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    parser = argparse.ArgumentParser()
+    store_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        [
+            "trace-store",
+            "--broker",
+            "mq.plant:1884",
+            "--username",
+            "store",
+            "--password-file",
+            str(secret),
+            "--db",
+            "postgresql://trace@db/trace",
+            "--topic-prefix",
+            "acme/trace",
+            "--store-id",
+            "central-1",
+            "--agent",
+            "pc1",
+            "--agent",
+            "pc2",
+            "--max-held-records",
+            "5000",
+        ]
+    )
+    config = store_cli.config_from_args(args)
+    assert (config.host, config.port, config.username, config.password) == (
+        "mq.plant",
+        1884,
+        "store",
+        "s3cret",
+    )
+    assert config.agents == frozenset({"pc1", "pc2"})
+    assert config.max_held_records == 5000
+    assert config.client_id == "trace-store-central-1"
+    assert config.subscription == "acme/trace/+/+/+/records"
+    assert "s3cret" not in repr(config)
+
+    monkeypatch.setenv(store_cli.ENV_PASSWORD, "from-env")
+    args = parser.parse_args(["trace-store", "--username", "u", "--tls-ca", str(secret)])
+    config = store_cli.config_from_args(args)
+    assert (config.password, config.port, config.use_tls) == ("from-env", 8883, True)
+    assert config.max_held_records == 200_000
+    with pytest.raises(ValueError, match="max held records"):
+        store_cli.config_from_args(parser.parse_args(["trace-store", "--max-held-records", "-1"]))
+
+
+# ---- the daemon as a process ------------------------------------------------------------------
+
+
+class ConfirmWatcher:
+    """Follows one agent's confirmation topic: the retained message, then every update."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.seq = 0
+        self.stores: set[str] = set()
+        self._changed = threading.Condition()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="test-confirm-watcher", protocol=mqtt.MQTTv311
+        )
+        self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.payload:
+            doc = json.loads(msg.payload)
+            with self._changed:
+                self.seq = max(self.seq, doc["seq"])
+                self.stores.add(doc["store"])
+                self._changed.notify_all()
+
+    def wait(self, seq: int, timeout: float = WAIT) -> None:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: self.seq >= seq, timeout)
+        assert ok, f"confirmed seq {self.seq}, expected {seq}"
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def watcher(mosquitto: Mosquitto) -> Iterator[ConfirmWatcher]:
+    w = ConfirmWatcher(mosquitto.port, CONFIRMED)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def test_store_process_killed_mid_stream_loses_and_duplicates_nothing(
+    mosquitto: Mosquitto, watcher: ConfirmWatcher, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "trace.db")
+    options = ["--broker", f"127.0.0.1:{mosquitto.port}", "--db", db, "--store-id", "proc"]
+    # A first run creates the store's persistent session, so the broker queues what follows.
+    with TraceStore(
+        StoreConfig(host="127.0.0.1", port=mosquitto.port, db=db, store_id="proc")
+    ) as first:
+        assert first.wait_ready(WAIT)
+
+    per_message, messages = 10, 300
+    total = per_message * messages
+    publisher = Publisher(mosquitto.port)
+    try:
+        batch = []
+        for i in range(messages):
+            seqs = range(i * per_message + 1, (i + 1) * per_message + 1)
+            station = ("op10", "op20")[i % 2]
+            rng = (seqs[0] - 1, seqs[-1], per_message)
+            batch.append((topic(station), envelope(readings(seqs, station), rng=rng)))
+        publisher.publish_all(batch)
+    finally:
+        publisher.close()
+
+    log = (tmp_path / "store.log").open("ab")
+    try:
+        proc = subprocess.Popen([*CLI, "trace-store", *options], stderr=log)
+        try:
+            watcher.wait(per_message)  # it is committing and confirming...
+        finally:
+            proc.send_signal(signal.SIGKILL)  # ...and dies without a word
+            proc.wait(WAIT)
+
+        proc = subprocess.Popen([*CLI, "trace-store", *options], stderr=log)
+        try:
+            watcher.wait(total)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(WAIT)
+    finally:
+        log.close()
+    assert code == 0, (tmp_path / "store.log").read_text()
+    assert watcher.stores == {"proc"}
+    with open_storage(db) as storage:
+        assert storage.seqs(AGENT) == list(range(1, total + 1))
+        assert storage.agents()[AGENT].watermark == total

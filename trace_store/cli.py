@@ -1,0 +1,216 @@
+"""``edge-agent trace-store`` (the daemon) and ``edge-agent trace ...`` (recall queries).
+
+``register`` adds both to ``edge-agent``'s sub-commands; ``dispatch`` runs them. Nothing heavy
+is imported until a command runs, so the agent's own commands do not pay for paho or psycopg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from trace_store.config import DEFAULT_MAX_HELD_RECORDS, DEFAULT_MAX_MESSAGE_BYTES
+
+log = logging.getLogger("trace_store")
+
+COMMANDS = frozenset({"trace-store", "trace"})
+EXIT_FOUND = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+
+ENV_DB = "TRACE_STORE_DB"
+ENV_USERNAME = "TRACE_STORE_MQTT_USERNAME"
+ENV_PASSWORD = "TRACE_STORE_MQTT_PASSWORD"
+
+
+def register(sub: Any) -> None:
+    """Add ``trace-store`` and ``trace`` to an argparse sub-parsers object."""
+    p = sub.add_parser(
+        "trace-store",
+        help="run the central trace store: records from MQTT into SQLite/PostgreSQL, "
+        "confirmations back to the agents",
+        description="Subscribe to <prefix>/+/+/+/records with a persistent session, store every "
+        "record once by (agent, seq), and publish each agent's confirmed watermark (retained) "
+        "to <prefix>/<site>/<line>/<agent>/confirmed. SIGTERM or Ctrl-C stops it cleanly.",
+    )
+    p.add_argument(
+        "--broker",
+        default="localhost",
+        metavar="HOST[:PORT]",
+        help="MQTT broker (default localhost:1883, port 8883 with TLS)",
+    )
+    p.add_argument("--username", help=f"broker user name (default: ${ENV_USERNAME})")
+    p.add_argument(
+        "--password-file",
+        help=f"file holding the broker password (default: the password in ${ENV_PASSWORD})",
+    )
+    p.add_argument("--tls", action="store_true", help="TLS with the system's trusted CAs")
+    p.add_argument("--tls-ca", help="CA certificate file to verify the broker (implies TLS)")
+    p.add_argument("--tls-cert", help="client certificate file (with --tls-key)")
+    p.add_argument("--tls-key", help="client private key file (with --tls-cert)")
+    _db_option(p)
+    p.add_argument("--topic-prefix", default="trace", help="first topic level(s) (default trace)")
+    p.add_argument(
+        "--store-id",
+        help="this store's name: client id trace-store-<id>, and 'store' in confirmations "
+        "(default: the host name). Keep it stable: the broker queues by it",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help=f"reject larger messages (default {DEFAULT_MAX_MESSAGE_BYTES})",
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        dest="agents",
+        metavar="AGENT",
+        help="accept only these agent ids (repeat the option); default: every agent",
+    )
+    p.add_argument(
+        "--confirm-interval",
+        type=float,
+        default=0.15,
+        help="seconds between two confirmations of one agent (default 0.15)",
+    )
+    p.add_argument(
+        "--max-held-records",
+        type=int,
+        default=DEFAULT_MAX_HELD_RECORDS,
+        help="per agent, records the store may hold in memory while they wait for a gap "
+        "below them to close (confirm: store, in_order agents); beyond, messages are dropped "
+        f"and the agent resends them (default {DEFAULT_MAX_HELD_RECORDS})",
+    )
+
+    t = sub.add_parser("trace", help="recall queries on a trace store database")
+    tsub = t.add_subparsers(dest="trace_command", required=True)
+    for name, metavar, help_ in (
+        ("serial", "SERIAL", "every record of a serial, station by station"),
+        ("lot", "LOT", "forward: every serial that consumed the lot, through components too"),
+        ("materials", "SERIAL", "backward: every lot and component in a serial, recursively"),
+    ):
+        q = tsub.add_parser(name, help=help_)
+        q.add_argument("id", metavar=metavar)
+        _db_option(q)
+        q.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "trace-store":
+        return _run_store(args)
+    return _query(args)
+
+
+def _db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=os.environ.get(ENV_DB, "trace.db"),
+        help=f"SQLite file or postgresql:// URL (default: ${ENV_DB}, else trace.db)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """A StoreConfig from ``trace-store``'s options. Raises ValueError naming the problem."""
+    from trace_store.config import StoreConfig, parse_broker
+
+    use_tls = bool(args.tls or args.tls_ca or args.tls_cert)
+    host, port = parse_broker(args.broker, default_port=8883 if use_tls else 1883)
+    password: str | None = None
+    if args.password_file:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().removesuffix("\n")
+        except OSError as exc:
+            raise ValueError(f"--password-file: {exc}") from exc
+    else:
+        password = os.environ.get(ENV_PASSWORD) or None
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "db": args.db,
+        "topic_prefix": args.topic_prefix,
+        "max_message_bytes": args.max_message_bytes,
+        "agents": frozenset(args.agents) if args.agents else None,
+        "username": args.username or os.environ.get(ENV_USERNAME) or None,
+        "password": password,
+        "tls": bool(args.tls),
+        "tls_ca": args.tls_ca,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "confirm_interval": args.confirm_interval,
+        "max_held_records": args.max_held_records,
+    }
+    if args.store_id:
+        options["store_id"] = args.store_id
+    return StoreConfig(**options)
+
+
+def _run_store(args: argparse.Namespace) -> int:
+    from trace_store.service import TraceStore
+    from trace_store.storage import StorageError
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"trace-store: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    store = TraceStore(config)
+    try:
+        store.run(stop)
+    except (StorageError, ValueError) as exc:  # at start-up: nothing was connected
+        print(f"trace-store: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:
+        log.critical("trace store stopped on an error", exc_info=True)
+        return 1
+    log.info("trace store stopped: %s", store.stats())
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from trace_store.queries import (
+        LotTrace,
+        MaterialsTrace,
+        SerialTrace,
+        trace_lot,
+        trace_materials,
+        trace_serial,
+    )
+    from trace_store.report import nothing_found, render
+    from trace_store.storage import StorageError, open_storage
+
+    try:
+        storage = open_storage(args.db, read_only=True)
+    except StorageError as exc:
+        print(f"trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    trace: SerialTrace | LotTrace | MaterialsTrace
+    try:
+        if args.trace_command == "serial":
+            trace = trace_serial(storage, args.id)
+        elif args.trace_command == "lot":
+            trace = trace_lot(storage, args.id)
+        else:
+            trace = trace_materials(storage, args.id)
+    except StorageError as exc:
+        print(f"trace: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        storage.close()
+    if not trace.found:
+        if args.format != "table":  # an empty document still parses
+            sys.stdout.write(render(trace, args.format))
+        print(nothing_found(trace), file=sys.stderr)
+        return EXIT_NOT_FOUND
+    sys.stdout.write(render(trace, args.format))
+    return EXIT_FOUND

@@ -1,0 +1,94 @@
+"""PostgreSQL backend (psycopg 3). Same tables as SQLite; ``body`` stays JSON *text* rather
+than ``jsonb`` because ``jsonb`` refuses ``\\u0000``, which garbled scans legitimately contain
+(``body::jsonb`` works in ad-hoc queries of normal rows)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from trace_store.storage import Storage, StorageError, StorageUnavailable, ddl
+
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise StorageError("PostgreSQL needs psycopg: pip install 'edge-agent[store]'") from exc
+
+CONNECT_TIMEOUT = 10  # seconds; libpq's own default is to wait forever
+
+_PASSWORD = re.compile(r"(://[^:/@]*):[^@]*@")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    return _PASSWORD.sub(r"\1:***@", url)
+
+
+class PostgresStorage(Storage):
+    greatest = "GREATEST"
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self._url = url
+        try:
+            # autocommit: transactions are only the explicit ``transaction()`` blocks, so an
+            # idle store never holds one open.
+            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as exc:
+            raise StorageError(f"{redact(url)}: {exc}".strip()) from exc
+        info = self._conn.info
+        self._location = f"postgresql {info.user}@{info.host}:{info.port}/{info.dbname}"
+        try:
+            if read_only:
+                self._conn.read_only = True
+                row = self._conn.execute(
+                    "SELECT to_regclass('records'), to_regclass('genealogy'), to_regclass('agents')"
+                ).fetchone()
+                if row is None or None in row:
+                    raise StorageError(f"{self.location}: not a trace store database")
+            else:
+                self._create_schema(
+                    ddl(
+                        integer="BIGINT",
+                        blob="BYTEA",
+                        identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                        real="DOUBLE PRECISION",
+                    )
+                )
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise StorageError(f"{self.location}: {exc}") from exc
+        except StorageError:
+            self._conn.close()
+            raise
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self._conn.execute(_pg(sql), params)
+        return cur.fetchall() if cur.description is not None else []
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        with self._conn.cursor() as cur:
+            cur.executemany(_pg(sql), rows)  # pipelined: one round trip for the lot
+            return max(cur.rowcount, 0)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        try:
+            with self._conn.transaction():
+                yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # The server went away, or refuses for a reason of its own (shutdown, disk full):
+            # the same write may succeed once it is back. Data errors propagate unchanged.
+            raise StorageUnavailable(f"{redact(self._url)}: {exc}".strip()) from exc
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")

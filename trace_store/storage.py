@@ -1,0 +1,410 @@
+"""The store's database: one small interface, SQLite and PostgreSQL behind it.
+
+Both backends run the same SQL (written with ``?`` placeholders; PostgreSQL's get ``%s``)
+except for a few dialect words. Tables:
+
+- ``records``: one row per record, ``PRIMARY KEY (agent, seq)``; the body as JSON text.
+- ``genealogy``: the edges recall queries walk: serial <- lot or component, from consumption
+  records and from part records' ``ctx.lot``; keyed by the record that states them.
+- ``agents``: per agent its site, line and watermark (what the store has confirmed).
+- ``rejected``: messages kept aside, with the reason and the payload.
+
+Every write is one transaction, and inserts are ``ON CONFLICT DO NOTHING``: a duplicate costs
+nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from trace_store.envelope import Edge, Row
+
+SCHEMA_VERSION = 1
+CHUNK = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+
+
+class StorageError(Exception):
+    """The database cannot be opened or used as a trace store (bad path, wrong schema)."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be written right now (connection lost, disk full, locked).
+    What was being written is not committed; try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    agent: str
+    site: str
+    line: str
+    watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    received_at: str
+    reason: str
+    detail: str
+    topic: str
+    size: int
+    agent: str | None
+    excerpt: str
+    payload: bytes | None  # None when not kept (oversized)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one transaction writes."""
+
+    rows: list[Row] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
+    agents: dict[str, AgentState] = field(default_factory=dict)
+    rejected: list[RejectedMessage] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    agent: str
+    seq: int
+    site: str
+    line: str
+    station: str
+    kind: str
+    ts: str
+    serial: str | None
+    body: dict[str, Any]
+    received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEdge:
+    agent: str
+    seq: int
+    parent: str
+    child_kind: str
+    child: str
+    how: str
+    site: str
+    line: str
+    station: str
+    ts: str
+    product: str | None
+    quantity: float | None
+    unit: str | None
+
+
+def utc_now() -> str:
+    """``2026-11-21T10:15:02.123456Z``, the wire format's timestamp form."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Storage(ABC):
+    """A trace store database. Not thread-safe: one thread uses it at a time."""
+
+    # ---- dialect -------------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the data is, for logs (never with a password)."""
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (placeholders ``?``) and return its rows."""
+
+    @abstractmethod
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run one statement per row; returns the rows it changed."""
+
+    @abstractmethod
+    def _transaction(self) -> Any:
+        """A context manager: one transaction, rolled back if the block raises. Raises
+        StorageUnavailable when the database cannot be reached or written."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    greatest = "MAX"  # the two-argument maximum: MAX in SQLite, GREATEST in PostgreSQL
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> int:
+        """Commit ``batch`` in one transaction; returns how many records were new."""
+        now = utc_now()
+        with self._transaction():
+            inserted = 0
+            if batch.rows:
+                inserted = self._executemany(
+                    "INSERT INTO records (agent, seq, site, line, station, kind, ts, serial, "
+                    "body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (agent, seq) DO NOTHING",
+                    [
+                        (
+                            r.agent,
+                            r.seq,
+                            r.site,
+                            r.line,
+                            r.station,
+                            r.kind,
+                            r.ts,
+                            r.serial,
+                            r.body,
+                            now,
+                        )
+                        for r in batch.rows
+                    ],
+                )
+            if batch.edges:
+                self._executemany(
+                    "INSERT INTO genealogy (agent, seq, parent, child_kind, child, how, site, "
+                    "line, station, ts, product, quantity, unit) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (agent, seq, child_kind, child) DO NOTHING",
+                    [
+                        (
+                            e.agent,
+                            e.seq,
+                            e.parent,
+                            e.child_kind,
+                            e.child,
+                            e.how,
+                            e.site,
+                            e.line,
+                            e.station,
+                            e.ts,
+                            e.product,
+                            e.quantity,
+                            e.unit,
+                        )
+                        for e in batch.edges
+                    ],
+                )
+            if batch.agents:
+                # The watermark only grows, whatever a caller passes.
+                self._executemany(
+                    "INSERT INTO agents (agent, site, line, watermark, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET "
+                    "site = excluded.site, line = excluded.line, "
+                    f"watermark = {self.greatest}(agents.watermark, excluded.watermark), "
+                    "updated_at = excluded.updated_at",
+                    [(a.agent, a.site, a.line, a.watermark, now) for a in batch.agents.values()],
+                )
+            if batch.rejected:
+                self._executemany(
+                    "INSERT INTO rejected (received_at, reason, detail, topic, size, agent, "
+                    "excerpt, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            m.received_at,
+                            m.reason,
+                            m.detail,
+                            m.topic,
+                            m.size,
+                            m.agent,
+                            m.excerpt,
+                            m.payload,
+                        )
+                        for m in batch.rejected
+                    ],
+                )
+        return inserted
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def agents(self) -> dict[str, AgentState]:
+        with self._transaction():
+            rows = self._execute("SELECT agent, site, line, watermark FROM agents")
+        return {r[0]: AgentState(r[0], r[1], r[2], int(r[3])) for r in rows}
+
+    def records_of_serial(self, serial: str) -> list[StoredRecord]:
+        with self._transaction():
+            rows = self._execute(
+                "SELECT agent, seq, site, line, station, kind, ts, serial, body, received_at "
+                "FROM records WHERE serial = ? ORDER BY agent, seq",
+                (serial,),
+            )
+        return [_record(r) for r in rows]
+
+    def record(self, agent: str, seq: int) -> StoredRecord | None:
+        with self._transaction():
+            rows = self._execute(
+                "SELECT agent, seq, site, line, station, kind, ts, serial, body, received_at "
+                "FROM records WHERE agent = ? AND seq = ?",
+                (agent, seq),
+            )
+        return _record(rows[0]) if rows else None
+
+    def count_records(self, agent: str | None = None) -> int:
+        with self._transaction():
+            if agent is None:
+                rows = self._execute("SELECT COUNT(*) FROM records")
+            else:
+                rows = self._execute("SELECT COUNT(*) FROM records WHERE agent = ?", (agent,))
+        return int(rows[0][0])
+
+    def seqs(self, agent: str) -> list[int]:
+        with self._transaction():
+            rows = self._execute("SELECT seq FROM records WHERE agent = ? ORDER BY seq", (agent,))
+        return [int(r[0]) for r in rows]
+
+    def edges_to(self, child_kind: str, children: Sequence[str]) -> list[StoredEdge]:
+        """Edges whose child (a lot, or a component serial) is one of ``children``."""
+        return self._edges("child_kind = ? AND child", [child_kind], children)
+
+    def edges_from(self, parents: Sequence[str]) -> list[StoredEdge]:
+        """Edges whose parent serial is one of ``parents``."""
+        return self._edges("parent", [], parents)
+
+    def rejected(self, limit: int = 100) -> list[RejectedMessage]:
+        with self._transaction():
+            rows = self._execute(
+                "SELECT received_at, reason, detail, topic, size, agent, excerpt, payload "
+                "FROM rejected ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        return [
+            RejectedMessage(
+                r[0], r[1], r[2], r[3], int(r[4]), r[5], r[6], bytes(r[7]) if r[7] else None
+            )
+            for r in rows
+        ]
+
+    def _edges(self, column: str, fixed: list[Any], ids: Sequence[str]) -> list[StoredEdge]:
+        out: list[StoredEdge] = []
+        with self._transaction():
+            for chunk in _chunks(sorted(set(ids))):
+                marks = ", ".join("?" * len(chunk))
+                rows = self._execute(
+                    "SELECT agent, seq, parent, child_kind, child, how, site, line, station, ts, "
+                    f"product, quantity, unit FROM genealogy WHERE {column} IN ({marks}) "
+                    "ORDER BY ts, agent, seq",
+                    [*fixed, *chunk],
+                )
+                out.extend(
+                    StoredEdge(
+                        r[0],
+                        int(r[1]),
+                        r[2],
+                        r[3],
+                        r[4],
+                        r[5],
+                        r[6],
+                        r[7],
+                        r[8],
+                        r[9],
+                        r[10],
+                        None if r[11] is None else float(r[11]),
+                        r[12],
+                    )
+                    for r in rows
+                )
+        out.sort(key=lambda e: (e.ts, e.agent, e.seq))
+        return out
+
+    # ---- schema ------------------------------------------------------------------------------
+
+    def _create_schema(self, ddl: Sequence[str]) -> None:
+        with self._transaction():
+            for statement in ddl:
+                self._execute(statement)
+            rows = self._execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            if not rows:
+                self._execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(rows[0][0]) > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.location}: schema version {rows[0][0]} is newer than this "
+                    f"trace store ({SCHEMA_VERSION}); upgrade edge-agent"
+                )
+
+
+def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
+    """The schema, with the dialect's words for 64-bit integers, bytes, an auto-numbered
+    key and floating point."""
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS records (
+            agent TEXT NOT NULL,
+            seq {integer} NOT NULL,
+            site TEXT NOT NULL,
+            line TEXT NOT NULL,
+            station TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            serial TEXT,
+            body TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (agent, seq))""",
+        "CREATE INDEX IF NOT EXISTS records_serial ON records (serial) WHERE serial IS NOT NULL",
+        f"""CREATE TABLE IF NOT EXISTS genealogy (
+            agent TEXT NOT NULL,
+            seq {integer} NOT NULL,
+            parent TEXT NOT NULL,
+            child_kind TEXT NOT NULL,
+            child TEXT NOT NULL,
+            how TEXT NOT NULL,
+            site TEXT NOT NULL,
+            line TEXT NOT NULL,
+            station TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            product TEXT,
+            quantity {real},
+            unit TEXT,
+            PRIMARY KEY (agent, seq, child_kind, child))""",
+        "CREATE INDEX IF NOT EXISTS genealogy_child ON genealogy (child_kind, child)",
+        "CREATE INDEX IF NOT EXISTS genealogy_parent ON genealogy (parent)",
+        f"""CREATE TABLE IF NOT EXISTS agents (
+            agent TEXT PRIMARY KEY,
+            site TEXT NOT NULL,
+            line TEXT NOT NULL,
+            watermark {integer} NOT NULL DEFAULT 0,
+            updated_at TEXT NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS rejected (
+            id {identity},
+            received_at TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            size {integer} NOT NULL,
+            agent TEXT,
+            excerpt TEXT NOT NULL,
+            payload {blob})""",
+        "CREATE INDEX IF NOT EXISTS rejected_reason ON rejected (reason, received_at)",
+    ]
+
+
+def open_storage(db: str, *, read_only: bool = False) -> Storage:
+    """A SQLite file path, or a ``postgresql://`` (``postgres://``) URL.
+
+    ``read_only`` (the query commands) never creates a database or a table: a wrong path is
+    an error, not a new empty store.
+    """
+    if db.startswith(("postgresql://", "postgres://")):
+        from trace_store.postgres import PostgresStorage
+
+        return PostgresStorage(db, read_only=read_only)
+    from trace_store.sqlite import SqliteStorage
+
+    return SqliteStorage(db, read_only=read_only)
+
+
+def _record(r: tuple[Any, ...]) -> StoredRecord:
+    return StoredRecord(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9])
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
