@@ -74,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             cp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
 
     p = sub.add_parser(
+        "status",
+        help="a running agent's state: devices, journal, uplink, alarms "
+        "(exit 3 while an alarm is active)",
+    )
+    _socket_options(p)
+    p.add_argument("--json", action="store_true", help="the whole status as JSON")
+
+    p = sub.add_parser(
         "reload",
         help="make a running agent re-read its config file (same as SIGHUP); "
         "an invalid file is rejected and the running config kept",
@@ -116,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trace_store_cli.dispatch(args)
     if args.command == "context":
         return _context(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "reload":
         return _reload(args)
     if args.command == "config":
@@ -290,6 +300,44 @@ def _context(args: argparse.Namespace) -> int:
         for station, ctx in reply["status"]["stations"].items():
             print(f"{station}: {json.dumps(ctx)}")
     return 0
+
+
+EXIT_ALARM = 3
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        socket = _socket(args)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return EXIT_CONFIG
+    reply = _ask(socket, {"op": "status"})
+    if reply is None:
+        return 1
+    status = reply["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        buf, sync = status["buffer"], status["sync"]
+        print(f"agent {status['agent']}: last seq {status['committed_seq']}")
+        print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
+        print(
+            f"journal: {buf['depth']} record(s) waiting, {buf['telemetry_rows']} of them "
+            f"telemetry; evicted {buf['evicted_rows']}, readings refused "
+            f"{buf['dropped_readings']}; disk {buf['disk_state']}"
+        )
+        uplink = "connected" if sync["connected"] else f"down ({sync['last_error']})"
+        confirm = (
+            f", store watermark {sync['store_watermark']}, resends {sync['resends']}"
+            if sync["confirm"] == "store"
+            else ""
+        )
+        print(f"uplink: {uplink}; confirm {sync['confirm']}{confirm}")
+        for alarm in status["alarms"]:
+            print(f"ALARM {alarm['code']}: {alarm['message']}")
+    return EXIT_ALARM if status["alarms"] else 0
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

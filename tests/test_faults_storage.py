@@ -4,11 +4,13 @@ long outage that builds a backlog of 100,000 records and drains, and a journal t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
+from edge_agent.cli import main as cli_main
 from edge_agent.control import request
 from simulators.rig import LineRig, check_consistent, wait_until, wait_until_async
 from tests.test_faults import settle
@@ -40,7 +42,7 @@ async def test_long_outage_builds_a_100k_backlog_that_drains_completely(
 
 
 async def test_full_journal_evicts_telemetry_keeps_every_trace_record_and_recovers(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The journal is capped at 3 MiB (SQLite's page limit stands in for a full disk) and the
     trace store is down, so nothing leaves: telemetry gives way, oldest first, trace records
@@ -68,6 +70,10 @@ async def test_full_journal_evicts_telemetry_keeps_every_trace_record_and_recove
             return int(status["status"]["buffer"]["evicted_rows"]) > 0
 
         await wait_until_async(evicting, 180, "telemetry evicted from the full journal")
+        # The operator's view: `edge-agent status` names the alarm and exits 3.
+        rc = await asyncio.to_thread(cli_main, ["status", "--socket", str(socket)])
+        assert rc == 3
+        assert "ALARM telemetry_evicted" in capsys.readouterr().out
         released = rig.plc.plc(1).parts_released
         await wait_until(
             lambda: rig.plc.plc(1).parts_released > released + 3, 60, "PLC parts still released"

@@ -227,7 +227,9 @@ async def test_handshake_survives_sigkill_without_losing_or_doubling_a_part(
     assert len(restored) == 5  # one per restart after the first start
 
 
-async def test_manual_context_via_cli_and_restart_restores_it(tmp_path: Path) -> None:
+async def test_manual_context_via_cli_and_restart_restores_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sims = [StationModel(unit_id=1, serial_prefix="M-", cycle_time=0.5)]
     async with ModbusStationServer(sims) as plc:
         raw = config(plc.port, free_port(), tmp_path, 1, parts=False, poll_interval=0.05)
@@ -250,6 +252,12 @@ async def test_manual_context_via_cli_and_restart_restores_it(tmp_path: Path) ->
                 cli_main, ["context", "set", "--socket", socket, "--station", "ST10", "work_ordr=x"]
             )
             assert bad == 1
+            capsys.readouterr()
+            rc = await asyncio.to_thread(cli_main, ["status", "--socket", socket])
+            out = capsys.readouterr().out
+            assert rc == 0, out  # no alarm: an unreachable broker is no reason for one
+            assert "uplink: down" in out
+            assert "devices: press1 up" in out
         finally:
             stop.set()
             await task
