@@ -110,23 +110,35 @@ async def drain(records: int) -> dict[str, Any]:
     }
 
 
+def run(records: int = 1_000_000) -> dict[str, Any]:
+    """Drain a ``records`` backlog, against the paho ceiling measured in the same run."""
+    ceiling = paho_ceiling()
+    result = asyncio.run(drain(records))
+    result["ratio_to_paho_ceiling"] = round(result["records_per_s"] / ceiling["records_per_s"], 3)
+    return {"drain": result, "paho_ceiling": ceiling}
+
+
+def markdown(out: dict[str, Any]) -> str:
+    r = out["drain"]
+    return "\n".join(
+        [
+            "| backlog | journal empty | all at consumer | records/s | of paho ceiling |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            f"| {r['records']:,} | {r['journal_empty_s']} s | {r['at_consumer_s']} s "
+            f"| {r['records_per_s']:,} | {r['ratio_to_paho_ceiling']:.1%} |",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    ceiling = paho_ceiling()
-    result = asyncio.run(drain(args.records))
-    result["ratio_to_paho_ceiling"] = round(result["records_per_s"] / ceiling["records_per_s"], 3)
-    out = {"drain": result, "paho_ceiling": ceiling}
+    out = run(args.records)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print("| backlog | journal empty | all at consumer | records/s | of paho ceiling |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    print(
-        f"| {result['records']:,} | {result['journal_empty_s']} s | {result['at_consumer_s']} s "
-        f"| {result['records_per_s']:,} | {result['ratio_to_paho_ceiling']:.1%} |"
-    )
+    print(markdown(out))
 
 
 if __name__ == "__main__":

@@ -125,21 +125,17 @@ def step(stations: int, poll: float, seconds: float, broker: MosquittoBroker) ->
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--poll", type=float, default=0.02)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--max-stations", type=int, default=32)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+def run(poll: float = 0.02, seconds: float = 8.0, max_stations: int = 32) -> dict[str, Any]:
+    """Double the stations until the agent falls behind; every step against the SQLite
+    ceiling measured in the same run."""
     ceiling = sqlite_ceiling()
     broker = MosquittoBroker()
     broker.start_sync()
     steps = []
     try:
         stations = 1
-        while stations <= args.max_stations:
-            result = step(stations, args.poll, args.seconds, broker)
+        while stations <= max_stations:
+            result = step(stations, poll, seconds, broker)
             result["ratio_to_sqlite_ceiling"] = round(
                 result["records_per_s"] / ceiling["records_per_s"], 4
             )
@@ -151,18 +147,45 @@ def main() -> None:
     finally:
         broker.stop_sync()
         broker.close()
-    out = {"cpus": os.cpu_count(), "poll": args.poll, "sqlite_ceiling": ceiling, "steps": steps}
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print("| points | offered/s | records/s | of SQLite ceiling | agent CPU (cores) "
-          "| CPU s / 1k records | peak RSS MB | lost |")  # fmt: skip
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for s in steps:
-        print(
+    kept_up = [s for s in steps if s["records_per_s"] >= 0.95 * s["offered_per_s"]]
+    return {
+        "cpus": os.cpu_count(),
+        "poll": poll,
+        "sqlite_ceiling": ceiling,
+        "steps": steps,
+        "sustained_records_per_s": max((s["records_per_s"] for s in kept_up), default=0),
+        "falls_behind_at_points": steps[-1]["points"]
+        if steps and steps[-1] not in kept_up
+        else None,
+    }
+
+
+def markdown(out: dict[str, Any]) -> str:
+    lines = [
+        "| points | offered/s | records/s | of SQLite ceiling | agent CPU (cores) "
+        "| CPU s / 1k records | peak RSS MB | lost |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for s in out["steps"]:
+        lines.append(
             f"| {s['points']:,} | {s['offered_per_s']:,} | {s['records_per_s']:,} "
             f"| {s['ratio_to_sqlite_ceiling']:.1%} | {s['agent_cpu_cores']} "
             f"| {s['cpu_s_per_1000_records']} | {s['agent_rss_peak_mb']} | {s['lost']} |"
         )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--poll", type=float, default=0.02)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--max-stations", type=int, default=32)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    out = run(args.poll, args.seconds, args.max_stations)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(markdown(out))
 
 
 if __name__ == "__main__":
