@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from edge_agent.config import AgentConfig
 from edge_agent.daemon import Agent
@@ -22,6 +22,9 @@ from simulators.consumer import RecordCollector
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
+
+if TYPE_CHECKING:
+    from trace_store.service import TraceStore
 
 
 async def run_demo(
@@ -46,22 +49,35 @@ async def run_demo(
         async with ModbusStationServer(models) as plc:
             await mqtt_broker.start()
             try:
-                cfg = AgentConfig.model_validate(
-                    demo_config(
-                        modbus_port=plc.port,
-                        mqtt_port=mqtt_broker.port,
-                        buffer_path=str(Path(tmp) / "buffer.db"),
-                        stations=stations,
-                        poll_interval=poll_interval,
-                    )
+                raw = demo_config(
+                    modbus_port=plc.port,
+                    mqtt_port=mqtt_broker.port,
+                    buffer_path=str(Path(tmp) / "buffer.db"),
+                    stations=stations,
+                    poll_interval=poll_interval,
                 )
+                # With Mosquitto the whole chain runs: the reference trace store confirms
+                # what it committed and the journal releases rows only then. (The embedded
+                # fallback broker lacks the persistent sessions the store relies on.)
+                store = (
+                    _trace_store(mqtt_broker.port, Path(tmp) / "trace.db")
+                    if mqtt_broker.name == "mosquitto"
+                    else None
+                )
+                if store is not None:
+                    raw["mqtt"]["confirm"] = "store"
+                cfg = AgentConfig.model_validate(raw)
                 collector = RecordCollector(mqtt_broker.host, mqtt_broker.port)
                 await asyncio.to_thread(collector.start)
+                if store is not None:
+                    await asyncio.to_thread(store.start)
+                    await asyncio.to_thread(store.wait_ready, 10.0)
                 try:
                     print(
                         f"demo: {stations} simulated station(s) on Modbus 127.0.0.1:{plc.port}, "
                         f"broker {mqtt_broker.name} on 127.0.0.1:{mqtt_broker.port}, "
-                        f"buffer {cfg.buffer.path}",
+                        f"buffer {cfg.buffer.path}"
+                        + (", trace store (SQLite) confirming end to end" if store else ""),
                         file=out,
                     )
                     print(
@@ -73,7 +89,9 @@ async def run_demo(
                     )
                     agent = Agent(cfg)
                     agent_task = asyncio.create_task(agent.run(stop), name="agent")
-                    view = asyncio.create_task(_live_view(agent, collector, out), name="view")
+                    view = asyncio.create_task(
+                        _live_view(agent, collector, out, store), name="view"
+                    )
                     if duration > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), duration)
@@ -92,9 +110,14 @@ async def run_demo(
                         ),
                         5.0,
                     )
-                    return _summary(agent, collector, out)
+                    status = _summary(agent, collector, out)
+                    if store is not None:
+                        await asyncio.to_thread(_recall, store, out)
+                    return status
                 finally:
                     await asyncio.to_thread(collector.stop)
+                    if store is not None:
+                        await asyncio.to_thread(store.stop)
             finally:
                 await mqtt_broker.stop()
                 close = getattr(mqtt_broker, "close", None)
@@ -102,7 +125,37 @@ async def run_demo(
                     close()
 
 
-async def _live_view(agent: Agent, collector: RecordCollector, out: TextIO) -> None:
+def _trace_store(port: int, db: Path) -> TraceStore:
+    from trace_store.config import StoreConfig
+    from trace_store.service import TraceStore
+
+    return TraceStore(
+        StoreConfig(host="127.0.0.1", port=port, db=str(db), store_id="demo", confirm_interval=0.1)
+    )
+
+
+def _recall(store: TraceStore, out: TextIO, lot: str = "L00001") -> None:
+    """What the store answers in a recall: every serial that got the demo's first lot."""
+    from trace_store.queries import trace_lot
+    from trace_store.report import render
+    from trace_store.storage import open_storage
+
+    with open_storage(store.config.db, read_only=True) as storage:
+        lines = render(trace_lot(storage, lot), "table").splitlines()
+    print(f"\nrecall, as `edge-agent trace lot {lot}` answers it from the trace store:", file=out)
+    for line in lines[:RECALL_LINES]:
+        print(f"    {line}", file=out)
+    if len(lines) > RECALL_LINES:
+        print(f"    ... {len(lines) - RECALL_LINES} more line(s)", file=out)
+    out.flush()
+
+
+RECALL_LINES = 12
+
+
+async def _live_view(
+    agent: Agent, collector: RecordCollector, out: TextIO, store: TraceStore | None = None
+) -> None:
     await agent.started.wait()
     t0 = time.monotonic()
     last_records, last_t = 0, t0
@@ -126,6 +179,12 @@ async def _live_view(agent: Agent, collector: RecordCollector, out: TextIO) -> N
             f"{s['rejected_scans']}",
             file=out,
         )
+        if store is not None:
+            print(
+                f"    trace store: committed up to seq {store.watermark(agent.cfg.agent.id)} "
+                f"({store.stats()['records']} records stored)",
+                file=out,
+            )
         for station, ctx in s["stations"].items():
             mine = [d.name for d in agent.cfg.devices if d.station == station]
             devs = ", ".join(f"{name}:{s['devices'][name]}" for name in mine)
