@@ -50,6 +50,8 @@ SCHEMA = "edge-agent.records"
 SCHEMA_VERSION = 1
 CONFIRM_SCHEMA = "edge-agent.confirm"
 STATUS_SCHEMA = "edge-agent.status"
+DELETE_EVERY = 0.25
+"""Seconds between two deletes of delivered rows (confirmations in between are gathered)."""
 RESEND_BACKOFF_MAX = 16
 """The longest wait between two resends without progress, in units of confirm_timeout."""
 CONTROL_SLOTS = 4
@@ -431,6 +433,7 @@ class _Deleter:
         self._pending: list[int] = []
         self._through = 0  # delete every row with seq <= this (confirm: store)
         self._done_through = 0
+        self._last_delete = float("-inf")  # loop time the last delete started
         self._task: asyncio.Task[None] | None = None
 
     def add(self, seqs: list[int]) -> None:
@@ -452,8 +455,16 @@ class _Deleter:
             await asyncio.shield(self._task)
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending or self._through > self._done_through:
+                # Each delete is a durable commit of its own; a delivered row can wait a
+                # moment, so confirmations are gathered for DELETE_EVERY between two deletes
+                # (at 1k records/s this halves the journal's commits).
+                pause = self._last_delete + DELETE_EVERY - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                self._last_delete = loop.time()
                 if self._through > self._done_through:
                     through = self._through
                     try:
