@@ -80,6 +80,10 @@ class PolledDriver(ABC):
         self.status = DeviceStatus(name)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        # Where in its interval each poll grid starts, as a fraction: the daemon spreads its
+        # devices over the interval so that they do not all poll (and commit, and publish)
+        # in the same instant.
+        self.phase = 0.0
 
     @abstractmethod
     def groups(self) -> Sequence[tuple[float, Hashable]]:
@@ -226,7 +230,7 @@ async def _poll_connected(
     the grid, and missed slots are skipped rather than bunched up."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    due = [start] * len(groups)
+    due = [start + driver.phase * interval for interval, _ in groups]
     while True:
         # A read that completed just as the task was cancelled can swallow the cancellation
         # (3.11's wait_for inside pymodbus); without this check the poll loop would go on.

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -30,6 +30,9 @@ from sync.mqtt import MqttSync
 
 log = logging.getLogger(__name__)
 
+PHASE_SLOTS = 4
+"""Poll phases devices are spread over (each slot's reads are committed and sent together)."""
+
 STOP_FLUSH_TIMEOUT = 10.0
 """Seconds a stopping agent waits for its last commit (only a full journal takes longer)."""
 
@@ -39,6 +42,15 @@ def _polled(device: DeviceConfig) -> PolledDriver:
     if not isinstance(driver, PolledDriver):  # streaming devices come with their drivers
         raise TypeError(f"device {device.name!r}: streaming drivers are not wired in yet")
     return driver
+
+
+def _spread(drivers: Iterable[PolledDriver]) -> None:
+    """Give devices evenly spread poll phases: with every PLC read in the same instant, each
+    read would wait for all the others' binding, commit and publish (latency in bursts)."""
+    listed = list(drivers)
+    slots = min(len(listed), PHASE_SLOTS)
+    for i, driver in enumerate(listed):
+        driver.phase = (i % slots) / slots
 
 
 @dataclass
@@ -73,6 +85,7 @@ class Agent:
             max_serials=self.binder.rules.max_serials,
         )
         self._by_name = {device.name: _polled(device) for device in cfg.devices}
+        _spread(self._by_name.values())
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
         self.control = ControlServer(cfg.control.socket, self._control)
@@ -366,6 +379,7 @@ class Agent:
             self.cfg = new
             # Rebuilt in the file's order, so status lists devices as the file does.
             self._by_name = {n: fresh.get(n) or self._by_name[n] for n in after}
+            _spread(self._by_name.values())
             for driver in fresh.values():
                 self._start_device(driver)
             sync_restarted = new.mqtt != old.mqtt
