@@ -30,8 +30,11 @@ from sync.mqtt import MqttSync
 
 log = logging.getLogger(__name__)
 
-PHASE_SLOTS = 4
-"""Poll phases devices are spread over (each slot's reads are committed and sent together)."""
+PHASE_SLOTS = 2
+"""Poll phases devices are spread over (each slot's reads are committed and sent together).
+Measured at 10 PLCs x 64 points every 64 ms: 1 slot gave read->broker p99 14 ms (the worst
+case change->broker missed poll + 20 ms); 2 slots 9 ms at +13% CPU; 4 slots 7 ms but +40% CPU
+and a third less peak throughput (smaller commits and messages)."""
 
 STOP_FLUSH_TIMEOUT = 10.0
 """Seconds a stopping agent waits for its last commit (only a full journal takes longer)."""

@@ -150,7 +150,7 @@ def test_devices_poll_in_spread_phases(tmp_path: Path) -> None:
         stations=6,
     )  # fmt: skip
     agent = Agent(AgentConfig.model_validate(raw))
-    assert [d.phase for d in agent.drivers] == [0.0, 0.25, 0.5, 0.75, 0.0, 0.25]
+    assert [d.phase for d in agent.drivers] == [0.0, 0.5, 0.0, 0.5, 0.0, 0.5]
     one = Agent(AgentConfig.model_validate({**raw, "devices": raw["devices"][:1],
                                             "stations": raw["stations"][:1]}))  # fmt: skip
     assert [d.phase for d in one.drivers] == [0.0]
