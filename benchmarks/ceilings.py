@@ -125,7 +125,7 @@ def paho_ceiling(
     }
 
 
-def markdown(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any]) -> str:
     s, p = results["sqlite"], results["paho"]
     return "\n".join(
         [
@@ -152,7 +152,7 @@ def main() -> None:
     }
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown(results))
+    print(table(results))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ def run(records: int = 1_000_000) -> dict[str, Any]:
     return {"drain": result, "paho_ceiling": ceiling}
 
 
-def markdown(out: dict[str, Any]) -> str:
+def table(out: dict[str, Any]) -> str:
     r = out["drain"]
     return "\n".join(
         [
@@ -138,7 +138,7 @@ def main() -> None:
     out = run(args.records)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(markdown(out))
+    print(table(out))
 
 
 if __name__ == "__main__":

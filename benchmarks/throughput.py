@@ -160,7 +160,7 @@ def run(poll: float = 0.02, seconds: float = 8.0, max_stations: int = 32) -> dic
     }
 
 
-def markdown(out: dict[str, Any]) -> str:
+def table(out: dict[str, Any]) -> str:
     lines = [
         "| points | offered/s | records/s | of SQLite ceiling | agent CPU (cores) "
         "| CPU s / 1k records | peak RSS MB | lost |",
@@ -185,7 +185,7 @@ def main() -> None:
     out = run(args.poll, args.seconds, args.max_stations)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(markdown(out))
+    print(table(out))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,204 @@
+"""Every benchmark in one run: ceilings, end-to-end throughput, drain, latency, footprint and
+Node-RED side by side. Writes one JSON file and prints (and writes) a markdown report whose
+first table holds the issue's targets, each figure beside what it is compared with in the
+same run.
+
+    python -m benchmarks.run                       # about 10 minutes on 2 cores
+    python -m benchmarks.run --quick               # shorter runs, for a smoke check
+    python -m benchmarks.run --skip nodered        # sections: ceilings throughput drain
+                                                   #   latency footprint nodered
+
+Output: ``benchmarks/results/latest.json`` and ``latest.md`` (``--out DIR`` elsewhere).
+Run it on a quiet machine: the ratios absorb a slow machine, not one that is busy with
+something else meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import ceilings, drain, footprint, latency, nodered, throughput
+
+SECTIONS = ("ceilings", "throughput", "drain", "latency", "footprint", "nodered")
+
+
+def run_all(quick: bool, skip: set[str]) -> dict[str, Any]:
+    seconds = 5.0 if quick else 15.0
+    jobs: dict[str, Callable[[], dict[str, Any]]] = {
+        "ceilings": lambda: {
+            "sqlite": ceilings.sqlite_ceiling(),
+            "paho": ceilings.paho_ceiling(),
+        },
+        "throughput": lambda: throughput.run(seconds=4.0 if quick else 8.0),
+        "drain": lambda: drain.run(records=100_000 if quick else 1_000_000),
+        "latency": lambda: latency.run(seconds=seconds),
+        "footprint": lambda: footprint.run(seconds=seconds, starts=1 if quick else 3),
+        "nodered": lambda: nodered.run(rates=[1_000, 10_000], seconds=seconds),
+    }
+    out: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "quick": quick,
+    }
+    for name in SECTIONS:
+        if name in skip:
+            continue
+        print(f"== {name}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        try:
+            out[name] = jobs[name]()
+        except Exception as exc:  # one broken section must not cost the others' numbers
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        out[name]["section_s"] = round(time.monotonic() - started, 1)
+    return out
+
+
+def _find(items: list[dict[str, Any]], key: str, value: int) -> dict[str, Any] | None:
+    return next((i for i in items if i.get(key) == value), None)
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, measured, compared with, met?) rows, from whatever sections ran."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    t = r.get("throughput", {})
+    if "steps" in t:
+        best = t["sustained_records_per_s"]
+        ceiling = t["sqlite_ceiling"]["records_per_s"]
+        behind = t.get("falls_behind_at_points")
+        rows.append(
+            (
+                "end-to-end >= 100,000 records/s, nothing lost",
+                f"{best:,} records/s sustained"
+                + (f" (falls behind at {behind:,} points)" if behind else ""),
+                f"{best / ceiling:.1%} of SQLite ceiling {ceiling:,}/s; "
+                f"lost {sum(s['lost'] for s in t['steps'])}",
+                met(best >= 100_000 and all(s["lost"] == 0 for s in t["steps"])),
+            )
+        )
+    lat = r.get("latency", {})
+    for level in lat.get("levels", []):
+        worst = level["worst_case_broker"]
+        rows.append(
+            (
+                f"p99 change -> broker <= poll + 20 ms at {level['offered_per_s']:,}/s",
+                f"p50/p99/max {worst['p50_ms']}/{worst['p99_ms']}/{worst['max_ms']} ms",
+                f"poll {level['poll_s'] * 1000:g} ms; to store commit p99 "
+                f"{level['store_commit']['p99_ms']} ms",
+                met(bool(level["target_met"])),
+            )
+        )
+    fp = r.get("footprint", {})
+    loads = fp.get("loads", [])
+    ten_k = _find(loads, "offered_per_s", 10_000)
+    one_k = _find(loads, "offered_per_s", 1_000)
+    if ten_k is not None:
+        rows.append(
+            (
+                "RSS <= 120 MB at 10k tags/s",
+                f"{ten_k['agent_rss_peak_mb']} MB",
+                f"idle {fp['idle']['agent_rss_peak_mb']} MB",
+                met(ten_k["agent_rss_peak_mb"] <= 120),
+            )
+        )
+    if one_k is not None:
+        rows.append(
+            (
+                "<= 5% of one core at 1k readings/s",
+                f"{one_k['agent_cpu_cores']:.1%}",
+                f"idle polling {fp['idle']['agent_cpu_cores']:.1%}",
+                met(one_k["agent_cpu_cores"] <= 0.05),
+            )
+        )
+    d = r.get("drain", {})
+    if "drain" in d:
+        dd = d["drain"]
+        rows.append(
+            (
+                "1M-record backlog drained in <= 20 s",
+                f"{dd['records']:,} in {dd['at_consumer_s']} s",
+                f"{dd['ratio_to_paho_ceiling']:.1%} of paho ceiling "
+                f"{d['paho_ceiling']['records_per_s']:,}/s",
+                met(dd["at_consumer_s"] <= 20 * dd["records"] / 1_000_000),
+            )
+        )
+    nr = r.get("nodered", {})
+    for cmp in nr.get("comparisons", []):
+        rows.append(
+            (
+                f">= 3x less CPU per value than Node-RED at {cmp['offered_per_s']:,} values/s",
+                f"{cmp['ratio']:.1f}x less CPU per value"
+                if cmp["ratio"] >= 1
+                else f"{1 / cmp['ratio']:.1f}x MORE CPU per value",
+                f"agent {cmp['agent_cpu_s_per_1k']} vs Node-RED {cmp['nodered_cpu_s_per_1k']} "
+                "CPU s per 1k values",
+                met(cmp["ratio"] >= 3),
+            )
+        )
+    if "skipped" in nr:
+        rows.append((">= 3x less CPU per value than Node-RED", "not measured", nr["skipped"], ""))
+    return rows
+
+
+def report(r: dict[str, Any]) -> str:
+    parts = [
+        f"# Benchmark run {r['when']} ({r['machine']['cpus']} cores, Python "
+        f"{r['machine']['python']}{', quick' if r['quick'] else ''})",
+        "",
+        "| target | measured | compared with (same run) | |",
+        "| --- | --- | --- | --- |",
+    ]
+    parts += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(r)]
+    tables: dict[str, Callable[[dict[str, Any]], str]] = {
+        "ceilings": ceilings.table,
+        "throughput": throughput.table,
+        "drain": drain.table,
+        "latency": latency.table,
+        "footprint": footprint.table,
+        "nodered": nodered.table,
+    }
+    for name in SECTIONS:
+        section = r.get(name)
+        if section is None:
+            continue
+        parts += ["", f"## {name}", ""]
+        if "error" in section:
+            parts.append(f"failed: {section['error']}")
+        elif "skipped" in section:
+            parts.append(f"skipped: {section['skipped']}")
+        else:
+            parts.append(tables[name](section))
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--quick", action="store_true", help="shorter runs (numbers less stable)")
+    p.add_argument("--skip", action="append", default=[], choices=SECTIONS, metavar="SECTION")
+    args = p.parse_args()
+    result = run_all(args.quick, set(args.skip))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = report(result)
+    (args.out / "latest.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
