@@ -337,6 +337,21 @@ class SqliteBuffer:
         refused here (counted in ``dropped_readings``) and get no seq, so what is refused
         leaves no hole among the seqs that are kept.
         """
+        return self._enqueue(drafts, None)
+
+    def append_salvaged(
+        self, drafts: Sequence[RecordDraft], origins: Sequence[tuple[str, int]]
+    ) -> int:
+        """``append`` for ``edge-agent buffer salvage``: ``origins[i]`` is (damaged journal
+        file name, old seq) of ``drafts[i]``, recorded in the same transaction as the record so
+        that salvaging again skips it. Returns the last seq given out."""
+        if len(origins) != len(drafts):
+            raise ValueError(f"{len(drafts)} drafts but {len(origins)} origins")
+        return self._enqueue(drafts, origins)
+
+    def _enqueue(
+        self, drafts: Sequence[RecordDraft], origins: Sequence[tuple[str, int]] | None
+    ) -> int:
         if self._thread is None:
             raise BufferError_("buffer is not running")
         if self.failure is not None:
@@ -345,43 +360,19 @@ class SqliteBuffer:
         with self._lock:
             seq = self._next_seq
             reason = self._refuse
-            if reason is None:
-                for d in drafts:
-                    self._pending.append((seq, d))
-                    seq += 1
+            if reason is None and origins is None:  # the hot path: every record, a seq each
+                self._pending.extend(zip(range(seq, seq + len(drafts)), drafts, strict=True))
+                seq += len(drafts)
             else:
-                for d in drafts:
-                    if d.kind is TELEMETRY:
+                for i, d in enumerate(drafts):
+                    if reason is not None and d.kind is TELEMETRY:
                         dropped += 1
                         continue
                     self._pending.append((seq, d))
+                    if origins is not None:
+                        # Registered under the lock, before the writer can take this seq.
+                        self._salvage_keys[seq] = origins[i]
                     seq += 1
-            self._next_seq = seq
-            self.appended += len(drafts) - dropped
-            self._wake.notify()
-        if dropped and reason is not None:
-            self._count_dropped(dropped, reason)
-        return seq - 1
-
-    def append_salvaged(
-        self, drafts: Sequence[RecordDraft], origins: Sequence[tuple[str, int]]
-    ) -> int:
-        """``append`` for ``edge-agent buffer salvage``: ``origins[i]`` is (damaged journal
-        file name, old seq) of ``drafts[i]``, recorded in the same transaction as the record so
-        that salvaging again skips it. Returns the last seq given out."""
-        if self._thread is None or self.failure is not None:
-            return self.append(drafts)  # raises the same errors
-        dropped = 0
-        with self._lock:
-            seq = self._next_seq
-            reason = self._refuse
-            for d, origin in zip(drafts, origins, strict=True):
-                if reason is not None and d.kind is TELEMETRY:
-                    dropped += 1
-                    continue
-                self._pending.append((seq, d))
-                self._salvage_keys[seq] = origin
-                seq += 1
             self._next_seq = seq
             self.appended += len(drafts) - dropped
             self._wake.notify()
