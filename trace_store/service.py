@@ -37,7 +37,6 @@ import contextlib
 import json
 import logging
 import queue
-import random
 import socket
 import ssl
 import threading
@@ -52,6 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from drivers.base import backoff_delay
 from trace_store.config import StoreConfig
 from trace_store.envelope import Accepted, Reason, Rejection, parse, reason_class
 from trace_store.held import Held, HeldKey, HeldMessages
@@ -99,11 +99,6 @@ class _Up:
 
 
 _STOP = object()
-
-
-def backoff_delay(attempt: int, initial: float, cap: float) -> float:
-    """Full-jitter exponential backoff: uniform(0, min(cap, initial * 2**attempt))."""
-    return random.uniform(0, min(cap, initial * 2 ** min(attempt, 30)))
 
 
 def _tls_context(config: StoreConfig) -> ssl.SSLContext:
