@@ -47,13 +47,7 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             if n % 50 == 0:
                 print(f"{n} kills, {rig.store_count()} records stored", file=sys.stderr)
         rig.start_agent()
-        await rig.stop_plc()
-        await wait_until(
-            lambda: rig.journal_state()[1] == 0 and rig.store_watermark() >= rig.journal_state()[0],
-            300,
-            "store confirms everything",
-        )
-        assert await rig.stop_agent() == 0, rig.log_tail("agent")
+        await rig.settle(within=300)
         view = check_consistent(rig)
         return {
             "ok": True,

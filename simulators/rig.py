@@ -171,6 +171,19 @@ class LineRig:
         proc.send_signal(signal.SIGTERM)
         return await asyncio.to_thread(proc.wait, wait)
 
+    async def settle(self, within: float = 120.0) -> None:
+        """Stop the PLCs, wait until the store has confirmed everything the agent committed
+        (its journal empty, the watermark at its last seq), then stop the agent cleanly."""
+        await self.stop_plc()
+        await wait_until(
+            lambda: (
+                self.journal_state()[1] == 0 and self.store_watermark() >= self.journal_state()[0]
+            ),
+            within,
+            "store confirms everything the agent committed",
+        )
+        assert await self.stop_agent() == 0, self.log_tail("agent")
+
     async def close(self) -> None:
         for proc in (self.agent, self.store):
             if proc is not None and proc.poll() is None:

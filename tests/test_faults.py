@@ -42,7 +42,7 @@ async def finish(rig: LineRig, rng: random.Random) -> None:
     """A last agent run under load, then the clean stop and the final check."""
     rig.start_agent()
     await run_under_load(rig, rng, 200, 400)
-    await settle(rig)
+    await rig.settle()
     check_consistent(rig)
 
 
@@ -50,17 +50,6 @@ async def run_under_load(rig: LineRig, rng: random.Random, lo: int, hi: int) -> 
     """Let the agent run until the store has ``lo..hi`` (random) more records."""
     target = rig.store_count() + rng.randint(lo, hi)
     await wait_until(lambda: rig.store_count() >= target, 60, "records under load")
-
-
-async def settle(rig: LineRig) -> None:
-    """Stop the PLCs, let the store confirm everything, stop the agent cleanly."""
-    await rig.stop_plc()
-    await wait_until(
-        lambda: rig.journal_state()[1] == 0 and rig.store_watermark() >= rig.journal_state()[0],
-        120,
-        "store confirms everything the agent committed",
-    )
-    assert await rig.stop_agent() == 0, rig.log_tail("agent")
 
 
 async def kill_agent_repeatedly(rig: LineRig, rng: random.Random, kills: int) -> None:

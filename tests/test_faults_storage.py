@@ -13,7 +13,6 @@ import pytest
 from edge_agent.cli import main as cli_main
 from edge_agent.control import request
 from simulators.rig import LineRig, check_consistent, wait_until, wait_until_async
-from tests.test_faults import settle
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,7 +30,7 @@ async def test_long_outage_builds_a_100k_backlog_that_drains_completely(
         await rig.start_broker()
         rig.start_store()
         started = time.monotonic()
-        await settle(rig)
+        await rig.settle()
         drained = time.monotonic() - started
         view = check_consistent(rig)
         assert len(view.seqs) >= 100_000
@@ -79,7 +78,7 @@ async def test_full_journal_evicts_telemetry_keeps_every_trace_record_and_recove
             lambda: rig.plc.plc(1).parts_released > released + 3, 60, "PLC parts still released"
         )
         rig.start_store()
-        await settle(rig)
+        await rig.settle()
         view = check_consistent(rig, evicted_ok=True)
         last, _ = rig.journal_state()
         assert len(view.seqs) < last, "some telemetry was evicted"
