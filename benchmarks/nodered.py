@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ import psutil
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from benchmarks.latency import stop
 from benchmarks.throughput import CLI, REGISTERS, config
 from simulators.broker import MosquittoBroker, free_port, wait_listening
 from simulators.scenario import station_name
@@ -331,17 +331,6 @@ def _measure(
     }
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_agent(
     stations: int, poll_ms: int, plc_port: int, broker: MosquittoBroker, tally: Tally, **kw: float
 ) -> dict[str, Any]:
@@ -386,7 +375,7 @@ def _run_measured(
             tail = log.read_text(errors="replace").splitlines()[-10:]
             raise RuntimeError(f"{exc}; end of its log:\n" + "\n".join(tail)) from None
         finally:
-            _stop(popen)
+            stop(popen)
     result["log_lines"] = _log_lines(log, marks)
     return result
 
