@@ -8,16 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_agent.model import RecordKind
+from edge_agent.model import TELEMETRY_KINDS
 
 GiB = 1 << 30
 MiB = 1 << 20
 
-TELEMETRY = RecordKind.READING
+TELEMETRY = TELEMETRY_KINDS
 """The one retention class that may be evicted (oldest first, counted) under storage pressure:
-continuous telemetry. Every other kind, including kinds added later, is trace data and is never
-evicted, so a new kind is protected until someone decides otherwise rather than the other way
-round. The journal's SQL names it literally (``kind='reading'``, a partial index)."""
+continuous telemetry (``readings``, and ``reading`` rows an older version left in the journal).
+Every other kind, including kinds added later, is trace data and is never evicted, so a new kind
+is protected until someone decides otherwise rather than the other way round."""
+
+TELEMETRY_SQL = "kind IN ('readings', 'reading')"
+"""The same class as the journal's SQL names it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,9 @@ reference to the context they were bound to without copying it."""
 
 PointKey = tuple[str, str]  # (device, point)
 
+READINGS = RecordKind.READINGS.value
+GOOD = Quality.GOOD
+
 UNASSIGNED = "_unassigned"
 MAX_SERIALS = 100_000
 """Serials per station remembered for repeat (rework) marking; older ones are forgotten
@@ -229,31 +232,38 @@ def _bind_response(
                 for station in scan_stations:
                     _scan(_station(state, station), station, obs, rules, step)
     station_of = rules.station_of
-    # One response shares one ts (that is what makes it a response), and formatting it was
-    # the largest single cost of binding in the profile: format it once.
+    # One record per station per response: the values read in one instant share one context
+    # and one ts, so writing them once is exact, and the per-record cost (journal row,
+    # encoding, publish, delete) is paid once per response instead of once per value.
     ts = iso_utc(response[0].ts) if response else ""
+    groups: dict[str, dict[str, Any]] = {}
     for i, obs in enumerate(response):
         if i in consumed:
             continue
         station = station_of.get((obs.device, obs.point), UNASSIGNED)
-        st = state.get(station)
-        body: dict[str, Any] = {
-            "kind": RecordKind.READING.value,
-            "station": station,
-            "ts": ts,
-            "device": obs.device,
-            "point": obs.point,
-            "value": obs.value,
-            "quality": obs.quality.value,
-            "ctx": st.ctx if st is not None else _EMPTY,
-        }
-        if obs.unit is not None:
-            body["unit"] = obs.unit
-        if obs.source_ts is not None:
-            body["source_ts"] = iso_utc(obs.source_ts)
+        body = groups.get(station)
+        if body is None:
+            st = state.get(station)
+            body = groups[station] = {
+                "kind": READINGS,
+                "station": station,
+                "ts": ts,
+                "device": obs.device,
+                "ctx": st.ctx if st is not None else _EMPTY,
+                "values": {},
+            }
+        point = obs.point
+        body["values"][point] = obs.value
+        if obs.quality is not GOOD:
+            body.setdefault("quality", {})[point] = obs.quality.value
         if obs.error is not None:
-            body["error"] = obs.error
-        step.drafts.append(RecordDraft(station, RecordKind.READING, body))
+            body.setdefault("errors", {})[point] = obs.error
+        if obs.unit is not None:
+            body.setdefault("units", {})[point] = obs.unit
+        if obs.source_ts is not None:
+            body.setdefault("source_ts", {})[point] = iso_utc(obs.source_ts)
+    for station, body in groups.items():
+        step.drafts.append(RecordDraft(station, RecordKind.READINGS, body))
     if rules.trigger_of:
         for obs in response:
             for station in rules.trigger_of.get((obs.device, obs.point), ()):

@@ -53,7 +53,7 @@ MIB = 1 << 20
 
 
 class TelemetryRetention(BaseModel):
-    """Bounds on continuous telemetry (``kind: reading``) in the journal. Past any bound the
+    """Bounds on continuous telemetry (``readings`` records) in the journal. Past any bound the
     oldest telemetry is evicted first, counted and reported (alarm ``telemetry_evicted``).
     Trace records (context, scans, parts, genealogy, gaps) are never evicted."""
 

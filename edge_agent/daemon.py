@@ -25,7 +25,14 @@ from edge_agent.binder import Action, Binder, BindingRules, Capture, ContextReje
 from edge_agent.config import AgentConfig, DeviceConfig, load_config
 from edge_agent.control import ControlServer
 from edge_agent.errors import BufferError_, ConfigError, DeviceError
-from edge_agent.model import DeviceState, Observation, RecordDraft, RecordKind, Value
+from edge_agent.model import (
+    TELEMETRY_KINDS,
+    DeviceState,
+    Observation,
+    RecordDraft,
+    RecordKind,
+    Value,
+)
 from sync.mqtt import MqttSync
 
 log = logging.getLogger(__name__)
@@ -141,7 +148,7 @@ class Agent:
             raise
         self.stats.records += len(drafts)
         for d in drafts:
-            if d.kind is not RecordKind.READING:
+            if d.kind not in TELEMETRY_KINDS:
                 self._note(d)
 
     def _note(self, d: RecordDraft) -> None:

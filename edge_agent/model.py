@@ -32,12 +32,15 @@ class DeviceState(StrEnum):
     DOWN = "down"  # no connection; being retried with backoff
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
     """One value from one point of one device, as read.
 
     ``ts`` is UTC wall-clock (seconds since the epoch) for humans and the trace store;
     ordering never relies on it (the clock can jump) but on arrival order at the binder.
+
+    Treated as immutable, but not ``frozen``: a frozen dataclass's ``__init__`` goes through
+    ``object.__setattr__`` per field and took 2.7x as long, on a path taken for every value.
     """
 
     device: str
@@ -53,13 +56,19 @@ class Observation:
 class RecordKind(StrEnum):
     """Kinds of records on the wire (see docs/wire-format.md)."""
 
-    READING = "reading"  # a process value with the station context it was taken in
+    READINGS = "readings"  # the values of one device response, with the station context
+    READING = "reading"  # one value per record: wire format v1, still in older journals
     CONTEXT = "context"  # a station context key changed (serial, lot, ...)
     CONTEXT_RESTORED = "context_restored"  # the context a station had when the agent stopped
     SCAN = "scan"  # an identification (barcode, RFID...): accepted, unclassified or rejected
     CONSUMPTION = "consumption"  # genealogy: a component or lot consumed into a serial
     PART = "part"  # one cycle's part record: snapshot values, result, cycle time
     GAP = "gap"  # the PLC's cycle counter jumped: parts went by without a part record
+
+
+TELEMETRY_KINDS = frozenset({RecordKind.READINGS, RecordKind.READING})
+"""Continuous process values: bounded and evicted first when storage runs low (invariant 4).
+Every other kind is trace and is never evicted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,6 +215,21 @@ class LineRig:
             return 0, 0
         return (int(row[0]) if row else 0), int(left)
 
+    def journal_readings(self) -> int:
+        """Values (not records) in the agent's journal: a ``readings`` record holds a response."""
+        if not self.journal.exists():
+            return 0
+        try:
+            with _readonly(self.journal) as db:
+                return int(
+                    db.execute(
+                        "SELECT count(*) FROM records, json_each(records.body, '$.values') "
+                        "WHERE records.kind = 'readings'"
+                    ).fetchone()[0]
+                )
+        except sqlite3.OperationalError:  # the agent is creating it right now
+            return 0
+
     def store_count(self) -> int:
         if not self.store_db.exists():
             return 0

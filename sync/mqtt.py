@@ -47,7 +47,10 @@ from sync.config import MqttConfig, invalid_topic_level
 log = logging.getLogger(__name__)
 
 SCHEMA = "edge-agent.records"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: readings travel as ``kind: readings``, one record per device response. A v1 receiver
+would skip that unknown kind silently (the v1 rule for new kinds); raising ``v`` makes it set
+the messages aside instead. Rows a v1 agent journaled (``kind: reading``) still go out, in v2."""
 CONFIRM_SCHEMA = "edge-agent.confirm"
 STATUS_SCHEMA = "edge-agent.status"
 DELETE_EVERY = 0.25

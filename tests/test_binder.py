@@ -36,13 +36,21 @@ def obs(
 
 
 def summary(drafts: list[Any]) -> list[tuple[Any, ...]]:
-    """Records as compact tuples: (kind, station, point-or-key, value, ctx serial)."""
+    """Records as compact tuples: (kind, station, key, value, ctx serial); for a readings
+    record, key is "values" and value the values."""
     out = []
     for d in drafts:
         b = d.body
-        name = b["key"] if d.kind is RecordKind.CONTEXT else b["point"]
-        out.append((d.kind.value, d.station, name, b["value"], b["ctx"].get("serial")))
+        if d.kind is RecordKind.READINGS:
+            out.append(R(d.station, b["values"], b["ctx"].get("serial")))
+        else:
+            out.append((d.kind.value, d.station, b["key"], b["value"], b["ctx"].get("serial")))
     return out
+
+
+def R(station: str, values: dict[str, Any], serial: Any) -> tuple[Any, ...]:
+    """A readings record in ``summary`` form."""
+    return ("readings", station, "values", values, serial)
 
 
 CASES: list[
@@ -52,29 +60,29 @@ CASES: list[
         "reading with no serial is kept and marked (serial None)",
         {},
         [[obs("plc", "temp", 21.5)]],
-        [("reading", "ST10", "temp", 21.5, None)],
+        [R("ST10", {"temp": 21.5}, None)],
     ),
     (
         "serial read in the same response applies before its readings",
         {},
         [[obs("plc", "temp", 21.5), obs("plc", "serial", "SN1")]],
-        [("context", "ST10", "serial", "SN1", "SN1"), ("reading", "ST10", "temp", 21.5, "SN1")],
+        [("context", "ST10", "serial", "SN1", "SN1"), R("ST10", {"temp": 21.5}, "SN1")],
     ),
     (
         "a reading taken before the new serial belongs to the previous one",
         {"ST10": {"serial": "SN1", "lot": None}},
         [[obs("plc", "temp", 1.0)], [obs("plc", "serial", "SN2")], [obs("plc", "temp", 2.0)]],
         [
-            ("reading", "ST10", "temp", 1.0, "SN1"),
+            R("ST10", {"temp": 1.0}, "SN1"),
             ("context", "ST10", "serial", "SN2", "SN2"),
-            ("reading", "ST10", "temp", 2.0, "SN2"),
+            R("ST10", {"temp": 2.0}, "SN2"),
         ],
     ),
     (
         "an unchanged serial makes no context record",
         {"ST10": {"serial": "SN1", "lot": None}},
         [[obs("plc", "serial", "SN1"), obs("plc", "temp", 3.0)]],
-        [("reading", "ST10", "temp", 3.0, "SN1")],
+        [R("ST10", {"temp": 3.0}, "SN1")],
     ),
     (
         "padding is trimmed and an empty serial register clears the serial",
@@ -82,11 +90,11 @@ CASES: list[
         [[obs("plc", "serial", "  SN1 ")], [obs("plc", "serial", "")], [obs("plc", "temp", 4.0)]],
         [
             ("context", "ST10", "serial", None, None),
-            ("reading", "ST10", "temp", 4.0, None),
+            R("ST10", {"temp": 4.0}, None),
         ],
     ),
     (
-        "a BAD serial read keeps the context and is recorded as a BAD reading",
+        "a BAD serial read keeps the context and is recorded as a BAD value",
         {"ST10": {"serial": "SN1", "lot": None}},
         [
             [
@@ -95,8 +103,7 @@ CASES: list[
             ]
         ],
         [
-            ("reading", "ST10", "serial", None, "SN1"),
-            ("reading", "ST10", "temp", None, "SN1"),
+            R("ST10", {"serial": None, "temp": None}, "SN1"),
         ],
     ),
     (
@@ -110,9 +117,9 @@ CASES: list[
             ]
         ],
         [
-            ("reading", "ST10", "temp", 5.0, "SN1"),
+            R("ST10", {"temp": 5.0}, "SN1"),
             ("context", "ST10", "serial", "SN2", "SN2"),
-            ("reading", "ST10", "force", 6, "SN2"),
+            R("ST10", {"force": 6}, "SN2"),
         ],
     ),
     (
@@ -126,8 +133,8 @@ CASES: list[
         [
             ("context", "ST10", "serial", "A1", "A1"),
             ("context", "ST20", "serial", "B1", "B1"),
-            ("reading", "ST20", "temp", 9.0, "B1"),
-            ("reading", "ST10", "temp", 8.0, "A1"),
+            R("ST20", {"temp": 9.0}, "B1"),
+            R("ST10", {"temp": 8.0}, "A1"),
         ],
     ),
     (
@@ -137,7 +144,7 @@ CASES: list[
         [
             ("context", "ST10", "serial", "SN9", "SN9"),
             ("context", "ST10", "lot", "L7", "SN9"),
-            ("reading", "ST10", "force", 2, "SN9"),
+            R("ST10", {"force": 2}, "SN9"),
         ],
     ),
 ]
@@ -181,24 +188,46 @@ def test_unchanged_context_is_the_same_mapping() -> None:
     assert binder.contexts["ST10"] is before
 
 
-def test_reading_body_fields() -> None:
+def test_readings_body_fields() -> None:
     (d,) = (
         Binder(RULES)
-        .feed([obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5)])
+        .feed(
+            [
+                obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5),
+                obs("plc", "force", 7),
+                obs("plc", "lot", None, Quality.BAD, error="modbus exception 2"),
+            ]
+        )
         .drafts
     )
+    assert d.kind is RecordKind.READINGS
+    # Side maps hold only the points that need them: good points with no unit are just values.
     assert d.body == {
-        "kind": "reading",
+        "kind": "readings",
         "station": "ST10",
         "ts": "2023-11-14T22:13:20.000000Z",
         "device": "plc",
-        "point": "temp",
-        "value": 21.5,
-        "quality": "good",
         "ctx": {"serial": None, "lot": None},
-        "unit": "degC",
-        "source_ts": "2023-11-14T22:13:21.500000Z",
+        "values": {"temp": 21.5, "force": 7, "lot": None},
+        "quality": {"lot": "bad"},
+        "errors": {"lot": "modbus exception 2"},
+        "units": {"temp": "degC"},
+        "source_ts": {"temp": "2023-11-14T22:13:21.500000Z"},
     }
+
+
+def test_one_response_gives_one_record_per_station() -> None:
+    rules = BindingRules(
+        station_of={("plc", "a"): "ST10", ("plc", "b"): "ST20", ("plc", "c"): "ST10"},
+        context_of={},
+        station_keys={"ST10": (), "ST20": ()},
+    )
+    step = Binder(rules).feed([obs("plc", "a", 1), obs("plc", "b", 2), obs("plc", "c", 3)])
+    assert [(d.station, d.body["values"]) for d in step.drafts] == [
+        ("ST10", {"a": 1, "c": 3}),
+        ("ST20", {"b": 2}),
+    ]
+    assert all("quality" not in d.body for d in step.drafts)
 
 
 def test_unknown_point_is_kept_not_dropped() -> None:

@@ -125,7 +125,7 @@ def cycle(
     """Feed a trigger observation; complete any capture it asks for with ``values``.
     Returns what is not the trigger's own reading record."""
     step = binder.feed([obs(device, trigger, level, ts=ts)])
-    drafts = [d for d in step.drafts if d.kind is not RecordKind.READING]
+    drafts = [d for d in step.drafts if d.kind is not RecordKind.READINGS]
     actions = list(step.actions)
     for cap in [a for a in step.actions if isinstance(a, Capture)]:
         done = binder.complete(cap, snapshot(device, ts + 0.01, **values), None)
@@ -238,7 +238,7 @@ def test_consumption_with_no_serial_is_kept_and_flagged() -> None:
 def test_scan_in_the_same_response_applies_before_readings() -> None:
     binder = Binder(RULES)
     drafts = binder.feed([obs("plc", "temp", 5), obs("cam", "code", "OP1234")]).drafts
-    assert kinds(drafts) == ["scan", "context", "reading"]
+    assert kinds(drafts) == ["scan", "context", "readings"]
     assert drafts[-1].body["ctx"]["operator"] == "1234"
 
 

@@ -4,6 +4,7 @@ counted and reported; trace records never leave except by delivery."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
@@ -16,13 +17,17 @@ from buffer.policy import DiskWatermarks, TelemetryBounds
 from buffer.sqlite import EVICT_CHUNK, SqliteBuffer
 from edge_agent.alarms import Alarms
 from edge_agent.config import BufferConfig
-from edge_agent.model import RecordDraft, RecordKind
+from edge_agent.model import TELEMETRY_KINDS, RecordDraft, RecordKind
 
-TRACE_KINDS = [k for k in RecordKind if k is not RecordKind.READING]
+TRACE_KINDS = [k for k in RecordKind if k not in TELEMETRY_KINDS]
+TELE = {k.value for k in TELEMETRY_KINDS}
 
 
 def reading(i: int) -> RecordDraft:
-    return RecordDraft("ST10", RecordKind.READING, {"point": "p", "value": i})
+    """Telemetry: mostly ``readings``, every third one a ``reading`` an older version left."""
+    if i % 3 == 0:
+        return RecordDraft("ST10", RecordKind.READING, {"point": "p", "value": i})
+    return RecordDraft("ST10", RecordKind.READINGS, {"values": {"p": i}})
 
 
 def trace(i: int, kind: RecordKind = RecordKind.CONTEXT) -> RecordDraft:
@@ -69,7 +74,7 @@ async def eventually(predicate: Callable[[], bool], what: str, within: float = 1
 
 def assert_totals_match(b: SqliteBuffer) -> None:
     """The running totals (kept in memory) agree with the table."""
-    tele = [r for r in rows(b.path) if r[1] == "reading"]
+    tele = [r for r in rows(b.path) if r[1] in TELE]
     assert b.telemetry_rows == len(tele)
     assert b.telemetry_bytes == sum(r[2] for r in tele)
 
@@ -83,12 +88,12 @@ async def test_row_bound_evicts_oldest_telemetry_and_never_trace(tmp_path: Path)
         await b.flush()
         await b.maintain()
         kept = rows(b.path)
-        trace_seqs = [i + 1 for i, d in enumerate(drafts) if d.kind is not RecordKind.READING]
-        assert [s for s, k, _ in kept if k != "reading"] == trace_seqs
-        tele = [s for s, k, _ in kept if k == "reading"]
+        trace_seqs = [i + 1 for i, d in enumerate(drafts) if d.kind not in TELEMETRY_KINDS]
+        assert [s for s, k, _ in kept if k not in TELE] == trace_seqs
+        tele = [s for s, k, _ in kept if k in TELE]
         # Down to 1% under the bound, and the newest are the ones kept.
         assert 99 <= len(tele) <= 100
-        all_readings = [i + 1 for i, d in enumerate(drafts) if d.kind is RecordKind.READING]
+        all_readings = [i + 1 for i, d in enumerate(drafts) if d.kind in TELEMETRY_KINDS]
         assert tele == all_readings[-len(tele) :]
         assert b.evicted_rows == len(all_readings) - len(tele)
         assert b.evicted_first_seq == all_readings[0]
@@ -113,7 +118,8 @@ async def test_byte_bound_counts_body_bytes(tmp_path: Path) -> None:
         assert 4_950 - 60 <= b.telemetry_bytes <= 5_000
         assert_totals_match(b)
         assert b.evicted_bytes + b.telemetry_bytes == sum(
-            len(f'{{"seq":{i + 1},"point":"p","value":{i}}}') for i in range(1000)
+            len(json.dumps({"seq": i + 1, **reading(i).body}, separators=(",", ":")))
+            for i in range(1000)
         )
     finally:
         await b.stop()
@@ -138,8 +144,8 @@ async def test_age_bound_uses_commit_time(tmp_path: Path) -> None:
         now[0] += 1801  # the first 100 are past max_age, the 10 are not
         await b.maintain()
         kept = rows(b.path)
-        assert [s for s, k, _ in kept if k == "reading"] == list(range(101, 111))
-        assert len([k for _, k, _ in kept if k != "reading"]) == 10  # trace does not age out
+        assert [s for s, k, _ in kept if k in TELE] == list(range(101, 111))
+        assert len([k for _, k, _ in kept if k not in TELE]) == 10  # trace does not age out
         assert b.evicted_rows == 90
         assert_totals_match(b)
     finally:

@@ -45,16 +45,21 @@ def config(plc_port: int, mqtt_port: int, tmp: Path, poll: float = 0.05) -> dict
     )
 
 
+def good_values(r: dict[str, Any]) -> dict[str, Any]:
+    """The values of a readings record whose quality is good."""
+    if r["kind"] != "readings":
+        return {}
+    bad = r.get("quality", {})
+    return {p: v for p, v in r["values"].items() if p not in bad}
+
+
 def max_counter(col: RecordCollector, station: str) -> int:
     with col.lock:
         return max(
             (
-                r["value"]
+                good_values(r).get("cycle_counter", 0)
                 for r in col.data.records.values()
-                if r["kind"] == "reading"
-                and r["point"] == "cycle_counter"
-                and r["station"] == station
-                and r["quality"] == "good"
+                if r["station"] == station
             ),
             default=0,
         )
@@ -63,29 +68,22 @@ def max_counter(col: RecordCollector, station: str) -> int:
 def check_against_truth(
     records: dict[tuple[str, int], dict[str, Any]], truth: dict[str, StationModel]
 ) -> int:
-    """Every good reading's context equals what the PLC showed in the same response.
+    """Every good value's context equals what the PLC showed in the same response.
 
-    Returns the number of readings checked. Readings of one response share their timestamp,
-    and the cycle counter in that response names the part.
+    Returns the number of values checked. A readings record is one response, and the cycle
+    counter in it names the part.
     """
-    polls: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for (_agent, _seq), r in sorted(records.items()):
-        if r["kind"] == "reading" and r["quality"] == "good":
-            polls[(r["station"], r["ts"])].append(r)
     checked = 0
-    for (station, _ts), recs in polls.items():
-        counters = [r["value"] for r in recs if r["point"] == "cycle_counter"]
-        if not counters:
+    for (_agent, _seq), r in sorted(records.items()):
+        values = good_values(r)
+        if "cycle_counter" not in values:
             continue
-        (counter,) = counters
-        model = truth[station]
-        cycle = counter - 1
-        for r in recs:
-            assert r["ctx"]["serial"] == model.serial(cycle), (station, counter, r)
-            assert r["ctx"]["lot"] == model.lot(cycle), (station, counter, r)
-            checked += 1
-        ok = next(r["value"] for r in recs if r["point"] == "status") & 0b100 == 0
-        assert ok == model.ok(cycle)
+        model = truth[r["station"]]
+        cycle = values["cycle_counter"] - 1
+        assert r["ctx"]["serial"] == model.serial(cycle), (r["station"], cycle, r)
+        assert r["ctx"]["lot"] == model.lot(cycle), (r["station"], cycle, r)
+        checked += len(values)
+        assert (values["status"] & 0b100 == 0) == model.ok(cycle)
     return checked
 
 

@@ -93,9 +93,9 @@ async def append(buffer: SqliteBuffer, count: int, stations: Sequence[str] = STA
         [
             RecordDraft(
                 stations[(first + i) % len(stations)],
-                RecordKind.READING,
+                RecordKind.READINGS,
                 {
-                    "kind": "reading",
+                    "kind": "readings",
                     "station": stations[(first + i) % len(stations)],
                     "n": first + i,
                 },
@@ -124,7 +124,7 @@ def check_envelopes(messages: Sequence[Received]) -> None:
         assert list(p) == ENVELOPE_FIELDS
         assert (p["schema"], p["v"], p["agent"], p["site"], p["line"]) == (
             "edge-agent.records",
-            1,
+            2,
             AGENT,
             SITE,
             LINE,
@@ -172,7 +172,7 @@ async def test_delivers_every_record_in_order_and_empties_the_journal(
     assert sorted(r["seq"] for r in got) == list(range(1, 308)), "no duplicates without outage"
     for r in got:  # bodies arrive exactly as the buffer stored them
         station = STATIONS[r["seq"] % len(STATIONS)]
-        assert r == {"seq": r["seq"], "kind": "reading", "station": station, "n": r["seq"]}
+        assert r == {"seq": r["seq"], "kind": "readings", "station": station, "n": r["seq"]}
     assert {m.payload["station"] for m in messages} == set(STATIONS)
     status = sync.status
     assert (status.confirmed_records, status.last_confirmed_seq) == (307, 307)

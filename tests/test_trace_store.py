@@ -41,7 +41,7 @@ WAIT = 10.0  # seconds any single wait may take before the test fails
 # ---- building messages -----------------------------------------------------------------------
 
 
-def body(seq: int, kind: str = "reading", station: str = "op10", **fields: Any) -> dict[str, Any]:
+def body(seq: int, kind: str = "readings", station: str = "op10", **fields: Any) -> dict[str, Any]:
     """A record body; ``ctx`` defaults to no serial."""
     out: dict[str, Any] = {
         "seq": seq,
@@ -49,7 +49,9 @@ def body(seq: int, kind: str = "reading", station: str = "op10", **fields: Any) 
         "station": station,
         "ts": f"2026-11-21T10:{seq // 60 % 60:02d}:{seq % 60:02d}.000000Z",
     }
-    if kind == "reading":
+    if kind == "readings":
+        out.update(device="press10", values={"force": 20.5, "stroke": 41}, units={"force": "kN"})
+    elif kind == "reading":  # one value per record, as a v1 agent journaled it
         out.update(device="press10", point="force", value=20.5, quality="good", unit="kN")
     out.update(fields)
     out.setdefault("ctx", {"serial": None, "lot": None})
@@ -75,7 +77,7 @@ def envelope(
     seqs = [r["seq"] for r in records if isinstance(r, dict)]
     head: dict[str, Any] = {
         "schema": "edge-agent.records",
-        "v": 1,
+        "v": 2,
         "agent": agent,
         "site": site,
         "line": line,
@@ -302,7 +304,7 @@ def _bad_cases() -> list[tuple[str, str, bytes, Reason]]:
         ("not an object", topic(), b"[1, 2]", Reason.NOT_JSON),
         ("NaN", topic(), envelope(GOOD).replace(b"20.5", b"NaN"), Reason.NOT_JSON),
         ("unknown schema", topic(), envelope(GOOD, schema="other.records"), Reason.UNKNOWN_SCHEMA),
-        ("unknown version", topic(), envelope(GOOD, v=2), Reason.UNKNOWN_VERSION),
+        ("unknown version", topic(), envelope(GOOD, v=3), Reason.UNKNOWN_VERSION),
         ("v is a string", topic(), envelope(GOOD, v="1"), Reason.UNKNOWN_VERSION),
         ("topic site", topic(site="plant-b"), envelope(GOOD), Reason.TOPIC_MISMATCH),
         ("topic station", topic("op20"), envelope(GOOD), Reason.TOPIC_MISMATCH),
@@ -422,6 +424,14 @@ def test_a_good_message_gives_rows_edges_and_its_range() -> None:
         ("SN1", "component", "C9", "consumption", 2.0),
         ("SN1", "lot", "L1", "part", None),
     ]
+
+
+def test_a_v1_message_from_an_agent_not_yet_upgraded_is_accepted() -> None:
+    """v1 agents send one value per ``reading`` record; v2 only added ``readings``."""
+    records = [body(3, "reading"), body(4, "context", key="serial", value="SN1", previous=None)]
+    result = parse(topic(), envelope(records, v=1), prefix=PREFIX, max_bytes=1 << 20)
+    assert isinstance(result, Accepted), result
+    assert [(r.seq, r.kind) for r in result.rows] == [(3, "reading"), (4, "context")]
 
 
 def test_confirm_and_order_say_whether_a_message_may_be_held() -> None:
@@ -642,7 +652,14 @@ def genealogy() -> list[tuple[str, bytes]]:
         body(
             2, "context", key="serial", value="SA-1", previous=None, ctx={**steel, "serial": "SA-1"}
         ),
-        body(3, "reading", ctx={**steel, "serial": "SA-1"}),
+        body(
+            3,
+            "readings",
+            ctx={**steel, "serial": "SA-1"},
+            values={"force": 20.5, "stroke": None},
+            quality={"stroke": "bad"},
+            errors={"stroke": "no response within 1.0s"},
+        ),
         body(
             4,
             "part",
@@ -1106,7 +1123,7 @@ def test_bad_messages_are_kept_aside_counted_and_acknowledged(
         (topic(), envelope(readings(range(1, 40))), "oversized"),
         (topic("op20"), envelope(readings([1])), "topic_mismatch"),
         (topic(), envelope(readings([1]), schema="acme.records"), "unknown_schema"),
-        (topic(), envelope(readings([1]), v=2), "unknown_version"),
+        (topic(), envelope(readings([1]), v=3), "unknown_version"),
         (topic(), envelope(readings([1]), agent="intruder"), "agent_not_allowed"),
         (topic(), envelope(readings([1, 2]), count=3), "count_mismatch"),
         (topic(), envelope([body(2), body(1)], first_seq=2, last_seq=1), "seq_order"),

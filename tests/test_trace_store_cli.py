@@ -70,8 +70,8 @@ def test_trace_serial_table(trace_db: str, capsys: pytest.CaptureFixture[str]) -
         "2026-11-21T10:00:02.000000Z .. 2026-11-21T10:00:04.000000Z"
     )
     assert lines[2].startswith("op10  (plant-a/line-3, agent line3-pc1)")
-    assert "  2026-11-21T10:00:02.000000Z  2    context  serial = SA-1 (was -)" in out
-    assert "press10.force = 20.5 kN (good)" in out
+    assert "  2026-11-21T10:00:02.000000Z  2    context   serial = SA-1 (was -)" in out
+    assert "3    readings  press10: force=20.5 kN, stroke=- (bad: no response within 1.0s)" in out
     assert "result ok, quality good, force=20.6 kN [18..22.5], cycle 2.0 s, counter 1" in out
     assert "used as a component in:" in out
     assert "  FG-1    op30     plant-a/line-3  line3-pc1  9    2026-11-21T10:00:09.000000Z" in out

@@ -20,7 +20,10 @@ from enum import StrEnum
 from typing import Any, TypeGuard
 
 SCHEMA = "edge-agent.records"
-VERSION = 1
+VERSION = 2
+VERSIONS = frozenset({1, VERSION})
+"""v2 added ``kind: readings`` (a device response per record). v1 differs only in having
+none, so one parser takes both; agents not yet upgraded keep sending v1."""
 MAX_SEQ = 2**63 - 1  # PostgreSQL BIGINT; a larger seq could not be stored
 MAX_LEVEL_CHARS = 128  # agent/site/line/station: generous, but bounded (they key tables)
 
@@ -229,8 +232,10 @@ def _check(
     if schema != SCHEMA:
         raise _Invalid(Reason.UNKNOWN_SCHEMA, f"schema {_short(schema)}, expected {SCHEMA!r}")
     version = doc.get("v")
-    if not _is_int(version) or version != VERSION:
-        raise _Invalid(Reason.UNKNOWN_VERSION, f"envelope v {_short(version)}, expected {VERSION}")
+    if not _is_int(version) or version not in VERSIONS:
+        raise _Invalid(
+            Reason.UNKNOWN_VERSION, f"envelope v {_short(version)}, expected 1 or {VERSION}"
+        )
     agent = _level(doc, "agent")
     site = _level(doc, "site")
     line = _level(doc, "line")

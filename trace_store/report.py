@@ -71,6 +71,8 @@ def summary(record: StoredRecord) -> str:
         return text
     if kind == "context_restored":
         return f"context restored: {_compact(b.get('ctx'))}"
+    if kind == "readings":
+        return _readings(b)
     if kind == "reading":
         unit = f" {b['unit']}" if b.get("unit") else ""
         text = f"{b.get('device')}.{b.get('point')} = {_v(b.get('value'))}{unit}"
@@ -89,6 +91,30 @@ def summary(record: StoredRecord) -> str:
         )
     rest = {k: v for k, v in b.items() if k not in ("seq", "kind", "station", "ts", "ctx")}
     return _compact(rest)
+
+
+def _readings(b: dict[str, Any]) -> str:
+    values = b.get("values")
+    if not isinstance(values, dict):
+        return _compact(values)
+    side: dict[str, dict[str, Any]] = {}
+    for key in SIDE_MAPS:
+        value = b.get(key)
+        side[key] = value if isinstance(value, dict) else {}
+    items = []
+    for point, value in values.items():
+        text = f"{point}={_v(value)}"
+        if side["units"].get(point):
+            text += f" {side['units'][point]}"
+        quality = side["quality"].get(point)
+        if quality not in (None, "good"):
+            text += f" ({quality}"
+            text += f": {side['errors'][point]})" if side["errors"].get(point) else ")"
+        items.append(text)
+    return f"{b.get('device')}: " + ", ".join(items)
+
+
+SIDE_MAPS = ("units", "quality", "errors")
 
 
 def _value(name: str, v: Any) -> str:

@@ -29,7 +29,13 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
 from drivers.base import PolledDriver
-from drivers.modbus.codec import CodecError, decode, decode_bits, same_value, write_value
+from drivers.modbus.codec import (
+    CodecError,
+    decode_bits,
+    response_bytes,
+    same_value,
+    write_value,
+)
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Report, Table
 from drivers.modbus.plan import (
     PlannedPoint,
@@ -391,12 +397,13 @@ class ModbusTcpDriver(PolledDriver):
         """Every point of the request, and the decode problems among them."""
         out: list[Observation] = []
         problems: list[str] = []
+        data = response_bytes(reply.words) if reply.words is not None else b""
         for pp in req.points:
             p = pp.point
             value: Value = None
             error: str | None = reply.error  # an exception response spoils the whole request
             if error is None:
-                value, error = _decode_point(req, pp, reply)
+                value, error = _decode_point(req, pp, reply, data)
                 if error is not None:
                     problems.append(f"{p.name}: {error}")
             quality = Quality.GOOD if error is None else Quality.BAD
@@ -454,8 +461,10 @@ class ModbusTcpDriver(PolledDriver):
         return f"connect to {where} failed (transient)"
 
 
-def _decode_point(req: Request, pp: PlannedPoint, reply: _Reply) -> tuple[Value, str | None]:
-    """The point's value, or why there is none."""
+def _decode_point(
+    req: Request, pp: PlannedPoint, reply: _Reply, data: bytes
+) -> tuple[Value, str | None]:
+    """The point's value, or why there is none. ``data``: the registers as bytes."""
     end = pp.offset + pp.length
     got = len(reply.bits if reply.bits is not None else reply.words or [])
     if got < end:
@@ -463,7 +472,7 @@ def _decode_point(req: Request, pp: PlannedPoint, reply: _Reply) -> tuple[Value,
     try:
         if reply.bits is not None:
             return decode_bits(pp.point, reply.bits[pp.offset : end]), None
-        return decode(pp.point, (reply.words or [])[pp.offset : end]), None
+        return pp.decode(data), None
     except CodecError as exc:
         return None, f"cannot decode {pp.point.type.value}: {exc}"
 

@@ -9,11 +9,13 @@ snapshots are left out of the poll plan; :func:`snapshot_requests` plans those r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 from drivers.base import Issue
+from drivers.modbus.codec import compile_decoder
 from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Report, Table
+from edge_agent.model import Value
 
 MAX_BITS = 2000
 """Largest coil / discrete input read the Modbus spec allows (FC1, FC2)."""
@@ -27,10 +29,13 @@ class PlannedPoint:
 
     point: ModbusPoint
     offset: int
+    length: int = field(init=False, compare=False, repr=False)
+    decode: Callable[[bytes], Value] = field(init=False, compare=False, repr=False)
+    """The point's value from the response's bytes (``codec.response_bytes``); registers only."""
 
-    @property
-    def length(self) -> int:
-        return self.point.register_count
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "length", self.point.register_count)
+        object.__setattr__(self, "decode", compile_decoder(self.point, self.offset))
 
 
 @dataclass(frozen=True, slots=True)
