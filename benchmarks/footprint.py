@@ -12,9 +12,14 @@ Mosquitto; RSS and CPU are the agent process's own (psutil).
   record: every point ``report: on_change``, the simulator's cycle time 1e6 s (the part in
   work never changes), and the registers of the values that follow the cycle phase
   (temperature, force, pressure, position: they move in their low bits on most reads) left
-  out: 55 points. Each point records its first value, then nothing.
+  out: 55 points. The first poll records one record with all 55 values, then nothing (a poll
+  where no value changed writes no record).
 - **Load**: ``benchmarks.throughput.step`` at 1 and 10 stations x 64 registers / ``--poll``
-  (1,000 and 10,000 readings/s at 64 ms), every value recorded and published.
+  (1,000 and 10,000 readings/s at 64 ms: 16 and 156 records/s, one per response), every value
+  recorded and published.
+
+"Tags/s" and "readings/s" are values per second; the idle and load rows count the values that
+reach the broker (``readings`` records count their values), with records/s beside them.
 
 Targets: RSS <= 120 MB at 10k tags/s; <= 5% of one core at 1k readings/s.
 
@@ -146,14 +151,16 @@ def idle(broker: MosquittoBroker, poll: float, seconds: float) -> dict[str, Any]
             agent = subprocess.Popen([*CLI, "run", str(cfg_path)])
             try:
                 proc = psutil.Process(agent.pid)
-                wait_for(lambda: counter.records >= points, 30, "first values not recorded")
+                wait_for(lambda: counter.readings >= points, 30, "first values not recorded")
                 time.sleep(2.0)  # warm-up, as in throughput.step
-                c0, r0, t0 = sum(proc.cpu_times()[:2]), counter.records, time.perf_counter()
+                c0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
+                r0, v0 = counter.records, counter.readings
                 rss_peak = 0
                 while time.perf_counter() - t0 < seconds:
                     time.sleep(0.2)
                     rss_peak = max(rss_peak, proc.memory_info().rss)
-                c1, r1, t1 = sum(proc.cpu_times()[:2]), counter.records, time.perf_counter()
+                c1, t1 = sum(proc.cpu_times()[:2]), time.perf_counter()
+                r1, v1 = counter.records, counter.readings
                 # Idle, not failing: a PLC answering with exceptions records nothing either.
                 status = asyncio.run(request(cfg["control"]["socket"], {"op": "status"}))
             finally:
@@ -164,6 +171,7 @@ def idle(broker: MosquittoBroker, poll: float, seconds: float) -> dict[str, Any]
     return {
         "points": points,
         "poll_s": poll,
+        "readings_per_s": round((v1 - v0) / (t1 - t0), 2),
         "records_per_s": round((r1 - r0) / (t1 - t0), 2),
         "agent_cpu_cores": round((c1 - c0) / (t1 - t0), 4),
         "agent_rss_peak_mb": round(rss_peak / 2**20, 1),
@@ -212,17 +220,19 @@ def table(result: dict[str, Any]) -> str:
         f"| start-up: spawn -> first record at the broker (median of {runs}) "
         f"| {s['first_record_s']} s |",
         "",
-        "| state | readings/s at broker | agent CPU (cores) | of one core | peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| state | readings/s at broker | records/s | agent CPU (cores) | of one core "
+        "| peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| idle ({q['points']} on_change points polled every {q['poll_s'] * 1000:g} ms, "
         f"part frozen, device {'/'.join(sorted(set(q['devices'].values())))}) "
-        f"| {q['records_per_s']} | {q['agent_cpu_cores']} "
+        f"| {q['readings_per_s']} | {q['records_per_s']} | {q['agent_cpu_cores']} "
         f"| {q['agent_cpu_cores']:.1%} | {q['agent_rss_peak_mb']} |",
     ]
     for r in result["loads"]:
         lines.append(
-            f"| {r['offered_per_s']:,} tags/s ({r['stations']} x 64 every "
-            f"{result['poll_s'] * 1000:g} ms) | {r['records_per_s']:,} | {r['agent_cpu_cores']} "
+            f"| {r['offered_readings_per_s']:,} tags/s ({r['stations']} x 64 every "
+            f"{result['poll_s'] * 1000:g} ms) | {r['readings_per_s']:,} | {r['records_per_s']:,} "
+            f"| {r['agent_cpu_cores']} "
             f"| {r['agent_cpu_cores']:.1%} | {r['agent_rss_peak_mb']} |"
         )
     return "\n".join(lines)

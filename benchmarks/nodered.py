@@ -3,21 +3,26 @@
 Both poll the same simulated PLCs (``edge-agent simulate``, its own process, not measured):
 S stations (unit ids 1..S) x 64 holding registers (address 0..63, one request per poll) every
 ``poll`` ms, offered load S x 64 / poll values/s, and both publish to the same local Mosquitto
-with QoS 1. A subscriber in this process counts the values that arrive (delivered values/s).
+with QoS 1. A subscriber in this process counts the values that arrive the same way for both
+(the entries of a ``values`` map: one per register read), and the records (agent) or messages
+(Node-RED) that carry them, one per poll of a station on either side.
 The two run one after the other, never at once (2 cores), each for the same warm-up and
 measurement window; psutil samples only their own process (``edge-agent run``; Node-RED's
 ``node red.js``): CPU in cores and CPU-seconds per 1,000 delivered values, peak RSS.
 
 What each one does per poll (the comparison is deliberately in Node-RED's favour):
 
-- **Agent**: ``benchmarks.throughput.config()``: 64 uint16 points per station; every value
-  becomes a record (~250 B JSON with timestamp, quality...) journaled in SQLite, published in
-  batches (one station per message), PUBACKed, then deleted from the journal.
+- **Agent**: ``benchmarks.throughput.config()``: 64 uint16 points per station; every poll
+  response becomes ONE ``readings`` record (~800 B JSON: station, timestamp, device, context
+  and the 64 named values; quality, errors and units only where a value needs them) journaled
+  durably in SQLite, published in batches (one station per message, several polls per message
+  when they queue up), PUBACKed, then deleted from the journal.
 - **Node-RED**: per station a ``modbus-client`` (TCP, its unit id) and a ``modbus-read``
   (HoldingRegister, 64 from 0, ``rate`` ms); one shared ``function`` node turns the register
   array into ONE JSON message per poll ``{"station", "ts", "count": 64, "values": {"r0":
-  ..., "r63": ...}}`` (named values and a timestamp, like a batch of the agent's records, but
-  no store-and-forward), and one ``mqtt out`` (QoS 1, one broker connection like the agent's).
+  ..., "r63": ...}}`` (named values and a timestamp: the same content as the agent's record,
+  but no journal, no store-and-forward), and one ``mqtt out`` (QoS 1, one broker connection
+  like the agent's; one message per poll, where the agent may batch several).
 - Both time a Modbus request out after one poll interval (the agent's config requires
   ``timeout <= poll_interval``; Node-RED's ``clientTimeout`` is set to the same).
 
@@ -51,6 +56,7 @@ import psutil
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from benchmarks.ceilings import readings_in
 from benchmarks.latency import stop
 from benchmarks.throughput import CLI, REGISTERS, config
 from simulators.broker import MosquittoBroker, free_port, wait_listening
@@ -271,11 +277,14 @@ def flows(stations: int, plc_port: int, mqtt_port: int, poll_ms: int) -> list[di
 
 
 class Tally:
-    """Counts the values that reach the broker, per system (agent records, Node-RED values)."""
+    """Counts what reaches the broker, per system: ``values`` (the entries of each poll's
+    ``values`` map: a Node-RED message's, an agent ``readings`` record's) and ``polls`` (the
+    records or messages carrying them). ``bad``: polls without 64 integer values."""
 
     def __init__(self, host: str, port: int) -> None:
         self.values = {"agent": 0, "nodered": 0}
-        self.bad = 0
+        self.polls = {"agent": 0, "nodered": 0}
+        self.bad = {"agent": 0, "nodered": 0}
         self.ready = threading.Event()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bench-nr-tally-{uuid.uuid4().hex[:8]}"
@@ -291,12 +300,22 @@ class Tally:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         body = json.loads(msg.payload)
         if msg.topic.startswith(NR_TOPIC + "/"):
-            values = body.get("values", {})
-            if len(values) != REGISTERS or not all(isinstance(v, int) for v in values.values()):
-                self.bad += 1
-            self.values["nodered"] += len(values)
+            self._poll("nodered", body.get("values"), len(body.get("values") or ()))
         else:
-            self.values["agent"] += int(body["count"])
+            for record in body["records"]:
+                n = readings_in(record)
+                if n:  # a poll's record; context_restored and the like carry no values
+                    self._poll("agent", record.get("values"), n)
+
+    def _poll(self, key: str, values: Any, n: int) -> None:
+        self.polls[key] += 1
+        self.values[key] += n
+        if (
+            not isinstance(values, dict)
+            or len(values) != REGISTERS
+            or not all(isinstance(v, int) for v in values.values())
+        ):
+            self.bad[key] += 1
 
     def close(self) -> None:
         self._client.disconnect()
@@ -315,16 +334,19 @@ def _measure(
             raise RuntimeError(f"{key}: nothing arrived at the broker within 60 s")
         time.sleep(0.05)
     time.sleep(warmup)
-    c0, v0, t0 = proc.cpu_times(), tally.values[key], time.perf_counter()
+    c0, t0 = proc.cpu_times(), time.perf_counter()
+    v0, p0 = tally.values[key], tally.polls[key]
     rss_peak = proc.memory_info().rss
     while time.perf_counter() - t0 < seconds:
         time.sleep(0.2)
         rss_peak = max(rss_peak, proc.memory_info().rss)
-    c1, v1, t1 = proc.cpu_times(), tally.values[key], time.perf_counter()
+    c1, t1 = proc.cpu_times(), time.perf_counter()
+    v1, p1 = tally.values[key], tally.polls[key]
     rate = (v1 - v0) / (t1 - t0)
     cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0)
     return {
         "delivered_per_s": round(rate),
+        "polls_per_s": round((p1 - p0) / (t1 - t0)),
         "cpu_cores": round(cpu, 3),
         "cpu_s_per_1000_values": round(cpu / rate * 1000, 5) if rate else None,
         "rss_peak_mb": round(rss_peak / 2**20, 1),
@@ -406,7 +428,7 @@ def one_rate(
 ) -> dict[str, Any]:
     stations, poll_ms = plan(rate)
     plc_port = free_port()
-    tally.bad = 0
+    tally.bad = {"agent": 0, "nodered": 0}
     sim = subprocess.Popen(
         [*CLI, "simulate", "--port", str(plc_port), "--stations", str(stations)],
         stdout=subprocess.DEVNULL,
@@ -427,7 +449,8 @@ def one_rate(
         "offered_per_s": round(stations * REGISTERS * 1000 / poll_ms),
         "agent": agent,
         "nodered": nodered,
-        "nodered_bad_messages": tally.bad,
+        "nodered_bad_messages": tally.bad["nodered"],
+        "agent_bad_records": tally.bad["agent"],
         "cpu_per_value_ratio_nodered_to_agent": round(n / a, 2) if a and n else None,
     }
 
@@ -488,9 +511,9 @@ def table(result: dict[str, Any]) -> str:
     if "skipped" in result:
         return f"Node-RED comparison skipped: {result['skipped']}"
     rows = [
-        "| system | offered values/s | delivered values/s | CPU (cores) | CPU s / 1k values "
-        "| peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| system | offered values/s | delivered values/s | records (Node-RED: messages)/s "
+        "| CPU (cores) | CPU s / 1k values | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     ratios = []
     for s in result["steps"]:
@@ -498,12 +521,19 @@ def table(result: dict[str, Any]) -> str:
             m = s[key]
             rows.append(
                 f"| {label} | {s['offered_per_s']:,} | {m['delivered_per_s']:,} "
-                f"| {m['cpu_cores']} | {m['cpu_s_per_1000_values']} | {m['rss_peak_mb']} |"
+                f"| {m['polls_per_s']:,} | {m['cpu_cores']} | {m['cpu_s_per_1000_values']} "
+                f"| {m['rss_peak_mb']} |"
             )
         ratios.append(
             f"- {s['offered_per_s']:,} values/s ({s['stations']} stations x {REGISTERS} "
             f"registers every {s['poll_ms']} ms): Node-RED / agent CPU per value = "
             f"{s['cpu_per_value_ratio_nodered_to_agent']}"
+            + (
+                f" (polls without 64 integer values: agent {s['agent_bad_records']}, "
+                f"Node-RED {s['nodered_bad_messages']})"
+                if s.get("agent_bad_records") or s.get("nodered_bad_messages")
+                else ""
+            )
         )
     versions_line = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
     return "\n".join([*rows, "", *ratios, "", f"Versions: {versions_line}"])

@@ -8,6 +8,10 @@ same run.
     python -m benchmarks.run --skip nodered        # sections: ceilings throughput drain
                                                    #   latency footprint nodered
 
+Units: a *record* is one journal row, one device response (a poll of 64 registers is one
+record); a *reading* is one value in it. Throughput targets are counted in readings/s, with
+records/s beside them; the drain target is checked on 1-value records (the worst case).
+
 Output: ``benchmarks/results/latest.json`` and ``latest.md`` (``--out DIR`` elsewhere).
 Run it on a quiet machine: the ratios absorb a slow machine, not one that is busy with
 something else meanwhile.
@@ -33,13 +37,11 @@ SECTIONS = ("ceilings", "throughput", "drain", "latency", "footprint", "nodered"
 def run_all(quick: bool, skip: set[str]) -> dict[str, Any]:
     seconds = 5.0 if quick else 15.0
     jobs: dict[str, Callable[[], dict[str, Any]]] = {
-        "ceilings": lambda: {
-            "sqlite": ceilings.sqlite_ceiling(),
-            "paho": ceilings.paho_ceiling(),
-        },
+        "ceilings": ceilings.run,
         "throughput": lambda: throughput.run(seconds=4.0 if quick else 8.0),
         "drain": lambda: drain.run(records=100_000 if quick else 1_000_000),
-        "latency": lambda: latency.run(seconds=seconds),
+        # A record is a whole poll now: 30 s gives p99 at 1k/s about 470 records to stand on.
+        "latency": lambda: latency.run(seconds=2 * seconds),
         "footprint": lambda: footprint.run(seconds=seconds, starts=1 if quick else 3),
         "nodered": lambda: nodered.run(rates=[1_000, 10_000], seconds=seconds),
     }
@@ -78,16 +80,16 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
     t = r.get("throughput", {})
     if "steps" in t:
-        best = t["sustained_records_per_s"]
-        ceiling = t["sqlite_ceiling"]["records_per_s"]
+        best = t["sustained_readings_per_s"]
+        ceiling = t["sqlite_ceiling"]["readings_per_s"]
         behind = t.get("falls_behind_at_points")
         rows.append(
             (
-                "end-to-end >= 100,000 records/s, nothing lost",
-                f"{best:,} records/s sustained"
-                + (f" (falls behind at {behind:,} points)" if behind else ""),
-                f"{best / ceiling:.1%} of SQLite ceiling {ceiling:,}/s; "
-                f"lost {sum(s['lost'] for s in t['steps'])}",
+                "end-to-end >= 100,000 readings/s (values), nothing lost",
+                f"{best:,} readings/s ({t['sustained_records_per_s']:,} records/s) sustained"
+                + (f"; falls behind at {behind:,} points ({t['falls_behind']})" if behind else ""),
+                f"{best / ceiling:.2%} of SQLite ceiling {ceiling:,} readings/s; "
+                f"lost {sum(s['lost'] for s in t['steps'])} records",
                 met(best >= 100_000 and all(s["lost"] == 0 for s in t["steps"])),
             )
         )
@@ -96,17 +98,18 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         worst = level["worst_case_broker"]
         rows.append(
             (
-                f"p99 change -> broker <= poll + 20 ms at {level['offered_per_s']:,}/s",
+                f"p99 change -> broker <= poll + 20 ms at {level['offered_readings_per_s']:,} "
+                "readings/s",
                 f"p50/p99/max {worst['p50_ms']}/{worst['p99_ms']}/{worst['max_ms']} ms",
-                f"poll {level['poll_s'] * 1000:g} ms; to store commit p99 "
-                f"{level['store_commit']['p99_ms']} ms",
+                f"poll {level['poll_s'] * 1000:g} ms, {level['records']:,} records; to store "
+                f"commit p99 {level['store_commit']['p99_ms']} ms",
                 met(bool(level["target_met"])),
             )
         )
     fp = r.get("footprint", {})
     loads = fp.get("loads", [])
-    ten_k = _find(loads, "offered_per_s", 10_000)
-    one_k = _find(loads, "offered_per_s", 1_000)
+    ten_k = _find(loads, "offered_readings_per_s", 10_000)
+    one_k = _find(loads, "offered_readings_per_s", 1_000)
     if ten_k is not None:
         rows.append(
             (
@@ -127,13 +130,19 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     d = r.get("drain", {})
     if "drain" in d:
-        dd = d["drain"]
+        dd, full = d["drain"], d.get("full_polls")
         rows.append(
             (
-                "1M-record backlog drained in <= 20 s",
-                f"{dd['records']:,} in {dd['at_consumer_s']} s",
+                "1M-record backlog drained in <= 20 s (worst case: 1 value per record)",
+                f"{dd['records']:,} records in {dd['at_consumer_s']} s"
+                + (
+                    f"; {full['readings']:,} values as {full['records']:,} "
+                    f"{full['values_per_record']}-value records in {full['at_consumer_s']} s"
+                    if full
+                    else ""
+                ),
                 f"{dd['ratio_to_paho_ceiling']:.1%} of paho ceiling "
-                f"{d['paho_ceiling']['records_per_s']:,}/s",
+                f"{d['paho_ceiling']['records_per_s']:,} 1-value records/s",
                 met(dd["at_consumer_s"] <= 20 * dd["records"] / 1_000_000),
             )
         )
