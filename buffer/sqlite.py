@@ -6,7 +6,8 @@ thread owns the connection, so the event loop never waits on a commit (invariant
 is no question of who may touch the database.
 
 Appends are batched by construction: while one transaction commits, new appends queue up
-and go into the next one, so the batch size follows the load without a flush timer.
+and go into the next one, so the batch size follows the load. Only a batch of telemetry alone
+waits, at most ``TELEMETRY_LINGER``, for more to join it (one fsync for a whole poll phase).
 
 Two retention classes (invariant 4): telemetry (``readings``) is bounded by rows, bytes
 and age and gives way, oldest first, counted and reported; everything else is trace data and

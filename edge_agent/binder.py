@@ -236,15 +236,16 @@ def _bind_response(
     # and one ts, so writing them once is exact, and the per-record cost (journal row,
     # encoding, publish, delete) is paid once per response instead of once per value.
     ts = iso_utc(response[0].ts) if response else ""
-    groups: dict[str, dict[str, Any]] = {}
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
     for i, obs in enumerate(response):
         if i in consumed:
             continue
         station = station_of.get((obs.device, obs.point), UNASSIGNED)
-        body = groups.get(station)
+        # Keyed by device too: a response is one device's, but nothing here relies on that.
+        body = groups.get((station, obs.device))
         if body is None:
             st = state.get(station)
-            body = groups[station] = {
+            body = groups[(station, obs.device)] = {
                 "kind": READINGS,
                 "station": station,
                 "ts": ts,
@@ -262,7 +263,7 @@ def _bind_response(
             body.setdefault("units", {})[point] = obs.unit
         if obs.source_ts is not None:
             body.setdefault("source_ts", {})[point] = iso_utc(obs.source_ts)
-    for station, body in groups.items():
+    for (station, _device), body in groups.items():
         step.drafts.append(RecordDraft(station, RecordKind.READINGS, body))
     if rules.trigger_of:
         for obs in response:

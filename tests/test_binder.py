@@ -230,6 +230,20 @@ def test_one_response_gives_one_record_per_station() -> None:
     assert all("quality" not in d.body for d in step.drafts)
 
 
+def test_values_of_two_devices_never_share_a_record() -> None:
+    """Same station, same ts, one batch: still one record per device, each naming its own."""
+    rules = BindingRules(
+        station_of={("plc", "temp"): "ST10", ("plc2", "temp"): "ST10"},
+        context_of={},
+        station_keys={"ST10": ()},
+    )
+    step = Binder(rules).feed([obs("plc", "temp", 1.0), obs("plc2", "temp", 2.0)])
+    assert [(d.station, d.body["device"], d.body["values"]) for d in step.drafts] == [
+        ("ST10", "plc", {"temp": 1.0}),
+        ("ST10", "plc2", {"temp": 2.0}),
+    ]
+
+
 def test_unknown_point_is_kept_not_dropped() -> None:
     (d,) = Binder(RULES).feed([obs("ghost", "x", 1)]).drafts
     assert d.station == "_unassigned"
