@@ -81,6 +81,7 @@ class LineRig:
         self.store_db.parent.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "agent.yaml"
         self.poll_interval = poll_interval
+        self._readings_counted = (0, 0)  # (last seq counted, values up to it): readings_committed
         self.mqtt_overrides = {
             "confirm": "store",
             "confirm_timeout": 2.0,
@@ -215,20 +216,25 @@ class LineRig:
             return 0, 0
         return (int(row[0]) if row else 0), int(left)
 
-    def journal_readings(self) -> int:
-        """Values (not records) in the agent's journal: a ``readings`` record holds a response."""
+    def readings_committed(self) -> int:
+        """Values (not records: a ``readings`` record holds a response) the agent's journal
+        has taken so far, counted incrementally by seq, so polling this stays cheap as the
+        journal grows; rows deleted after they were counted stay counted."""
         if not self.journal.exists():
             return 0
+        after, total = self._readings_counted
         try:
             with _readonly(self.journal) as db:
-                return int(
-                    db.execute(
-                        "SELECT count(*) FROM records, json_each(records.body, '$.values') "
-                        "WHERE records.kind = 'readings'"
-                    ).fetchone()[0]
-                )
+                row = db.execute(
+                    "SELECT max(seq), count(v.key) FROM records, json_each(records.body, "
+                    "'$.values') AS v WHERE records.kind = 'readings' AND records.seq > ?",
+                    (after,),
+                ).fetchone()
         except sqlite3.OperationalError:  # the agent is creating it right now
-            return 0
+            return total
+        if row[0] is not None:
+            self._readings_counted = (int(row[0]), total + int(row[1]))
+        return self._readings_counted[1]
 
     def store_count(self) -> int:
         if not self.store_db.exists():

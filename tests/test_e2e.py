@@ -142,15 +142,15 @@ async def test_broker_restart_loses_nothing(tmp_path: Path, mosquitto: Mosquitto
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             try:
-                await eventually(lambda: len(col.data.records) > 200, 30, "records flowing")
+                await eventually(lambda: len(col.data.records) > 50, 30, "records flowing")
                 for _ in range(2):
                     await asyncio.to_thread(broker.stop)
                     depth = agent.buffer.depth
                     # Acquisition goes on while the broker is away: the backlog grows.
-                    await eventually(lambda d=depth: agent.buffer.depth > d + 300, 30, "backlog")
+                    await eventually(lambda d=depth: agent.buffer.depth > d + 80, 30, "backlog")
                     assert not agent.sync.status.connected
                     await asyncio.to_thread(broker.start)
-                    await eventually(lambda: agent.buffer.depth < 100, 30, "backlog drained")
+                    await eventually(lambda: agent.buffer.depth < 30, 30, "backlog drained")
             finally:
                 stop.set()
                 await task
@@ -199,7 +199,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
                     before = len(col.data.records)
                     proc = spawn(cmd, env)
                     await eventually(
-                        lambda b=before: len(col.data.records) > b + 1500, 60, "records under load"
+                        lambda b=before: len(col.data.records) > b + 300, 60, "records under load"
                     )
                     proc.send_signal(signal.SIGKILL)
                     await asyncio.to_thread(proc.wait, 10)
@@ -207,7 +207,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
                     proc = None
                 proc = spawn(cmd, env)
                 before = len(col.data.records)
-                await eventually(lambda: len(col.data.records) > before + 500, 60, "after restart")
+                await eventually(lambda: len(col.data.records) > before + 150, 60, "after restart")
                 proc.send_signal(signal.SIGTERM)
                 rc = await asyncio.to_thread(proc.wait, 30)
                 proc = None
