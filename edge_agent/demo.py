@@ -158,18 +158,20 @@ async def _live_view(
 ) -> None:
     await agent.started.wait()
     t0 = time.monotonic()
-    last_records, last_t = 0, t0
+    last_records, last_values, last_t = 0, 0, t0
     while True:
         await asyncio.sleep(1.0)
         now = time.monotonic()
         s = agent.snapshot()
         rate = (s["records"] - last_records) / (now - last_t)
-        last_records, last_t = s["records"], now
+        values = (s["observations"] - last_values) / (now - last_t)
+        last_records, last_values, last_t = s["records"], s["observations"], now
         with collector.lock:
             delivered = len(collector.data.records)
             dups = collector.data.duplicates
         print(
-            f"\n[{now - t0:5.1f}s] {rate:7.0f} records/s | committed seq {s['committed_seq']} | "
+            f"\n[{now - t0:5.1f}s] {values:6.0f} values/s in {rate:4.0f} records/s | "
+            f"committed seq {s['committed_seq']} | "
             f"buffer depth {s['buffer_depth']} | at broker consumer {delivered} "
             f"(+{dups} duplicates dropped) | broker {'up' if s['sync']['connected'] else 'DOWN'}",
             file=out,
