@@ -2,7 +2,7 @@
 trace store holds exactly what the agent committed (none lost, none twice, trace records in
 seq order, every PLC part once). The same rig and check as tests/test_faults.py, run longer.
 
-    python -m benchmarks.kill_soak                    # 1,000 kills, about 15-25 min
+    python -m benchmarks.kill_soak                    # 1,000 kills, about 30 min
     python -m benchmarks.kill_soak --kills 50 --seed 7 --broker-kill-every 100
 
 Every ``--broker-kill-every`` / ``--store-kill-every`` agent kills, the broker / trace store is
