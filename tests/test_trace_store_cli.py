@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,15 @@ def test_store_process_killed_mid_stream_loses_and_duplicates_nothing(
 
         proc = subprocess.Popen([*CLI, "trace-store", *options], stderr=log)
         try:
+            # The first run may have confirmed everything before the kill landed: then the
+            # retained confirmation is already at ``total``, and a SIGTERM must not reach the
+            # second run before it has started (and taken over SIGTERM).
+            started = tmp_path / "store.log"
+            deadline = time.monotonic() + WAIT
+            while started.read_text().count("connected to MQTT broker") < 2:
+                assert proc.poll() is None, started.read_text()
+                assert time.monotonic() < deadline, "the second run did not connect"
+                time.sleep(0.05)
             watcher.wait(total)
         finally:
             proc.send_signal(signal.SIGTERM)
