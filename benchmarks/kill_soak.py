@@ -36,7 +36,11 @@ async def soak(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         for n in range(1, args.kills + 1):
             rig.start_agent()
             target = rig.store_count() + rng.randint(0, args.max_records)
-            await wait_until(lambda t=target: rig.store_count() >= t, 120, f"kill {n}: load")
+
+            def loaded(t: int = target) -> bool:
+                return rig.store_count() >= t
+
+            await wait_until(loaded, 120, f"kill {n}: load")
             await rig.kill_agent()
             if args.broker_kill_every and n % args.broker_kill_every == 0:
                 rig.kill_broker()
