@@ -114,9 +114,11 @@ REPORT_EVERY = 60.0
 """Seconds between two eviction (or dropped-readings) log lines: counted, never one per row."""
 TELEMETRY_LINGER = 0.005
 """Seconds a commit of telemetry alone may wait for more records to join it. Devices polled
-in the same phase answer within a few ms of each other, and each commit costs an fsync: waiting
-this long turned about 150 commits/s into about 30 at 10 stations. Trace records, a ``flush``
-waiter and closing commit at once, so no acknowledgement (PLC handshake) is ever delayed."""
+in the same phase answer within a few ms of each other; while a batch lingers, the appends that
+join it do not wake this thread, and one commit (one fsync) takes them all. At 10 stations x 64
+registers / 64 ms it took the agent from 12.0-12.5% to 10.7-11.0% of a core (fdatasync 40/s ->
+36/s: most of the gain is wake-ups). Trace records, a ``flush`` waiter and closing commit at
+once, so no acknowledgement (PLC handshake) is ever delayed."""
 JOURNAL_SIZE_LIMIT = 64 << 20
 """The WAL is truncated back to this after a checkpoint, so a burst does not keep disk."""
 
