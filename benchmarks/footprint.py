@@ -44,8 +44,8 @@ import psutil
 import yaml
 
 from benchmarks.drain import Counter
-from benchmarks.latency import Probe, stop, wait_for
-from benchmarks.throughput import CLI, REGISTERS, config, step
+from benchmarks.latency import Probe, wait_for
+from benchmarks.throughput import CLI, REGISTERS, config, step, stop
 from edge_agent.control import ControlError, request
 from simulators.broker import MosquittoBroker, free_port, wait_listening
 from simulators.station import REGISTER_MAP

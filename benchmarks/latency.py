@@ -36,7 +36,6 @@ import bisect
 import json
 import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -53,7 +52,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.ceilings import readings_in
-from benchmarks.throughput import CLI, REGISTERS, config
+from benchmarks.throughput import CLI, REGISTERS, config, stop
 from simulators.broker import MosquittoBroker, free_port, wait_listening
 
 STORE_READY = b"connected to MQTT broker"  # the store logs it once subscribed (after SUBACK)
@@ -89,17 +88,6 @@ class Probe:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM and wait (a clean stop), SIGKILL if it does not end."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> None:

@@ -57,8 +57,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.ceilings import readings_in
-from benchmarks.latency import stop
-from benchmarks.throughput import CLI, REGISTERS, config
+from benchmarks.throughput import CLI, REGISTERS, config, stop
 from simulators.broker import MosquittoBroker, free_port, wait_listening
 from simulators.scenario import station_name
 

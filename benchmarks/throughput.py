@@ -124,18 +124,19 @@ def start_simulators(
         for port in ports:
             wait_listening("127.0.0.1", port, 30)
     except BaseException:
-        stop_all(procs)
+        stop(*procs)
         raise
     return procs, ports
 
 
-def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGTERM them all (a clean stop), then wait for each; SIGKILL one that does not end."""
     for proc in procs:
         if proc.poll() is None:
-            proc.terminate()
+            proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -229,7 +230,7 @@ def step(
                 agent.kill()
                 agent.wait()
             counter.close()
-            stop_all(sims)
+            stop(*sims)
     span = t1 - t0
     readings = (v1 - v0) / span
     records = (r1 - r0) / span
