@@ -19,8 +19,8 @@ continuous telemetry (``readings``, and ``reading`` rows an older version left i
 Every other kind, including kinds added later, is trace data and is never evicted, so a new kind
 is protected until someone decides otherwise rather than the other way round."""
 
-TELEMETRY_SQL = "kind IN ('readings', 'reading')"
-"""The same class as the journal's SQL names it."""
+TELEMETRY_SQL = "kind IN ({})".format(", ".join(f"'{k.value}'" for k in sorted(TELEMETRY)))
+"""The same class as the journal's SQL names it (derived, so the two cannot disagree)."""
 
 
 @dataclass(frozen=True, slots=True)
