@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from buffer.sqlite import SCHEMA, StoredRecord
 from edge_agent.binder import Binder, BindingRules
 from edge_agent.config import parse_config
-from edge_agent.model import Observation, RecordDraft, RecordKind
+from kernel.model import Observation, RecordDraft, RecordKind
 from simulators.broker import MosquittoBroker
 from simulators.station import REGISTER_MAP, StationModel
 from sync.config import MqttConfig

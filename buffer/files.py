@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge_agent.errors import BufferError_
+from kernel.errors import BufferError_
 
 SIDE_FILES = ("-wal", "-shm")
 """SQLite's companions of a WAL database; they belong to it and move with it."""

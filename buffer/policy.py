@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_agent.model import TELEMETRY_KINDS
+from kernel.model import TELEMETRY_KINDS
 
 GiB = 1 << 30
 MiB = 1 << 20

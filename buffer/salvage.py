@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from buffer.sqlite import SqliteBuffer
-from edge_agent.errors import BufferError_, ConfigError
-from edge_agent.model import RecordDraft, RecordKind
+from kernel.errors import BufferError_, ConfigError
+from kernel.model import RecordDraft, RecordKind
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from buffer import files
 from buffer.policy import TELEMETRY, TELEMETRY_SQL, DiskUsage, DiskWatermarks, TelemetryBounds
-from edge_agent.errors import BufferError_
-from edge_agent.model import RecordDraft, RecordKind
+from kernel.errors import BufferError_
+from kernel.model import RecordDraft, RecordKind
 
 if TYPE_CHECKING:
-    from edge_agent.alarms import Alarms
     from edge_agent.config import BufferConfig
+    from kernel.alarms import Alarms
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.model import Observation, Quality, RecordDraft, RecordKind, Value, iso_utc
 from edge_agent.scan import ScanRule, classify
+from kernel.model import Observation, Quality, RecordDraft, RecordKind, Value, iso_utc
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig, PartConfig
@@ -128,9 +128,7 @@ class BindingRules:
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> BindingRules:
         station_of = {
-            (dev.name, p.name): cfg.station_of(dev, p.name)
-            for dev in cfg.devices
-            for p in dev.points
+            (dev.name, p): cfg.station_of(dev, p) for dev in cfg.devices for p in dev.point_names()
         }
         context_of: dict[PointKey, list[tuple[str, str]]] = {}
         scans_of: dict[tuple[str, str | None], list[str]] = {}

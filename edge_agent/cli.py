@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from edge_agent.errors import ConfigError
 from edge_agent.logs import setup_logging
+from kernel.errors import ConfigError
 
 log = logging.getLogger("edge_agent")
 
@@ -170,7 +170,7 @@ def _validate(paths: Sequence[str]) -> int:
                 print(issue, file=sys.stderr)
             print(f"{path}: {len(exc.issues)} problem(s)", file=sys.stderr)
         else:
-            points = sum(len(d.points) for d in cfg.devices)
+            points = sum(len(d.point_names()) for d in cfg.devices)
             print(
                 f"{path}: OK ({len(cfg.stations)} station(s), {len(cfg.devices)} device(s), "
                 f"{points} point(s))"

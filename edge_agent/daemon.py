@@ -18,14 +18,16 @@ from types import MappingProxyType
 from typing import Any
 
 from buffer.sqlite import SqliteBuffer
-from drivers.base import PolledDriver, backoff_delay, run_polled
-from drivers.registry import create_driver
-from edge_agent.alarms import Alarms
+from drivers.base import Driver
+from drivers.bus import Buses
+from drivers.registry import DriverContext, MissingExtra, create_driver
 from edge_agent.binder import Action, Binder, BindingRules, Capture, ContextRejected, WriteTaken
-from edge_agent.config import AgentConfig, DeviceConfig, load_config
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.control import ControlServer
-from edge_agent.errors import BufferError_, ConfigError, DeviceError
-from edge_agent.model import (
+from kernel.alarms import Alarms
+from kernel.backoff import backoff_delay
+from kernel.errors import BufferError_, ConfigError, DeviceError
+from kernel.model import (
     TELEMETRY_KINDS,
     DeviceState,
     Observation,
@@ -47,16 +49,10 @@ STOP_FLUSH_TIMEOUT = 10.0
 """Seconds a stopping agent waits for its last commit (only a full journal takes longer)."""
 
 
-def _polled(device: DeviceConfig) -> PolledDriver:
-    driver = create_driver(device)
-    if not isinstance(driver, PolledDriver):  # streaming devices come with their drivers
-        raise TypeError(f"device {device.name!r}: streaming drivers are not wired in yet")
-    return driver
-
-
-def _spread(drivers: Iterable[PolledDriver]) -> None:
+def _spread(drivers: Iterable[Driver]) -> None:
     """Give devices evenly spread poll phases: with every PLC read in the same instant, each
-    read would wait for all the others' binding, commit and publish (latency in bursts)."""
+    read would wait for all the others' binding, commit and publish (latency in bursts).
+    Devices without a schedule (streaming ones) ignore their phase."""
     listed = list(drivers)
     slots = min(len(listed), PHASE_SLOTS)
     for i, driver in enumerate(listed):
@@ -94,7 +90,10 @@ class Agent:
             config_path=config_path,
             max_serials=self.binder.rules.max_serials,
         )
-        self._by_name = {device.name: _polled(device) for device in cfg.devices}
+        # Devices that share a wire (RS-485 units, an RTU gateway) share one bus object, also
+        # across reloads.
+        self._context = DriverContext(buses=Buses())
+        self._by_name = {d.name: create_driver(d, self._context) for d in cfg.devices}
         _spread(self._by_name.values())
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
@@ -108,7 +107,7 @@ class Agent:
         self._stop: asyncio.Event | None = None
 
     @property
-    def drivers(self) -> list[PolledDriver]:
+    def drivers(self) -> list[Driver]:
         return list(self._by_name.values())
 
     @property
@@ -320,7 +319,7 @@ class Agent:
         if self.fatal is not None:
             raise self.fatal
 
-    def _start_device(self, driver: PolledDriver) -> None:
+    def _start_device(self, driver: Driver) -> None:
         self._device_tasks[driver.name] = asyncio.create_task(
             self._device(driver), name=f"device:{driver.name}"
         )
@@ -380,8 +379,8 @@ class Agent:
             added = [n for n in after if n not in before]
             removed = [n for n in before if n not in after]
             try:
-                fresh = {n: _polled(after[n]) for n in (*changed, *added)}
-            except (TypeError, ValueError) as exc:
+                fresh = {n: create_driver(after[n], self._context) for n in (*changed, *added)}
+            except (MissingExtra, ValueError) as exc:
                 log.error("reload of %s rejected: %s", self.config_path, exc)
                 return {"ok": False, "errors": [str(exc)]}
             await self._stop_devices([*changed, *removed])
@@ -420,7 +419,7 @@ class Agent:
         after the restart, because the PLC still holds its data."""
         if not self._actions:
             return
-        limit = 2 * max(dev.timeout for dev in self.cfg.devices)
+        limit = 2 * max(dev.request_timeout() for dev in self.cfg.devices)
         _, pending = await asyncio.wait(set(self._actions), timeout=limit)
         for t in pending:
             t.cancel()
@@ -434,13 +433,14 @@ class Agent:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.buffer.wait_empty(), self.drain_timeout)
 
-    async def _device(self, driver: PolledDriver) -> None:
-        """One device's task. A bug in a driver is logged and the device restarted after a
-        backoff: it never takes the agent or the other devices down."""
+    async def _device(self, driver: Driver) -> None:
+        """One device's task, the same for every kind (the driver's runner polls or streams).
+        A bug in a driver is logged and the device restarted after a backoff: it never takes
+        the agent or the other devices down."""
         attempt = 0
         while True:
             try:
-                await run_polled(driver, self._sink)
+                await driver.run(self._sink)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import agent_model
 from edge_agent.daemon import Agent
 from simulators.broker import pick_broker
 from simulators.consumer import RecordCollector
@@ -66,7 +66,7 @@ async def run_demo(
                 )
                 if store is not None:
                     raw["mqtt"]["confirm"] = "store"
-                cfg = AgentConfig.model_validate(raw)
+                cfg = agent_model().model_validate(raw)
                 collector = RecordCollector(mqtt_broker.host, mqtt_broker.port)
                 await asyncio.to_thread(collector.start)
                 if store is not None:

@@ -13,7 +13,7 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from drivers.modbus.config import ModbusPoint, ModbusTcpDevice
+from drivers import registry
 from edge_agent.config import (
     AgentConfig,
     AgentIdentity,
@@ -26,13 +26,13 @@ from edge_agent.config import (
 )
 from sync.config import MqttConfig, MqttTls
 
-SECTIONS: list[tuple[str, type[BaseModel]]] = [
+BEFORE_DEVICES: list[tuple[str, type[BaseModel]]] = [
     ("Top level", AgentConfig),
     ("agent", AgentIdentity),
     ("stations[]", StationConfig),
     ("stations[].context.<key>", ContextSource),
-    ("devices[] with type: modbus_tcp", ModbusTcpDevice),
-    ("devices[].points[] (modbus_tcp)", ModbusPoint),
+]
+AFTER_DEVICES: list[tuple[str, type[BaseModel]]] = [
     ("buffer", BufferConfig),
     ("buffer.telemetry", TelemetryRetention),
     ("buffer.disk", DiskWatermarkConfig),
@@ -40,6 +40,15 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("mqtt.tls", MqttTls),
     ("templates", Templates),
 ]
+
+
+def sections() -> list[tuple[str, type[BaseModel]]]:
+    """Every section of the reference: the agent's, and each registered device kind's."""
+    devices: list[tuple[str, type[BaseModel]]] = []
+    for kind in registry.kinds():
+        devices.append((f"devices[] with type: {kind.type}", kind.config))
+        devices += [(f"devices[].{title} ({kind.type})", model) for title, model in kind.sections]
+    return [*BEFORE_DEVICES, *devices, *AFTER_DEVICES]
 
 
 FILE_SYNTAX = [
@@ -119,7 +128,7 @@ def render() -> str:
         "",
         *FILE_SYNTAX,
     ]
-    for title, model in SECTIONS:
+    for title, model in sections():
         lines += [f"## {title}", "", (model.__doc__ or "").strip().split("\n")[0], ""]
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, field in model.model_fields.items():

@@ -66,8 +66,7 @@ from biip.gs1_application_identifiers import GS1ApplicationIdentifier
 from biip.gs1_messages import GS1Message
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.base import Issue
-from drivers.modbus.config import Name
+from kernel.names import Issue, Name
 
 __all__ = ["Consume", "Scan", "ScanRule", "ScanStatus", "classify", "symbology_name"]
 

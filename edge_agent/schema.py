@@ -10,7 +10,8 @@ description, examples and default on hover, and flags unknown keys, wrong enums 
 the integrator types. The loader (``edge_agent.config.parse_config``) stays the authority: it
 also checks what a schema cannot (references between sections, register spans, ...).
 
-The schema is pydantic's (``AgentConfig.model_json_schema``), post-processed for editors:
+The schema is pydantic's (``agent_model().model_json_schema``, with every registered device
+kind in the device union), post-processed for editors:
 
 * root ``$schema`` / ``$id`` / ``title`` / ``description``;
 * fields with a ``default_factory`` show their default like the others;
@@ -41,7 +42,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import agent_model
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:edge-agent:config"
@@ -94,7 +95,7 @@ class _Generator(GenerateJsonSchema):
 
 def config_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a config file, ready for editors."""
-    raw = AgentConfig.model_json_schema(mode="validation", schema_generator=_Generator)
+    raw = agent_model().model_json_schema(mode="validation", schema_generator=_Generator)
     defs: dict[str, Any] = raw.get("$defs", {})
     for node in _subschemas(raw):
         _discriminator_to_const(node, defs)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from edge_agent.errors import ConfigIssue
+from kernel.errors import ConfigIssue
 
 Path = tuple[str | int, ...]
 

@@ -39,9 +39,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from buffer.sqlite import SqliteBuffer, StoredRecord
-from drivers.base import backoff_delay
-from edge_agent.alarms import Alarms
-from edge_agent.errors import SyncError
+from kernel.alarms import Alarms
+from kernel.backoff import backoff_delay
+from kernel.errors import SyncError
 from sync.config import MqttConfig, invalid_topic_level
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pymodbus.simulator import SimData, SimDevice
 
 from drivers.modbus.codec import Raw, encode
 from drivers.modbus.config import BIT_TABLES, DataType, ModbusPoint, Table
-from edge_agent.model import Observation
+from kernel.model import Observation
 from simulators.broker import free_port  # noqa: F401  (re-exported for the tests)
 
 # Function codes by table, for reads.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from edge_agent.binder import Binder, BindingRules, StationState, bind, context_value
-from edge_agent.model import Observation, Quality, RecordKind
+from kernel.model import Observation, Quality, RecordKind
 
 RULES = BindingRules(
     station_of={

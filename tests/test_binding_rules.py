@@ -17,7 +17,7 @@ from edge_agent.binder import (
     WriteTaken,
 )
 from edge_agent.config import parse_config
-from edge_agent.model import Observation, Quality, RecordDraft, RecordKind
+from kernel.model import Observation, Quality, RecordDraft, RecordKind
 
 CONFIG = r"""
 agent: {site: s1, line: l1, id: a1}

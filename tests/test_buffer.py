@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from buffer.sqlite import SqliteBuffer
-from edge_agent.errors import BufferError_
-from edge_agent.model import RecordDraft, RecordKind
+from kernel.errors import BufferError_
+from kernel.model import RecordDraft, RecordKind
 
 
 def drafts(n: int, station: str = "ST10") -> list[RecordDraft]:

@@ -19,9 +19,9 @@ from buffer.files import lock_path
 from buffer.salvage import DamagedJournal, salvage
 from buffer.salvage import main as salvage_main
 from buffer.sqlite import SqliteBuffer
-from edge_agent.alarms import Alarms
-from edge_agent.errors import BufferError_
-from edge_agent.model import RecordDraft, RecordKind
+from kernel.alarms import Alarms
+from kernel.errors import BufferError_
+from kernel.model import RecordDraft, RecordKind
 from simulators.scenario import demo_config
 
 ROOT = Path(__file__).resolve().parent.parent

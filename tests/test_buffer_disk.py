@@ -19,9 +19,9 @@ import pytest
 
 from buffer.policy import DiskWatermarks, TelemetryBounds
 from buffer.sqlite import SqliteBuffer
-from edge_agent.alarms import Alarms
-from edge_agent.errors import BufferError_
-from edge_agent.model import RecordDraft, RecordKind
+from kernel.alarms import Alarms
+from kernel.errors import BufferError_
+from kernel.model import RecordDraft, RecordKind
 
 KiB = 1024
 

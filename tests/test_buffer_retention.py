@@ -15,9 +15,9 @@ import pytest
 
 from buffer.policy import DiskWatermarks, TelemetryBounds
 from buffer.sqlite import EVICT_CHUNK, SqliteBuffer
-from edge_agent.alarms import Alarms
 from edge_agent.config import BufferConfig
-from edge_agent.model import TELEMETRY_KINDS, RecordDraft, RecordKind
+from kernel.alarms import Alarms
+from kernel.model import TELEMETRY_KINDS, RecordDraft, RecordKind
 
 TRACE_KINDS = [k for k in RecordKind if k not in TELEMETRY_KINDS]
 TELE = {k.value for k in TELEMETRY_KINDS}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load_config, parse_config
-from edge_agent.errors import ConfigError
+from kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config").rglob("*.yaml"))

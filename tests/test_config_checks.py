@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edge_agent.config import parse_config
-from edge_agent.errors import ConfigError
+from kernel.errors import ConfigError
 
 HEAD = """\
 agent: {site: plant1, line: line3, id: pc1}

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent import yamlsrc
 from edge_agent.config import load_config, parse_config
-from edge_agent.errors import ConfigError, ConfigIssue
+from kernel.errors import ConfigError, ConfigIssue
 from tests.test_config import GOOD
 
 BASE = GOOD  # the smallest valid file; each case breaks one thing

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from edge_agent import yamlsrc
 from edge_agent.config import AgentConfig, parse_config
-from edge_agent.errors import ConfigError
+from kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {p.name: p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("config/**/*.yaml"))}

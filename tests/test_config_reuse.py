@@ -6,7 +6,7 @@ import pytest
 
 from edge_agent.binder import BindingRules
 from edge_agent.config import parse_config
-from edge_agent.errors import ConfigError
+from kernel.errors import ConfigError
 
 LINE = """\
 agent: {site: plant1, line: line3, id: pc1}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from edge_agent.config import _read_secret_files, load_config, parse_config
-from edge_agent.errors import ConfigError
+from edge_agent.config import load_config, parse_config, read_secret_files
 from edge_agent.yamlsrc import load_yaml
+from kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55-w0rd"
@@ -161,7 +161,7 @@ def test_any_secret_field_takes_a_file(tmp_path: Path) -> None:
         "up.yaml",
         {},
     )
-    _read_secret_files(_Uplink, data, (), smap, found)
+    read_secret_files(_Uplink, data, (), smap, found)
     assert found == []
     up = _Uplink.model_validate(data)
     assert [t.key_password.get_secret_value() for t in up.tls if t.key_password] == [

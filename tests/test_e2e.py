@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import agent_model
 from edge_agent.daemon import Agent
 from simulators.consumer import RecordCollector
 from simulators.modbus_server import ModbusStationServer
@@ -105,7 +105,7 @@ async def test_end_to_end_binding_and_delivery(tmp_path: Path, mosquitto: Mosqui
     broker = mosquitto
     sims = models()
     async with ModbusStationServer(sims) as plc:
-        cfg = AgentConfig.model_validate(config(plc.port, broker.port, tmp_path))
+        cfg = agent_model().model_validate(config(plc.port, broker.port, tmp_path))
         truth = {"ST10": plc.stations[0], "ST20": plc.stations[1]}
         with RecordCollector("127.0.0.1", broker.port) as col:
             agent = Agent(cfg)
@@ -136,7 +136,7 @@ async def test_end_to_end_binding_and_delivery(tmp_path: Path, mosquitto: Mosqui
 async def test_broker_restart_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
     broker = mosquitto
     async with ModbusStationServer(models()) as plc:
-        cfg = AgentConfig.model_validate(config(plc.port, broker.port, tmp_path))
+        cfg = agent_model().model_validate(config(plc.port, broker.port, tmp_path))
         with RecordCollector("127.0.0.1", broker.port, client_id="e2e-collector") as col:
             agent = Agent(cfg)
             stop = asyncio.Event()

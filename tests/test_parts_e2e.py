@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from edge_agent.cli import main as cli_main
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, agent_model
 from edge_agent.daemon import Agent
 from simulators.broker import free_port
 from simulators.consumer import RecordCollector
@@ -91,7 +91,7 @@ async def test_thousand_handshake_parts_match_ground_truth(
     ]
     async with ModbusStationServer(sims) as plc:
         raw = config(plc.port, mosquitto.port, tmp_path, 4, handshake=True, poll_interval=0.01)
-        cfg = AgentConfig.model_validate(raw)
+        cfg = agent_model().model_validate(raw)
         with RecordCollector("127.0.0.1", mosquitto.port) as col:
             agent = await run_agent_until(
                 cfg,
@@ -128,7 +128,7 @@ async def test_missed_edges_are_gaps_and_every_cycle_is_accounted_for(
     window, so some cycles are seen and some missed."""
     sims = [StationModel(unit_id=1, serial_prefix="E-", cycle_time=0.11, parts_per_lot=4)]
     async with ModbusStationServer(sims) as plc:
-        cfg = AgentConfig.model_validate(
+        cfg = agent_model().model_validate(
             config(plc.port, mosquitto.port, tmp_path, 1, poll_interval=0.02)
         )
         with RecordCollector("127.0.0.1", mosquitto.port) as col:
@@ -244,7 +244,7 @@ async def test_manual_context_via_cli_and_restart_restores_it(
     sims = [StationModel(unit_id=1, serial_prefix="M-", cycle_time=0.5)]
     async with ModbusStationServer(sims) as plc:
         raw = config(plc.port, free_port(), tmp_path, 1, parts=False, poll_interval=0.05)
-        cfg = AgentConfig.model_validate(raw)
+        cfg = agent_model().model_validate(raw)
         socket = cfg.control.socket
         agent = Agent(cfg)
         stop = asyncio.Event()

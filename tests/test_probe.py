@@ -15,8 +15,7 @@ import pytest
 from pymodbus.constants import ExcCodes
 
 from drivers.modbus.config import ModbusPoint, Table
-from edge_agent.config import AgentConfig
-from edge_agent.model import DeviceState, Quality
+from edge_agent.config import AgentConfig, agent_model
 from edge_agent.probe import (
     COLUMNS,
     DeviceProbe,
@@ -26,6 +25,7 @@ from edge_agent.probe import (
     probe,
     to_json,
 )
+from kernel.model import DeviceState, Quality
 from simulators import station
 from simulators.broker import free_port
 from simulators.modbus_server import ModbusStationServer
@@ -72,7 +72,7 @@ def config(port: int, *, stations: int = 1, **extra_devices: dict[str, Any]) -> 
         raw["devices"].append({"name": name, "type": "modbus_tcp", "host": "127.0.0.1", **dev})
     # Validated field by field only: the probe is for configs whose cross-checks an
     # integrator is still working through.
-    return AgentConfig.model_validate(raw)
+    return agent_model().model_validate(raw)
 
 
 def by_name(dev: DeviceProbe) -> dict[str, PointProbe]:
@@ -225,7 +225,7 @@ async def test_device_selection_and_unknown_names() -> None:
         cfg = config(sim.port, stations=2)
         assert [d.name for d in await probe(cfg)] == ["press1", "press2"]
         (only,) = await probe(cfg, "press2")
-        assert (only.name, only.unit_id, only.ok) == ("press2", 2, True)
+        assert (only.name, only.details["unit_id"], only.ok) == ("press2", 2, True)
         with pytest.raises(ValueError, match=re.escape("unknown device 'pres2'; did you mean")):
             await probe(cfg, "pres2")
         with pytest.raises(
@@ -367,7 +367,14 @@ async def test_exception_responses_are_explained(
 
 
 def sample() -> list[DeviceProbe]:
-    good = DeviceProbe("press1", "modbus_tcp", "10.0.0.5", 502, 1, 1.0, connected=True)
+    good = DeviceProbe(
+        "press1",
+        "modbus_tcp",
+        "10.0.0.5:502  unit 1",
+        1.0,
+        {"host": "10.0.0.5", "port": 502, "unit_id": 1},
+        connected=True,
+    )
     good.connect_latency = 0.0021
     good.requests = 2
     good.points = [
@@ -383,7 +390,12 @@ def sample() -> list[DeviceProbe]:
                    0.0008, "holding 4000+1 alone", "modbus exception 2 (illegal data address)"),
     ]  # fmt: skip
     down = DeviceProbe(
-        "press2", "modbus_tcp", "10.0.0.6", 502, 3, 1.0, error="connection to 10.0.0.6 refused"
+        "press2",
+        "modbus_tcp",
+        "10.0.0.6:502  unit 3",
+        1.0,
+        {"host": "10.0.0.6", "port": 502, "unit_id": 3},
+        error="connection to 10.0.0.6 refused",
     )
     return [good, down]
 

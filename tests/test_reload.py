@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from edge_agent.cli import main as cli_main
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import agent_model, load_config
 from edge_agent.daemon import Agent
 from simulators.broker import free_port
 from simulators.modbus_server import ModbusStationServer
@@ -152,8 +152,8 @@ def test_devices_poll_in_spread_phases(tmp_path: Path) -> None:
         modbus_port=free_port(), mqtt_port=free_port(), buffer_path=str(tmp_path / "b.db"),
         stations=6,
     )  # fmt: skip
-    agent = Agent(AgentConfig.model_validate(raw))
+    agent = Agent(agent_model().model_validate(raw))
     assert [d.phase for d in agent.drivers] == [0.0, 0.5, 0.0, 0.5, 0.0, 0.5]
-    one = Agent(AgentConfig.model_validate({**raw, "devices": raw["devices"][:1],
+    one = Agent(agent_model().model_validate({**raw, "devices": raw["devices"][:1],
                                             "stations": raw["stations"][:1]}))  # fmt: skip
     assert [d.phase for d in one.drivers] == [0.0]

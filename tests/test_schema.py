@@ -16,10 +16,10 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from edge_agent.config import AgentConfig, load_config, parse_config
-from edge_agent.errors import ConfigError, ConfigIssue
+from edge_agent.config import agent_model, load_config, parse_config
 from edge_agent.schema import MODELINE, SCHEMA_FILE, SCHEMA_ID, config_schema, schema_text
 from edge_agent.yamlsrc import format_path, load_yaml
+from kernel.errors import ConfigError, ConfigIssue
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -233,12 +233,13 @@ def test_schema_uses_only_keywords_editors_understand(schema: dict[str, Any]) ->
 
 
 def test_models_that_forbid_extra_keys_forbid_them_in_the_schema(schema: dict[str, Any]) -> None:
-    found = models(AgentConfig)
+    root = agent_model()
+    found = models(root)
     assert {"AgentConfig", "ModbusTcpDevice", "ModbusPoint", "MqttConfig", "ScanRule"} <= set(found)
     for name, model in found.items():
         if model.model_config.get("extra") != "forbid":
             continue
-        node = schema if model is AgentConfig else schema["$defs"][name]
+        node = schema if model is root else schema["$defs"][name]
         assert node["additionalProperties"] is False, name
 
 

@@ -14,9 +14,9 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ExceptionResponse
 
 from drivers.modbus.config import ModbusTcpDevice
-from drivers.modbus.driver import ModbusTcpDriver
-from edge_agent.errors import ReadError, WriteError
-from edge_agent.model import Quality, Value
+from drivers.modbus.tcp import ModbusTcpDriver
+from kernel.errors import ReadError, WriteError
+from kernel.model import Quality, Value
 from simulators.modbus_server import ModbusStationServer
 from simulators.station import (
     COIL_CYCLE_COMPLETE,

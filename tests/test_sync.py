@@ -18,7 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from buffer.sqlite import SqliteBuffer
-from edge_agent.model import RecordDraft, RecordKind
+from kernel.model import RecordDraft, RecordKind
 from sync.config import MqttConfig
 from sync.mqtt import MqttSync
 from tests.mqtt_helpers import Mosquitto, Received, Subscriber, eventually

@@ -51,7 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.base import backoff_delay
+from kernel.backoff import backoff_delay
 from trace_store.config import StoreConfig
 from trace_store.envelope import Accepted, Reason, Rejection, parse, reason_class
 from trace_store.held import Held, HeldKey, HeldMessages

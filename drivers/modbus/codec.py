@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from drivers.modbus.config import REGISTERS, DataType, ModbusPoint, WordOrder
-from edge_agent.model import Value
+from kernel.model import Value
 
 STRING_ENCODING = "latin-1"
 

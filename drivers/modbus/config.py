@@ -1,24 +1,18 @@
-"""Config model of a Modbus TCP device and its points (lives beside the driver it configures)."""
+"""Config models of Modbus devices and their points (live beside the drivers they configure).
+
+``ModbusDevice`` holds what TCP and RTU share; ``drivers/modbus_rtu`` adds the serial side."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Sequence
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.base import Issue
-
-Name = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$",
-        description="Identifier: letters, digits, '_', '.', '-'; starts with a letter or '_'.",
-    ),
-]
+from drivers.device import DeviceConfig
+from kernel.names import Issue, Name
 
 
 class Table(StrEnum):
@@ -234,39 +228,15 @@ class ModbusPoint(BaseModel):
         return out
 
 
-class ModbusTcpDevice(BaseModel):
-    """A PLC (or a gateway unit) reached over Modbus TCP."""
+class ModbusDevice(DeviceConfig):
+    """What every Modbus device has, over TCP or RTU: timing, request planning, the map."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["modbus_tcp"] = Field(description="Driver: modbus_tcp.", examples=["modbus_tcp"])
-    name: Name = Field(
-        description="Device name, unique in the file; used in logs and records.",
-        examples=["press10", "nutrunner30"],
-    )
-    host: str = Field(
-        min_length=1,
-        description="PLC or gateway IP address or host name.",
-        examples=["192.168.10.21", "plc-st10.line3.local"],
-    )
-    port: int = Field(
-        default=502,
-        ge=1,
-        le=65535,
-        description="TCP port of the PLC or gateway; 502 is the Modbus standard.",
-        examples=[502, 5020],
-    )
     unit_id: int = Field(
         default=1,
         ge=0,
         le=255,
         description="Modbus unit (device) id.",
         examples=[1, 2, 255],
-    )
-    station: Name | None = Field(
-        default=None,
-        description="Station the points belong to unless a point says otherwise.",
-        examples=["ST10"],
     )
     timeout: float = Field(
         default=1.0, gt=0, le=60, description="Seconds per request.", examples=[0.5, 2.0]
@@ -292,13 +262,6 @@ class ModbusTcpDevice(BaseModel):
         le=124,
         description="Unused registers a coalesced request may span to save a round trip.",
         examples=[0, 16],
-    )
-    connect_delay: float = Field(
-        default=0.0,
-        ge=0,
-        le=60,
-        description="Pause after connecting (some PLCs need it).",
-        examples=[0.5],
     )
     request_delay: float = Field(
         default=0.0,
@@ -354,10 +317,125 @@ class ModbusTcpDevice(BaseModel):
             from drivers.modbus.plan import plan_issues  # the planner imports this module
 
             out.extend(plan_issues(self))
+        out.extend(self._poll_issues())
         return out
 
-    def point_station(self, point: ModbusPoint) -> str | None:
-        return point.station or self.station
+    def _poll_issues(self) -> list[Issue]:
+        """Polled points whose interval is shorter than the device's timeout."""
+        out: list[Issue] = []
+        device_default = False
+        for j, p in enumerate(self.points):
+            if p.report is Report.SNAPSHOT:
+                continue
+            if p.poll_interval is None:
+                device_default = device_default or self.poll_interval < self.timeout
+            elif p.poll_interval < self.timeout:
+                out.append(
+                    (("points", j, "poll_interval"), _overrun(p.poll_interval, self.timeout))
+                )
+        if device_default:
+            out.insert(0, (("poll_interval",), _overrun(self.poll_interval, self.timeout)))
+        return out
+
+    def point_names(self) -> list[str]:
+        return [p.name for p in self.points]
+
+    def point(self, name: str) -> ModbusPoint | None:
+        return next((p for p in self.points if p.name == name), None)
+
+    def point_entries(self) -> list[tuple[tuple[str | int, ...], str | None]]:
+        return [(("points", j), p.station) for j, p in enumerate(self.points)]
+
+    def point_station(self, point: str) -> str | None:
+        p = self.point(point)
+        return (p.station if p is not None else None) or self.station
+
+    def snapshot_issue(self, points: Sequence[str]) -> tuple[tuple[str | int, ...], str] | None:
+        from drivers.modbus.plan import snapshot_requests  # the planner imports this module
+
+        requests = snapshot_requests(self, points)
+        if len(requests) <= 1:
+            return None
+        spans = ", ".join(f"{r.table.value} {r.address}+{r.count}" for r in requests)
+        return (
+            ("points",),
+            f"needs {len(requests)} requests ({spans}); a consistent snapshot is one request: "
+            "keep its points in one table within max_registers",
+        )
+
+    def write_issue(self, point: str) -> str | None:
+        p = self.point(point)
+        return None if p is None else p.write_issue()
+
+    def request_timeout(self) -> float:
+        return self.timeout
+
+    def link(self) -> str:
+        """Where the device is reached, for messages: ``10.0.0.5:502``, ``/dev/ttyUSB0``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The device's address as the probe's table shows it."""
+        return f"{self.link()}  unit {self.unit_id}"
+
+    def probe_details(self) -> dict[str, object]:
+        """What ``config probe --json`` says about where the device is."""
+        raise NotImplementedError
+
+    def settle_time(self) -> float:
+        """Pause after opening before the first request (not part of the connect time)."""
+        return 0.0
+
+
+def _overrun(interval: float, timeout: float) -> str:
+    return (
+        f"poll_interval {float(interval)} s is shorter than timeout {float(timeout)} s: a slow "
+        "answer would overrun the next poll; raise poll_interval or lower timeout"
+    )
+
+
+class ModbusTcpDevice(ModbusDevice):
+    """A PLC (or a gateway unit) reached over Modbus TCP."""
+
+    type: Literal["modbus_tcp"] = Field(description="Driver: modbus_tcp.", examples=["modbus_tcp"])
+    host: str = Field(
+        min_length=1,
+        description="PLC or gateway IP address or host name.",
+        examples=["192.168.10.21", "plc-st10.line3.local"],
+    )
+    port: int = Field(
+        default=502,
+        ge=1,
+        le=65535,
+        description="TCP port of the PLC or gateway; 502 is the Modbus standard.",
+        examples=[502, 5020],
+    )
+    connect_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=60,
+        description="Pause after connecting (some PLCs need it).",
+        examples=[0.5],
+    )
+
+    def link(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def probe_details(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "unit_id": self.unit_id}
+
+    def settle_time(self) -> float:
+        return self.connect_delay
+
+    def endpoint(self) -> Hashable | None:
+        return ("modbus_tcp", self.host.strip().lower(), self.port, self.unit_id)
+
+    def duplicate_issue(self, first: int) -> Issue:
+        return (
+            ("unit_id",),
+            f"same PLC as devices[{first}] ({self.host}:{self.port} unit {self.unit_id}): give "
+            "each PLC unit one entry (its points may each set poll_interval and station)",
+        )
 
 
 def _overlap_issues(points: list[ModbusPoint]) -> list[Issue]:

@@ -1,14 +1,16 @@
-"""Modbus TCP polled driver: planned requests in, observations out.
+"""The Modbus polled driver, over any link: planned requests in, observations out.
 
-The runner (``drivers.base.run_polled``) owns the schedule, the backoff and the DOWN state;
-this module only translates. A Modbus exception response is data about some points (BAD
-observations, device DEGRADED); silence or a lost connection is about the whole device and is
-raised as ConnectError/ReadError so the runner reconnects.
+The runner (``drivers.runners.run_polled``) owns the schedule, the backoff and the DOWN
+state; this module only translates, and its subclasses own the link: ``drivers.modbus.tcp``
+(a connection of its own) and ``drivers.modbus_rtu`` (a turn on a shared RS-485 bus).
+A Modbus exception response is data about some points (BAD observations, device
+DEGRADED); silence or a lost connection is about the whole device and is raised as
+ConnectError/ReadError so the runner reconnects.
 
 Besides the poll loop, other tasks read snapshots (``read_points``) and write handshake bits
 (``write``) over the same connection; the commissioning probe (``edge_agent.probe``) sends
 single requests through ``probe_request`` on a connection of its own. Every request takes
-the driver's lock for that one request only, so a handshake write waits for at most the
+its turn on the link for that one request only, so a handshake write waits for at most the
 request on the wire (and those already queued), never for a whole poll group;
 ``request_delay`` is kept between any two requests, whoever sends them.
 """
@@ -18,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import socket
 import time
-from collections.abc import AsyncIterator, Hashable, Sequence
+from abc import abstractmethod
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
@@ -36,7 +37,7 @@ from drivers.modbus.codec import (
     same_value,
     write_value,
 )
-from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Report, Table
+from drivers.modbus.config import BIT_TABLES, ModbusDevice, ModbusPoint, Report, Table
 from drivers.modbus.plan import (
     PlannedPoint,
     PollGroup,
@@ -46,8 +47,8 @@ from drivers.modbus.plan import (
     request_count,
     snapshot_requests,
 )
-from edge_agent.errors import ConnectError, ReadError, WriteError
-from edge_agent.model import DeviceState, Observation, Quality, Value
+from kernel.errors import ConnectError, ReadError, WriteError
+from kernel.model import DeviceState, Observation, Quality, Value
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,12 @@ class ProbeReply:
     observations: tuple[Observation, ...] = ()
 
 
-class ModbusTcpDriver(PolledDriver):
-    """One Modbus TCP device (or one unit id behind a gateway) with its own client."""
+class ModbusDriver(PolledDriver):
+    """One Modbus device (a PLC, or one unit behind a gateway or on an RS-485 bus): planned
+    requests in, observations out. Subclasses own the connection: how it is opened and
+    closed, and whose turn it is to send (``_turn``)."""
 
-    def __init__(self, device: ModbusTcpDevice) -> None:
+    def __init__(self, device: ModbusDevice) -> None:
         super().__init__(device.name, device.backoff_initial, device.backoff_max)
         self.device = device
         # Planned at construction so a point no request can hold fails at start-up.
@@ -128,10 +131,6 @@ class ModbusTcpDriver(PolledDriver):
         except ValueError as exc:
             raise ValueError(f"configuration invalid for device {device.name!r}: {exc}") from exc
         self._points: dict[str, ModbusPoint] = {p.name: p for p in device.points}
-        self._client: AsyncModbusTcpClient | None = None
-        self._lost: asyncio.Event | None = None  # set when the open connection drops
-        self._lock = asyncio.Lock()  # one request on the wire at a time, see the module doc
-        self._request_done = -math.inf  # loop time the last request ended, for request_delay
         self._last: dict[str, tuple[Value, Quality]] = {}
         self._unclean: dict[int, str] = {}  # group -> why its last read was not clean
         log.debug(
@@ -150,44 +149,6 @@ class ModbusTcpDriver(PolledDriver):
 
     def point_names(self) -> Sequence[str]:
         return [p.name for p in self.device.points]
-
-    async def open(self) -> None:
-        await self.close()
-        d = self.device
-        lost = asyncio.Event()
-        client = AsyncModbusTcpClient(
-            d.host,
-            port=d.port,
-            name=f"modbus:{d.name}",
-            timeout=d.timeout,
-            retries=0,
-            # 0 turns off pymodbus' own reconnect task: run_polled owns the backoff, and a
-            # second reconnect loop would race it and outlive close().
-            reconnect_delay=0,
-            # pymodbus reports a drop (peer closed, or its own close after several
-            # unanswered requests) only here; our own close() does not call it.
-            trace_connect=lambda up: None if up else lost.set(),
-        )
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            if not await client.connect():
-                elapsed = loop.time() - started
-                raise ConnectError(d.name, await self._connect_failure_reason(elapsed))
-            # Published only after connect_delay, so that snapshot reads and writes from
-            # other tasks cannot reach a PLC that is not ready yet.
-            if d.connect_delay:
-                await asyncio.sleep(d.connect_delay)
-            self._client, self._lost = client, lost
-            self._request_done = -math.inf
-            # A new connection starts from a blank slate: the runner has recorded an outage
-            # against every point, so on_change points must report their value again.
-            self._last.clear()
-            self._unclean.clear()
-        except BaseException:
-            self._client = self._lost = None
-            client.close()
-            raise
 
     async def read(self, group: Hashable) -> list[Observation]:
         if not isinstance(group, int) or not 0 <= group < len(self.plan):
@@ -287,50 +248,25 @@ class ModbusTcpDriver(PolledDriver):
             observations=tuple(observed),
         )
 
-    async def watch_connection(self) -> None:
-        lost = self._lost
-        if lost is None:
-            raise ConnectError(self.name, "not connected")
-        await lost.wait()
-        raise ConnectError(self.name, "connection lost (closed by the device or the network)")
+    # -- the connection, the subclass's -------------------------------------------------------
 
-    async def close(self) -> None:
-        client, self._client, self._lost = self._client, None, None
-        if client is None:
-            return
-        try:
-            client.close()
-        except Exception:  # close() must never raise; a half-dead socket is still released
-            log.debug("device %s: error while closing", self.name, exc_info=True)
+    @abstractmethod
+    def _turn(self) -> contextlib.AbstractAsyncContextManager[ModbusBaseClient]:
+        """The connected client, for one request, once it is this device's turn to send.
+        Raises ConnectError when there is no connection (a closed pymodbus client would
+        silently reconnect if asked to send)."""
+
+    def _connected(self) -> None:
+        """A new connection starts from a blank slate: the runner has recorded an outage
+        against every point, so on_change points must report their value again."""
+        self._last.clear()
+        self._unclean.clear()
 
     # -- internals --------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[AsyncModbusTcpClient]:
-        """The client, for one request, once every earlier request is done and
-        ``request_delay`` has passed since the last one ended.
-
-        pymodbus 3.16 serialises requests on a client itself, but its lock knows nothing of
-        request_delay, and it silently reconnects a closed client when asked to send.
-        """
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            wait = self._request_done + self.device.request_delay - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            # Checked under the lock and after the pause: the connection may have been
-            # replaced or lost meanwhile, and a closed pymodbus client would reconnect.
-            client = self._client
-            if client is None or not client.connected:
-                raise ConnectError(self.name, "not connected (connection lost)")
-            try:
-                yield client
-            finally:
-                self._request_done = loop.time()
-
     def _io_failure(
         self,
-        client: AsyncModbusTcpClient,
+        client: ModbusBaseClient,
         what: str,
         exc: ModbusIOException,
         error: type[ReadError] | type[WriteError],
@@ -437,28 +373,6 @@ class ModbusTcpDriver(PolledDriver):
         elif status.state is DeviceState.DEGRADED:
             status.set_state(DeviceState.UP)
 
-    async def _connect_failure_reason(self, elapsed: float) -> str:
-        """Why connecting failed. pymodbus only says False, so a fast failure is probed once
-        more with a bare socket to tell "refused" from "no route" or "unknown host"."""
-        d = self.device
-        where = f"{d.host}:{d.port}"
-        if elapsed >= 0.9 * d.timeout:
-            return f"connect to {where} timed out after {d.timeout}s"
-        try:
-            async with asyncio.timeout(d.timeout):
-                _, writer = await asyncio.open_connection(d.host, d.port)
-        except TimeoutError:
-            return f"connect to {where} timed out after {d.timeout}s"
-        except ConnectionRefusedError:
-            return f"connection to {where} refused"
-        except socket.gaierror as exc:
-            return f"cannot resolve host {d.host!r}: {exc.strerror}"
-        except OSError as exc:
-            return f"cannot connect to {where}: {exc.strerror or exc}"
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return f"connect to {where} failed (transient)"
 
 
 def _decode_point(

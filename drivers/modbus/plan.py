@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from drivers.base import Issue
 from drivers.modbus.codec import compile_decoder
-from drivers.modbus.config import BIT_TABLES, ModbusPoint, ModbusTcpDevice, Report, Table
-from edge_agent.model import Value
+from drivers.modbus.config import BIT_TABLES, ModbusDevice, ModbusPoint, Report, Table
+from kernel.model import Value
+from kernel.names import Issue
 
 MAX_BITS = 2000
 """Largest coil / discrete input read the Modbus spec allows (FC1, FC2)."""
@@ -126,11 +126,11 @@ def _request(table: Table, start: int, end: int, members: list[tuple[int, Modbus
     )
 
 
-def effective_interval(device: ModbusTcpDevice, point: ModbusPoint) -> float:
+def effective_interval(device: ModbusDevice, point: ModbusPoint) -> float:
     return point.poll_interval if point.poll_interval is not None else device.poll_interval
 
 
-def plan_device(device: ModbusTcpDevice) -> list[PollGroup]:
+def plan_device(device: ModbusDevice) -> list[PollGroup]:
     """Group the device's polled points by poll interval (fastest first) and plan each group.
 
     Snapshot-only points are not polled, so a device with nothing else has no groups."""
@@ -154,7 +154,7 @@ def plan_device(device: ModbusTcpDevice) -> list[PollGroup]:
     ]
 
 
-def snapshot_requests(device: ModbusTcpDevice, names: Sequence[str]) -> list[Request]:
+def snapshot_requests(device: ModbusDevice, names: Sequence[str]) -> list[Request]:
     """The requests that read the named points now, whatever their poll intervals or report
     modes: one per table as long as the points fit in max_registers (max_bits).
 
@@ -177,7 +177,7 @@ def snapshot_requests(device: ModbusTcpDevice, names: Sequence[str]) -> list[Req
     )
 
 
-def plan_issues(device: ModbusTcpDevice) -> list[Issue]:
+def plan_issues(device: ModbusDevice) -> list[Issue]:
     """Points no single request can hold, as config issues (key paths relative to the device),
     so they are reported at load time with the YAML line rather than when the driver starts."""
     out: list[Issue] = []

@@ -1,0 +1,106 @@
+"""What every device entry in the YAML is, and what the rest of the agent may ask of it.
+
+Each kind's config model (``drivers/<kind>/config.py``) subclasses :class:`DeviceConfig`.
+The agent's core (cross-section checks, binding rules, the daemon) only ever calls these
+methods, so that it never needs to know which kind of device it is looking at: whether a
+point exists, which station it belongs to, whether a set of points can be read as one
+consistent snapshot, whether a point can be written, which connection the device shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kernel.names import Issue, Name
+
+
+@dataclass(frozen=True, slots=True)
+class BusClaim:
+    """A connection several devices may share (an RS-485 port, an RTU-over-TCP gateway).
+
+    Devices whose claims have the same ``key`` share one bus object at run time, so their
+    ``settings`` (baud rate, parity, ...) must agree: two devices that open one serial port
+    with different settings are a config error, not a port that works for whoever came first.
+    """
+
+    key: str
+    """What identifies the wire, e.g. the serial port's path."""
+    what: str
+    """How messages name it, e.g. ``serial port /dev/ttyUSB0``."""
+    settings: Mapping[str, Any]
+    """Settings every device on the bus must give alike (key -> value, keys as in the YAML)."""
+
+
+class DeviceConfig(BaseModel):
+    """Base of every device kind's config model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str = Field(description="Driver that runs this device.")
+    name: Name = Field(
+        description="Device name, unique in the file; used in logs and records.",
+        examples=["press10", "scanner1"],
+    )
+    station: Name | None = Field(
+        default=None,
+        description="Station the points belong to unless a point says otherwise.",
+        examples=["ST10"],
+    )
+
+    def point_names(self) -> Sequence[str]:
+        """Every point the device reports, in config order."""
+        raise NotImplementedError
+
+    def point_station(self, point: str) -> str | None:
+        """The station a point's values are bound to, if the file says; default: the
+        device's."""
+        return self.station
+
+    def point_entries(self) -> list[tuple[tuple[str | int, ...], str | None]]:
+        """(key path of the point's entry relative to the device, the station that entry
+        names itself or None) for kinds whose points may each name a station."""
+        return []
+
+    def issues(self) -> list[Issue]:
+        """Cross-field problems, with key paths relative to this device."""
+        return []
+
+    def snapshot_issue(self, points: Sequence[str]) -> tuple[tuple[str | int, ...], str] | None:
+        """Why ``points`` (all known to exist) cannot be read as one consistent snapshot for a
+        part trigger, as (key path relative to the snapshot section, message); None if they
+        can. Default: this kind cannot take snapshots."""
+        return (
+            ("device",),
+            f"a {self.type} device cannot read a consistent snapshot; take the snapshot from "
+            "a device that can (a PLC)",
+        )
+
+    def write_issue(self, point: str) -> str | None:
+        """Why ``point`` (known to exist) cannot be written (PLC handshake bits); None if it
+        can. Default: this kind writes nothing."""
+        return f"a {self.type} device is never written to"
+
+    def endpoint(self) -> Hashable | None:
+        """What identifies the physical device, so that two entries for one device (which
+        would read it twice and record each value twice) are a config error."""
+        return None
+
+    def duplicate_issue(self, first: int) -> Issue:
+        """The error for this entry when ``devices[first]`` has the same endpoint."""
+        return (
+            ("name",),
+            f"same device as devices[{first}]: give each device one entry",
+        )
+
+    def bus(self) -> BusClaim | None:
+        """The shared connection this device is reached through, if any."""
+        return None
+
+    def request_timeout(self) -> float:
+        """Longest a single request to the device may take: bounds snapshot reads and writes
+        a stopping agent waits for."""
+        return 10.0
