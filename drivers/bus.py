@@ -31,7 +31,7 @@ class SharedBus(ABC):
 
     @abstractmethod
     async def _open(self) -> None:
-        """Open the wire; raise ConnectError with the reason when it cannot be."""
+        """Open the wire; raise BusUnavailable with the reason when it cannot be."""
 
     @abstractmethod
     async def _close(self) -> None:
@@ -60,6 +60,11 @@ class SharedBus(ABC):
 B = TypeVar("B", bound=SharedBus)
 
 
+class BusUnavailable(Exception):
+    """The wire cannot be used now (it could not be opened, or was lost). Drivers raise it
+    on as ConnectError naming their device, so each device backs off on its own."""
+
+
 class Buses:
     """The shared connections of one agent, by wire (``BusClaim.key``).
 
@@ -80,7 +85,7 @@ class Buses:
         if bus is not None and bus.users:
             # Only a device still running under an older config can hold it: the caller
             # retries with backoff until that device has stopped.
-            raise ValueError(f"{key} is still open with other settings by another device")
+            raise BusUnavailable(f"{key} is still open with other settings by another device")
         fresh = make()
         self._buses[key] = fresh
         return fresh

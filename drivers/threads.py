@@ -196,6 +196,32 @@ class BlockingSource(Generic[T]):
         self._thread = None
 
 
+async def run_in_thread(name: str, fn: Callable[[], R]) -> R:
+    """``fn()`` in a thread of its own that ends with it (``asyncio.to_thread`` would leave
+    a pool thread behind for the life of the loop): for a rare blocking call such as opening
+    a serial port once to learn why it failed."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+
+    def main() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    thread = threading.Thread(target=main, name=name, daemon=True)
+    thread.start()
+    try:
+        return await asyncio.shield(future)
+    finally:
+        # The call is short by contract; joining it keeps the thread's life inside ours.
+        if not future.done():
+            await asyncio.wait([future])
+        thread.join()
+
+
 class _Failure:
     __slots__ = ("error",)
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
 
 from simulators.station import StationModel
@@ -34,9 +35,16 @@ class ModbusStationServer(StationServerBase):
     """Serve ``stations`` on ``host:port`` (port 0 picks a free one; see ``port``)."""
 
     def __init__(
-        self, stations: Sequence[StationModel], host: str = "127.0.0.1", port: int = 0
+        self,
+        stations: Sequence[StationModel],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        framer: FramerType = FramerType.SOCKET,
     ) -> None:
         super().__init__(stations)
+        self.framer = framer
+        """SOCKET: Modbus TCP (MBAP header); RTU: an RTU-over-TCP gateway (RTU frames with
+        their CRC inside TCP)."""
         self.host = host
         self._requested_port = port
         self.port = port
@@ -46,7 +54,9 @@ class ModbusStationServer(StationServerBase):
         # A gateway says 11 (target failed to respond) for a unit it cannot reach, which the
         # driver treats as the device being down.
         devices = self.sim_devices(other_units=_no_such_unit)
-        server = ModbusTcpServer(devices, address=(self.host, self._requested_port))
+        server = ModbusTcpServer(
+            devices, address=(self.host, self._requested_port), framer=self.framer
+        )
         await server.serve_forever(background=True)
         transport = server.transport
         sockets = getattr(transport, "sockets", None)

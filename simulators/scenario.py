@@ -37,8 +37,10 @@ def demo_config(
     agent_id: str = "demo-pc1",
     parts: bool = True,
     handshake: bool = False,
+    rtu_port: str | None = None,
 ) -> dict[str, Any]:
-    """A config for ``stations`` simulated stations on one gateway (unit ids 1..n).
+    """A config for ``stations`` simulated stations on one gateway (unit ids 1..n), or with
+    ``rtu_port`` on one Modbus RTU line (8E1, 19200 baud) at that serial port.
 
     Serial and lot sit in the same coalesced request as the process values, so every
     reading's serial is exactly the one the PLC showed at that instant. With ``parts``, each
@@ -54,12 +56,15 @@ def demo_config(
     for i in range(stations):
         name = station_name(i)
         dev = f"press{i + 1}"
+        link: dict[str, Any] = (
+            {"type": "modbus_tcp", "host": modbus_host, "port": modbus_port}
+            if rtu_port is None
+            else {"type": "modbus_rtu", "port": rtu_port}
+        )
         devices.append(
             {
                 "name": dev,
-                "type": "modbus_tcp",
-                "host": modbus_host,
-                "port": modbus_port,
+                **link,
                 "unit_id": i + 1,
                 "station": name,
                 "timeout": timeout,

@@ -11,7 +11,7 @@ import os
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
@@ -57,6 +57,7 @@ def parse_config(
     incomplete = _expand_templates(data, smap, issues)
     _fill_station_devices(data, smap)
     read_secret_files(agent_model(), data, (), smap, issues)
+    _booleans_as_numbers(agent_model(), data, (), smap, issues)
     try:
         cfg = agent_model().model_validate(data)
     except ValidationError as exc:
@@ -252,6 +253,46 @@ def _read_secret(file: str) -> tuple[str | None, str]:
     if not text:
         return None, f"{file!r} is empty"
     return text, ""
+
+
+def _booleans_as_numbers(
+    model: type[BaseModel],
+    data: Any,
+    path: tuple[str | int, ...],
+    smap: SourceMap,
+    issues: list[ConfigIssue],
+) -> None:
+    """``baudrate: true`` is a mistake, not the number 1 that pydantic's lax mode makes of it:
+    every true/false given where the model wants a number is reported."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        if isinstance(value, bool):
+            expected = _number_kind(unwrap(field.annotation, value))
+            if expected is not None:
+                where = (*path, key)
+                found = found_text(value, smap, where)
+                issues.append(smap.issue(where, f"expected {expected}, found {found}"))
+                smap.reported.add(where)  # pydantic's own complaint would only repeat it
+            continue
+        for sub, sub_data, sub_path in _models_under(field.annotation, value, (*path, key)):
+            _booleans_as_numbers(sub, sub_data, sub_path, smap, issues)
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """'a whole number' or 'a number' when ``annotation`` takes only numbers, else None."""
+    if annotation is int:
+        return "a whole number"
+    if annotation is float:
+        return "a number"
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        if all(isinstance(c, int) and not isinstance(c, bool) for c in choices):
+            return f"one of {', '.join(map(str, choices))}"
+    return None
 
 
 def _models_under(
