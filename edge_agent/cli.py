@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from edge_agent.logs import setup_logging
@@ -35,9 +36,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("validate", help="check config files; exit 2 listing every problem")
     p.add_argument("config", nargs="+")
 
-    p = sub.add_parser("simulate", help="run a simulated station PLC (Modbus TCP)")
+    p = sub.add_parser(
+        "simulate", help="run simulated station PLCs (Modbus TCP, or Modbus RTU with --rtu)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5020)
+    p.add_argument(
+        "--rtu",
+        metavar="DIR",
+        help="serve the stations over Modbus RTU on a simulated RS-485 line instead: a pty "
+        "pair whose agent end is DIR/ttyAGENT (19200 baud 8N1: a pty cannot keep a parity bit)",
+    )
     p.add_argument("--stations", type=int, default=1, help="stations = unit ids 1..N")
     p.add_argument("--cycle-time", type=float, default=2.0, help="seconds per part")
     p.add_argument(
@@ -374,6 +383,13 @@ def _run(path: str) -> int:
     return 0
 
 
+RTU_AGENT_END = "ttyAGENT"
+"""The agent's end of ``simulate --rtu DIR``'s simulated line."""
+RTU_SIMULATED_PARITY = "N"
+"""Linux ptys drop the parity bit and refuse to be set again with one, so the simulated line
+runs 8N1; a real RS-485 adapter runs the Modbus default 8E1."""
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from simulators.modbus_server import ModbusStationServer
     from simulators.scenario import demo_config, station_name
@@ -389,12 +405,14 @@ def _simulate(args: argparse.Namespace) -> int:
             buffer_path="data/buffer.db",
             stations=args.stations,
             handshake=args.handshake,
+            rtu_port=None if args.rtu is None else str(Path(args.rtu) / RTU_AGENT_END),
         )
+        for device in cfg["devices"]:
+            if args.rtu is not None:
+                device["parity"] = RTU_SIMULATED_PARITY
         hs = " --handshake" if args.handshake else ""
-        print(
-            f"# Agent config for `edge-agent simulate --port {args.port} "
-            f"--stations {args.stations}{hs}`"
-        )
+        where = f"--rtu {args.rtu}" if args.rtu is not None else f"--port {args.port}"
+        print(f"# Agent config for `edge-agent simulate {where} --stations {args.stations}{hs}`")
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
 
@@ -408,14 +426,28 @@ def _simulate(args: argparse.Namespace) -> int:
         for i in range(args.stations)
     ]
 
+    if args.rtu is not None:
+        Path(args.rtu).mkdir(parents=True, exist_ok=True)
+
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        async with ModbusStationServer(models, host=args.host, port=args.port) as server:
-            print(
-                f"simulated station PLC(s) on {args.host}:{server.port}, unit ids "
-                f"1..{args.stations} ({', '.join(station_name(i) for i in range(args.stations))})"
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            names = ", ".join(station_name(i) for i in range(args.stations))
+            if args.rtu is None:
+                server = ModbusStationServer(models, host=args.host, port=args.port)
+                await stack.enter_async_context(server)
+                where = f"on {args.host}:{server.port}"
+            else:
+                from simulators.modbus_rtu_server import ModbusRtuStationServer
+                from simulators.serial_link import NullModem
+
+                line = NullModem(args.rtu, RTU_AGENT_END, "ttyPLC")
+                await stack.enter_async_context(line)
+                rtu = ModbusRtuStationServer(models, line.b_path, parity=RTU_SIMULATED_PARITY)
+                await stack.enter_async_context(rtu)
+                where = f"on the RS-485 line {line.a_path} (19200 baud 8N1)"
+            print(f"simulated station PLC(s) {where}, unit ids 1..{args.stations} ({names})")
             print("holding registers (input registers mirror them):")
             for name, (addr, kind, order, count, unit, scale) in REGISTER_MAP.items():
                 extra = f" x{scale}" if scale != 1.0 else ""

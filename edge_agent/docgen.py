@@ -15,7 +15,6 @@ from pydantic_core import PydanticUndefined
 
 from drivers import registry
 from edge_agent.config import (
-    AgentConfig,
     AgentIdentity,
     BufferConfig,
     ContextSource,
@@ -23,11 +22,11 @@ from edge_agent.config import (
     StationConfig,
     TelemetryRetention,
     Templates,
+    agent_model,
 )
 from sync.config import MqttConfig, MqttTls
 
 BEFORE_DEVICES: list[tuple[str, type[BaseModel]]] = [
-    ("Top level", AgentConfig),
     ("agent", AgentIdentity),
     ("stations[]", StationConfig),
     ("stations[].context.<key>", ContextSource),
@@ -48,7 +47,8 @@ def sections() -> list[tuple[str, type[BaseModel]]]:
     for kind in registry.kinds():
         devices.append((f"devices[] with type: {kind.type}", kind.config))
         devices += [(f"devices[].{title} ({kind.type})", model) for title, model in kind.sections]
-    return [*BEFORE_DEVICES, *devices, *AFTER_DEVICES]
+    # The top level as validated: its device list names every registered kind.
+    return [("Top level", agent_model()), *BEFORE_DEVICES, *devices, *AFTER_DEVICES]
 
 
 FILE_SYNTAX = [

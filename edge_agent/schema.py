@@ -16,8 +16,9 @@ kind in the device union), post-processed for editors:
 * root ``$schema`` / ``$id`` / ``title`` / ``description``;
 * fields with a ``default_factory`` show their default like the others;
 * the device union's ``discriminator`` (an OpenAPI keyword JSON Schema validators and editors
-  ignore) is dropped; each ``oneOf`` branch states ``type`` as a ``const`` and requires it,
-  which is what yaml-language-server uses to pick the branch;
+  ignore) becomes one ``if type is X then <X's schema>`` rule per kind (``allOf``), and
+  ``type`` an ``enum`` of the kinds (yaml-language-server completes it, then applies the
+  matching rule); each kind's schema states ``type`` as a ``const`` and requires it;
 * mappings keyed by names (``context``, ``limits``, ``set``) check their keys with
   ``propertyNames`` and their values with ``additionalProperties`` (pydantic's
   ``patternProperties`` alone lets any key that misses the pattern through);
@@ -98,7 +99,7 @@ def config_schema() -> dict[str, Any]:
     raw = agent_model().model_json_schema(mode="validation", schema_generator=_Generator)
     defs: dict[str, Any] = raw.get("$defs", {})
     for node in _subschemas(raw):
-        _discriminator_to_const(node, defs)
+        _discriminator_to_if_then(node, defs)
         _name_keyed_mapping(node)
     _allow_templates(raw, defs)
     _station_default_device(defs)
@@ -161,22 +162,38 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 # ---- fixes ---------------------------------------------------------------------------------
 
 
-def _discriminator_to_const(node: dict[str, Any], defs: dict[str, Any]) -> None:
-    """OpenAPI's ``discriminator`` -> ``const`` on the tag in every branch, tag required."""
+def _discriminator_to_if_then(node: dict[str, Any], defs: dict[str, Any]) -> None:
+    """OpenAPI's ``discriminator`` -> one ``if type is X then X's schema`` rule per kind.
+
+    A ``oneOf`` of branches told apart by a ``const`` would do for validity, but then every
+    mistake inside a device (an unknown key, a value out of range) is also a ``type``
+    mismatch in every other kind's branch, and validators report that deeper error: the
+    editor would mark ``type`` instead of the key that is wrong. With ``if``/``then`` only
+    the device's own kind is checked; ``type`` itself is checked by its ``enum``.
+    """
     disc = node.pop("discriminator", None)
     if disc is None:
         return
     tag = disc["propertyName"]
-    for branch in node.get("oneOf", []):
+    rules: list[dict[str, Any]] = []
+    values: list[Any] = []
+    for branch in node.pop("oneOf", []):
         target = _resolve(branch, defs)
         prop = target["properties"][tag]
         if "const" not in prop and len(prop.get("enum", [])) == 1:
             prop["const"] = prop.pop("enum")[0]
-        if "const" not in prop and "enum" not in prop:  # pragma: no cover - pydantic checks
+        if "const" not in prop:  # pragma: no cover - pydantic checks
             raise ValueError(f"discriminated branch {branch} has no literal {tag!r}")
         required = target.setdefault("required", [])
         if tag not in required:
             required.insert(0, tag)
+        values.append(prop["const"])
+        when = {"properties": {tag: {"const": prop["const"]}}, "required": [tag]}
+        rules.append({"if": when, "then": branch})
+    node["properties"] = {
+        tag: {"description": "Driver that runs this device.", "enum": values},
+    }
+    node["allOf"] = rules
 
 
 def _name_keyed_mapping(node: dict[str, Any]) -> None:
@@ -198,8 +215,10 @@ def _allow_templates(root: dict[str, Any], defs: dict[str, Any]) -> None:
     bodies = templates.get("properties", {})
     for kind in _TEMPLATE_KINDS:
         items = root["properties"][kind]["items"]
-        branches = [_resolve(b, defs) for b in items.get("oneOf", [])] or [_resolve(items, defs)]
-        names = [b["$ref"].removeprefix("#/$defs/") for b in items.get("oneOf", [items])]
+        rules = [rule for rule in items.get("allOf", []) if "then" in rule]
+        refs = [rule["then"] for rule in rules] or [items]
+        branches = [_resolve(b, defs) for b in refs]
+        names = [b["$ref"].removeprefix("#/$defs/") for b in refs]
         partials: list[dict[str, Any]] = []
         for name, entry in zip(names, branches, strict=True):
             partial_name = f"{name}Template"
@@ -226,9 +245,24 @@ def _allow_templates(root: dict[str, Any], defs: dict[str, Any]) -> None:
             if required:
                 entry["if"] = {"required": ["template"]}
                 entry["else"] = {"required": required}
+        if rules:  # a union told apart by type: its tag is required unless a template gives it
+            tag = next(iter(rules[0]["if"]["required"]))
+            items["if"] = {"required": ["template"]}
+            items["else"] = {"required": [tag]}
         if kind in bodies:
-            any_entry = partials[0] if len(partials) == 1 else {"anyOf": partials}
-            bodies[kind]["additionalProperties"] = any_entry
+            bodies[kind]["additionalProperties"] = _template_body(rules, partials)
+
+
+def _template_body(rules: list[dict[str, Any]], partials: list[dict[str, Any]]) -> dict[str, Any]:
+    """A template's keys: those of its ``type``'s kind when it names one (so the editor marks
+    the wrong key, as for entries), else those of any kind."""
+    if len(partials) == 1:
+        return partials[0]
+    by_type = [
+        {"if": rule["if"], "then": partial} for rule, partial in zip(rules, partials, strict=True)
+    ]
+    tag = next(iter(rules[0]["if"]["required"]))
+    return {"if": {"required": [tag]}, "then": {"allOf": by_type}, "else": {"anyOf": partials}}
 
 
 _STATION_REFS: dict[str, Any] = {

@@ -243,19 +243,23 @@ def test_models_that_forbid_extra_keys_forbid_them_in_the_schema(schema: dict[st
         assert node["additionalProperties"] is False, name
 
 
-def test_device_branches_are_told_apart_by_a_type_const(schema: dict[str, Any]) -> None:
-    """yaml-language-server picks a oneOf branch by the property whose const matches."""
-    branches = schema["properties"]["devices"]["items"]["oneOf"]
-    assert branches
+def test_device_kinds_are_told_apart_by_type(schema: dict[str, Any]) -> None:
+    """One ``if type is X then X`` rule per kind: only the entry's own kind is checked, so an
+    editor marks the wrong key, not ``type``; ``type`` completes from its enum."""
+    items = schema["properties"]["devices"]["items"]
+    rules = items["allOf"]
+    assert rules
     tags = []
-    for branch in branches:
-        device = resolve(schema, branch)
+    for rule in rules:
+        device = resolve(schema, rule["then"])
+        assert rule["if"]["properties"]["type"]["const"] == device["properties"]["type"]["const"]
         tags.append(device["properties"]["type"]["const"])
         # Required unless the entry takes a template (which may give the type).
         assert device["if"] == {"required": ["template"]}
         assert device["else"]["required"][0] == "type"
     assert len(set(tags)) == len(tags)
-    assert "modbus_tcp" in tags
+    assert {"modbus_tcp", "modbus_rtu"} <= set(tags)
+    assert items["properties"]["type"]["enum"] == tags
 
 
 def test_secrets_are_write_only_strings(schema: dict[str, Any]) -> None:
@@ -444,7 +448,7 @@ INVALID = {
     "out of range": [_set("devices.0.unit_id", 256)],
     "name with a space": [_set("stations.0.name", "ST 10")],
     "context key that is no name": [_set("stations.0.context.1st", None)],
-    "unknown device type": [_set("devices.0.type", "modbus_rtu")],
+    "unknown device type": [_set("devices.0.type", "modbus_xyz")],
     "device without type": [_delete("devices.0.type")],
     "device without host": [_delete("devices.0.host")],
     "no stations": [_set("stations", [])],

@@ -63,7 +63,8 @@ def parse_config(
     except ValidationError as exc:
         issues.extend(pydantic_issues(exc.errors(), data, smap, incomplete))
         raise ConfigError(_tidy(issues)) from None
-    issues.extend(smap.issue(path, msg) for path, msg in cfg.issues())
+    # A value reported already (true where a number belongs) is no news to the checks.
+    issues.extend(smap.issue(p, msg) for p, msg in cfg.issues() if not smap.is_reported(p))
     if issues:
         raise ConfigError(_tidy(issues))
     return cfg
@@ -275,6 +276,9 @@ def _booleans_as_numbers(
             if expected is not None:
                 where = (*path, key)
                 found = found_text(value, smap, where)
+                raw = smap.raw(where)
+                if raw is not None and raw.lower() != found:  # yes, on, True: YAML's booleans
+                    found = f"{raw} (a boolean to YAML)"
                 issues.append(smap.issue(where, f"expected {expected}, found {found}"))
                 smap.reported.add(where)  # pydantic's own complaint would only repeat it
             continue
