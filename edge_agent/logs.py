@@ -45,6 +45,3 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pymodbus logs every frame at DEBUG and every retry at WARNING; our drivers log the
-    # transitions that matter, once.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -364,3 +368,46 @@ def test_rtu_config_mistakes_name_the_key(change: str, expected: str) -> None:
     )
     found = errors(text)
     assert any(expected in e for e in found), found
+
+
+def test_a_port_without_permission_names_the_group(tmp_path: Path) -> None:
+    """Root opens anything, so the agent runs without CAP_DAC_OVERRIDE (setpriv) against a
+    port owned by another user, as a service user outside the dialout group would."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        os.chown(name, 65534, 65534)
+        os.chmod(name, 0o600)
+        code = (
+            "import asyncio\n"
+            "from drivers.modbus_rtu.config import ModbusRtuDevice\n"
+            "from drivers.modbus_rtu.driver import ModbusRtuDriver\n"
+            f"dev = ModbusRtuDevice(type='modbus_rtu', name='u1', port={name!r},\n"
+            "    points=[{'name': 'a', 'address': 0, 'type': 'uint16'}])\n"
+            "async def main():\n"
+            "    driver = ModbusRtuDriver(dev)\n"
+            "    try:\n"
+            "        await driver.open()\n"
+            "    except Exception as exc:\n"
+            "        print(type(exc).__name__, exc)\n"
+            "    await driver.close()\n"
+            "asyncio.run(main())\n"
+        )
+        proc = subprocess.run(
+            [setpriv, "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == (
+        f"ConnectError device 'u1': no permission to open {name}: add the agent's user to the "
+        "group that owns it (usually dialout)"
+    )

@@ -52,6 +52,10 @@ from kernel.model import DeviceState, Observation, Quality, Value
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs every frame at DEBUG and every retry at WARNING; the runners log the device
+# transitions that matter, once. Set here, where pymodbus is first imported for a device.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
 EXCEPTION_NAMES: dict[int, str] = {
     1: "illegal function",
     2: "illegal data address",

@@ -191,8 +191,8 @@ class SnapshotConfig(BaseModel):
     points: list[Name] = Field(
         min_length=1,
         examples=[["cycle_counter", "part_serial", "final_force", "result"]],
-        description="Points of that device; they must fit in one Modbus request (one table, "
-        "within max_registers), which is what makes the snapshot consistent.",
+        description="Points of that device, read together as one consistent snapshot; the "
+        "device must be able to (Modbus: one request, so one table within max_registers).",
     )
 
 
