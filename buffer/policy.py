@@ -1,5 +1,5 @@
 """What the journal keeps when storage runs short: the bounds on telemetry and the disk
-watermarks. Plain values; ``BufferConfig`` in ``edge_agent/config.py`` is their YAML form
+watermarks. Plain values; ``BufferConfig`` in ``buffer/config.py`` is their YAML form
 (``SqliteBuffer.from_config`` maps one to the other, a test checks the defaults agree).
 """
 

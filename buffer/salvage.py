@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buffer.config import BufferConfig
 from buffer.sqlite import SqliteBuffer
-from kernel.errors import BufferError_, ConfigError
+from kernel.errors import BufferError_
 from kernel.model import RecordDraft, RecordKind
 
 EXIT_OK = 0
@@ -277,18 +278,12 @@ async def salvage(damaged: Path, buffer: SqliteBuffer, *, chunk: int = CHUNK) ->
     return report
 
 
-def main(config_path: str, damaged_arg: str) -> int:
-    """The CLI command: load the config, take the live journal (agent stopped), salvage."""
-    from edge_agent.config import load_config
-
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        return EXIT_USAGE
+def main(cfg: BufferConfig, config_path: str, damaged_arg: str) -> int:
+    """The CLI command, once the agent's config is loaded: take the live journal (the agent
+    stopped), salvage ``damaged_arg`` into it, print the report. ``config_path`` places a
+    relative journal path as the agent does."""
     damaged = Path(damaged_arg)
-    journal = Path(cfg.buffer.path)
+    journal = Path(cfg.path)
     if not damaged.is_file():
         print(f"{damaged}: no such file", file=sys.stderr)
         return EXIT_USAGE
@@ -301,7 +296,7 @@ def main(config_path: str, damaged_arg: str) -> int:
         return EXIT_USAGE
 
     async def run() -> SalvageReport:
-        buffer = SqliteBuffer.from_config(cfg.buffer, config_path=config_path)
+        buffer = SqliteBuffer.from_config(cfg, config_path=config_path)
         await buffer.start()
         try:
             return await salvage(damaged, buffer)

@@ -41,7 +41,7 @@ from kernel.errors import BufferError_
 from kernel.model import RecordDraft, RecordKind
 
 if TYPE_CHECKING:
-    from edge_agent.config import BufferConfig
+    from buffer.config import BufferConfig
     from kernel.alarms import Alarms
 
 log = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ class DriverKind:
 
     def missing(self) -> str | None:
         """Why this kind cannot run on this machine (an extra is not installed), or None."""
-        absent = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        absent = [m for m in self.requires if not _installed(m)]
         if not absent:
             return None
         how = f"pip install 'edge-agent[{self.extra}]'" if self.extra else "install them"
@@ -75,6 +75,14 @@ class DriverKind:
             f"device type {self.type!r} needs {', '.join(absent)}, which "
             f"{'is' if len(absent) == 1 else 'are'} not installed: {how}"
         )
+
+
+def _installed(module: str) -> bool:
+    # find_spec imports the parents of a dotted name, and raises when they are missing.
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 @dataclass(frozen=True)

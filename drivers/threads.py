@@ -59,6 +59,10 @@ class BlockingSource(Generic[T]):
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
             queue.SimpleQueue()
         )
+        # Set by the thread once it takes no more calls; under the lock, so that no call can
+        # be queued after the last drain (its caller would wait forever).
+        self._calls_lock = threading.Lock()
+        self._calls_closed = False
         self._items: asyncio.Queue[Any] = asyncio.Queue()
         self._ended = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,7 +106,10 @@ class BlockingSource(Generic[T]):
         if self._loop is None or self._thread is None or not self._thread.is_alive():
             raise RuntimeError(f"source {self.name} is not running")
         future: asyncio.Future[R] = self._loop.create_future()
-        self._calls.put((fn, future))
+        with self._calls_lock:
+            if self._calls_closed:
+                raise RuntimeError(f"source {self.name} is not running")
+            self._calls.put((fn, future))
         return await future
 
     # ---- the thread ----------------------------------------------------------------------
@@ -148,6 +155,8 @@ class BlockingSource(Generic[T]):
                 self._post(_settle, future, result, None)
 
     def _fail_calls(self) -> None:
+        with self._calls_lock:
+            self._calls_closed = True
         while True:
             try:
                 _, future = self._calls.get_nowait()

@@ -126,9 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     if args.command == "buffer":
-        from buffer.salvage import main as salvage
-
-        return salvage(args.config, args.damaged)
+        return _salvage(args.config, args.damaged)
     if args.command in trace_store_cli.COMMANDS:
         return trace_store_cli.dispatch(args)
     if args.command == "context":
@@ -164,6 +162,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _print_issues(exc: ConfigError) -> None:
     for issue in exc.issues:
         print(issue, file=sys.stderr)
+
+
+def _salvage(config_path: str, damaged: str) -> int:
+    """``edge-agent buffer salvage -c CONFIG DAMAGED``."""
+    from buffer.salvage import EXIT_USAGE
+    from buffer.salvage import main as salvage
+    from edge_agent.config import load_config
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_USAGE
+    return salvage(cfg.buffer, config_path, damaged)
 
 
 def _validate(paths: Sequence[str]) -> int:

@@ -17,8 +17,8 @@ import yaml
 
 from buffer.files import lock_path
 from buffer.salvage import DamagedJournal, salvage
-from buffer.salvage import main as salvage_main
 from buffer.sqlite import SqliteBuffer
+from edge_agent.cli import _salvage as salvage_main
 from kernel.alarms import Alarms
 from kernel.errors import BufferError_
 from kernel.model import RecordDraft, RecordKind

@@ -2,15 +2,14 @@
 sections (``checks``), the loader (``loader``) and pydantic's errors as messages
 (``messages``). Everything a caller needs is importable from here."""
 
+from buffer.config import BufferConfig, DiskWatermarkConfig, TelemetryRetention
 from edge_agent.config.loader import load_config, parse_config, read_secret_files
 from edge_agent.config.models import (
     WELL_KNOWN_CONTEXT,
     AgentConfig,
     AgentIdentity,
-    BufferConfig,
     ContextSource,
     ControlConfig,
-    DiskWatermarkConfig,
     HandshakeConfig,
     Limits,
     PartConfig,
@@ -19,7 +18,6 @@ from edge_agent.config.models import (
     ScanSource,
     SnapshotConfig,
     StationConfig,
-    TelemetryRetention,
     Templates,
     TriggerConfig,
     agent_model,
