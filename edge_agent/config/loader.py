@@ -199,31 +199,24 @@ def read_secret_files(
 ) -> None:
     """For every model with a secret field ``<name>`` and a ``<name>_file`` field: read the
     file into ``<name>`` (one trailing newline stripped). The secret never enters a message."""
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key, value in list(data.items()):
-        field = fields.get(key)
-        if field is None or value is None:
-            continue
+    for owner, mapping, key, at in _fields_of(model, data, path):
+        fields, value = owner.model_fields, mapping[key]
         base = key.removesuffix("_file")
-        if base != key and base in fields and holds(fields[base].annotation, SecretStr):
-            if not isinstance(value, str):
-                continue  # the model reports the type
-            if isinstance(data.get(base), SecretStr):
-                continue  # read already: a template's mapping shared by several entries
-            if base in data:
-                issues.append(smap.issue((*path, key), f"give {base} or {key}, not both"))
-                continue
-            secret, problem = _read_secret(value)
-            if secret is None:
-                issues.append(smap.issue((*path, key), problem))
-                continue
-            data[base] = SecretStr(secret)
-            smap.link((*path, base), (*path, key), f"read from {key}")
+        if base == key or base not in fields or not holds(fields[base].annotation, SecretStr):
             continue
-        for sub, sub_data, sub_path in _models_under(field.annotation, value, (*path, key)):
-            read_secret_files(sub, sub_data, sub_path, smap, issues)
+        if not isinstance(value, str):
+            continue  # the model reports the type
+        if isinstance(mapping.get(base), SecretStr):
+            continue  # read already: a template's mapping shared by several entries
+        if base in mapping:
+            issues.append(smap.issue((*at, key), f"give {base} or {key}, not both"))
+            continue
+        secret, problem = _read_secret(value)
+        if secret is None:
+            issues.append(smap.issue((*at, key), problem))
+            continue
+        mapping[base] = SecretStr(secret)
+        smap.link((*at, base), (*at, key), f"read from {key}")
 
 
 def _size(value: Any) -> int:
@@ -265,25 +258,37 @@ def _booleans_as_numbers(
 ) -> None:
     """``baudrate: true`` is a mistake, not the number 1 that pydantic's lax mode makes of it:
     every true/false given where the model wants a number is reported."""
+    for owner, mapping, key, at in _fields_of(model, data, path):
+        value = mapping[key]
+        if not isinstance(value, bool):
+            continue
+        expected = _number_kind(unwrap(owner.model_fields[key].annotation, value))
+        if expected is None:
+            continue
+        where = (*at, key)
+        found = found_text(value, smap, where)
+        raw = smap.raw(where)
+        if raw is not None and raw.lower() != found:  # yes, on, True: YAML's booleans
+            found = f"{raw} (a boolean to YAML)"
+        issues.append(smap.issue(where, f"expected {expected}, found {found}"))
+        smap.reported.add(where)  # pydantic's own complaint would only repeat it
+
+
+def _fields_of(
+    model: type[BaseModel], data: Any, path: tuple[str | int, ...]
+) -> Iterator[tuple[type[BaseModel], dict[str, Any], str, tuple[str | int, ...]]]:
+    """(model, mapping, key, path of the mapping) for every key of ``data`` that ``model``
+    declares, and so on down the models the values hold (before validation: the data as
+    written, templates expanded)."""
     if not isinstance(data, dict):
         return
-    for key, value in data.items():
+    for key, value in list(data.items()):  # a snapshot: callers may add keys
         field = model.model_fields.get(key)
         if field is None:
             continue
-        if isinstance(value, bool):
-            expected = _number_kind(unwrap(field.annotation, value))
-            if expected is not None:
-                where = (*path, key)
-                found = found_text(value, smap, where)
-                raw = smap.raw(where)
-                if raw is not None and raw.lower() != found:  # yes, on, True: YAML's booleans
-                    found = f"{raw} (a boolean to YAML)"
-                issues.append(smap.issue(where, f"expected {expected}, found {found}"))
-                smap.reported.add(where)  # pydantic's own complaint would only repeat it
-            continue
+        yield model, data, key, path
         for sub, sub_data, sub_path in _models_under(field.annotation, value, (*path, key)):
-            _booleans_as_numbers(sub, sub_data, sub_path, smap, issues)
+            yield from _fields_of(sub, sub_data, sub_path)
 
 
 def _number_kind(annotation: Any) -> str | None:
