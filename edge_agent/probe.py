@@ -78,20 +78,20 @@ def _unknown_device(name: str, known: Sequence[str]) -> str:
 async def _probe_device(
     dev: DeviceConfig, attempt_timeout: float | None, context: DriverContext
 ) -> DeviceProbe:
+    """The device's kind probes it; what keeps it from being probed is its result's error."""
     kind = registry.find(dev.type)
     why = None if kind is None else kind.missing()
-    if kind is None or kind.probe is None or why is not None:
-        endpoint = dev.type
-        result = DeviceProbe(dev.name, dev.type, endpoint, dev.request_timeout())
-        result.error = why or f"a {dev.type} device cannot be probed yet"
-        return result
-    try:
-        result_: DeviceProbe = await registry.load(kind.probe)(dev, attempt_timeout, context)
-    except Exception as exc:  # a bug must not take the other devices' results with it
-        log.exception("probe of device %s failed", dev.name, extra={"device": dev.name})
-        result_ = DeviceProbe(dev.name, dev.type, dev.type, dev.request_timeout())
-        result_.error = f"probe failed: {exc!r}"
-    return result_
+    if kind is not None and kind.probe is not None and why is None:
+        try:
+            found: DeviceProbe = await registry.load(kind.probe)(dev, attempt_timeout, context)
+            return found
+        except Exception as exc:  # a bug must not take the other devices' results with it
+            log.exception("probe of device %s failed", dev.name, extra={"device": dev.name})
+            why = f"probe failed: {exc!r}"
+    # Without a kind's own words for its address, the type stands in the table's header.
+    result = DeviceProbe(dev.name, dev.type, dev.type, dev.request_timeout())
+    result.error = why or f"a {dev.type} device cannot be probed yet"
+    return result
 
 
 def exit_code(probes: Sequence[DeviceProbe]) -> int:

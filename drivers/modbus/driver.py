@@ -170,6 +170,10 @@ class ModbusDriver(PolledDriver):
         return out
 
     async def read_points(self, names: Sequence[str]) -> list[Observation]:
+        """The named points in as few requests as the device allows (points of one table
+        within max_registers share one request), whatever their poll interval or report
+        mode; observations of one request share its ts; on_change points are never
+        filtered. The config checks make a part snapshot one request."""
         # Deliberately leaves _last and _unclean alone: a snapshot is a side read and must not
         # hide the next on_change report nor flip the device between UP and DEGRADED.
         out: list[Observation] = []
