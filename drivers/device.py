@@ -84,7 +84,7 @@ class DeviceConfig(BaseModel):
         can. Default: this kind writes nothing."""
         return f"a {self.type} device is never written to"
 
-    def endpoint(self) -> Hashable | None:
+    def identity(self) -> Hashable | None:
         """What identifies the physical device, so that two entries for one device (which
         would read it twice and record each value twice) are a config error."""
         return None

@@ -427,7 +427,7 @@ class ModbusTcpDevice(ModbusDevice):
     def settle_time(self) -> float:
         return self.connect_delay
 
-    def endpoint(self) -> Hashable | None:
+    def identity(self) -> Hashable | None:
         return ("modbus_tcp", self.host.strip().lower(), self.port, self.unit_id)
 
     def duplicate_issue(self, first: int) -> Issue:

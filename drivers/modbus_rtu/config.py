@@ -118,7 +118,7 @@ class ModbusRtuDevice(ModbusDevice):
         host = (self.host or "").strip().lower()
         return BusClaim(f"rtu-tcp:{host}:{self.tcp_port}", f"gateway {self.link()}", {})
 
-    def endpoint(self) -> Hashable | None:
+    def identity(self) -> Hashable | None:
         return ("modbus_rtu", self.bus().key, self.unit_id)
 
     def duplicate_issue(self, first: int) -> Issue:

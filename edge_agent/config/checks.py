@@ -29,7 +29,7 @@ def config_issues(cfg: AgentConfig) -> list[Issue]:
             out.append((("stations", i, "name"), f"duplicate station {st.name!r}"))
         stations.setdefault(st.name, i)
     devices: dict[str, int] = {}
-    endpoints: dict[Hashable, int] = {}
+    identities: dict[Hashable, int] = {}
     buses: dict[str, tuple[int, BusClaim]] = {}
     for i, dev in enumerate(cfg.devices):
         at: Path = ("devices", i)
@@ -41,7 +41,7 @@ def config_issues(cfg: AgentConfig) -> list[Issue]:
         if dev.name in devices:
             out.append(((*at, "name"), f"duplicate device {dev.name!r}"))
         devices.setdefault(dev.name, i)
-        out.extend(_endpoint_issues(dev, at, endpoints))
+        out.extend(_identity_issues(dev, at, identities))
         out.extend(_bus_issues(dev, at, buses, cfg))
         out.extend(_station_refs(dev, at, stations, len(cfg.stations)))
     for i, st in enumerate(cfg.stations):
@@ -49,8 +49,8 @@ def config_issues(cfg: AgentConfig) -> list[Issue]:
     return out
 
 
-def _endpoint_issues(dev: DeviceConfig, at: Path, seen: dict[Hashable, int]) -> list[Issue]:
-    key = dev.endpoint()
+def _identity_issues(dev: DeviceConfig, at: Path, seen: dict[Hashable, int]) -> list[Issue]:
+    key = dev.identity()
     if key is None:
         return []
     if key not in seen:
