@@ -91,7 +91,7 @@ def test_good_config_defaults() -> None:
         ),
         (
             ("type: modbus_tcp", "type: modbus_tpc"),
-            "line3.yaml:8:5: devices[0].type: unknown device type 'modbus_tpc'; expected one of modbus_tcp, modbus_rtu; did you mean 'modbus_tcp'?",
+            "line3.yaml:8:5: devices[0].type: unknown device type 'modbus_tpc'; expected one of modbus_tcp, modbus_rtu, opcua; did you mean 'modbus_tcp'?",
         ),
         (("    host: 127.0.0.1\n", ""), "line3.yaml:7:5: devices[0].host: missing required key"),
         (

@@ -127,7 +127,7 @@ def test_issue_prints_file_line_col_path_message() -> None:
             "type: modbus_tcp",
             "type: modbus-tcp",
             "line3.yaml:8:5: devices[0].type: unknown device type 'modbus-tcp'; expected one of "
-            "modbus_tcp, modbus_rtu; did you mean 'modbus_tcp'?",
+            "modbus_tcp, modbus_rtu, opcua; did you mean 'modbus_tcp'?",
         ),
         # keys: unknown ones with a did-you-mean, at any depth; missing ones where they belong
         (
