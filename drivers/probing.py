@@ -18,13 +18,15 @@ class PointProbe:
 
     name: str
     table: str
-    address: int
+    """Where the point lives: a Modbus table, an OPC UA browse name."""
+    address: int | str
     """As written in the YAML."""
-    protocol_address: int
-    """On the wire: ``address - address_base``."""
+    protocol_address: int | str
+    """On the wire: Modbus ``address - address_base``, the NodeId an OPC UA path resolved to."""
     type: str
-    raw: tuple[int, ...] | tuple[bool, ...] | None
-    """The point's registers (or bits) as they came back; None if nothing came for it."""
+    raw: tuple[int, ...] | tuple[bool, ...] | str | None
+    """What came back before decoding: registers or bits; an OPC UA status code's name;
+    None if nothing came for it."""
     value: Value
     unit: str | None
     quality: Quality
@@ -34,6 +36,8 @@ class PointProbe:
     """That request, e.g. ``holding 0+64``; ``holding 66+1 alone`` after a split."""
     error: str | None = None
     """Why the point is not good, explained."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific facts for ``--json`` (OPC UA: source and server timestamps)."""
 
     @property
     def ok(self) -> bool:

@@ -55,6 +55,9 @@ class DriverKind:
     probe: str | None = None
     """``module:function`` of the commissioning probe, ``async (config, attempt_timeout)
     -> DeviceProbe``; None: ``config probe`` says the kind cannot be probed."""
+    browse: str | None = None
+    """``module:function`` listing what a device offers to read, for ``config browse``:
+    ``async (config, start, depth, as_yaml, out, context) -> exit status``."""
     sections: tuple[tuple[str, builtins.type[BaseModel]], ...] = ()
     """Nested models shown in the configuration reference, as (title suffix, model), e.g.
     ``("points[]", ModbusPoint)``."""

@@ -108,6 +108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     gp.add_argument("--json", action="store_true", help="JSON instead of a table")
     gp = gsub.add_parser("validate", help="same as `edge-agent validate`")
     gp.add_argument("config", nargs="+")
+    gp = gsub.add_parser(
+        "browse",
+        help="list what a device offers to read (OPC UA: the variables below a node), or "
+        "print them as points: entries to paste into the config",
+    )
+    gp.add_argument("config")
+    gp.add_argument("--device", required=True, help="the device to browse")
+    gp.add_argument("--from", dest="start", help="start here (OPC UA: a NodeId, nsu= form)")
+    gp.add_argument("--depth", type=int, default=6, help="levels to walk down (default 6)")
+    gp.add_argument("--yaml", action="store_true", help="print points: entries for the config")
 
     from trace_store import cli as trace_store_cli  # the central store: trace-store, trace
 
@@ -265,13 +275,19 @@ def _config(args: argparse.Namespace) -> int:
     import json
 
     from edge_agent.config import load_config
-    from edge_agent.probe import exit_code, format_table, probe, to_json
+    from edge_agent.probe import browse, exit_code, format_table, probe, to_json
 
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         _print_issues(exc)
         return EXIT_CONFIG
+    if args.config_command == "browse":
+        try:
+            return asyncio.run(browse(cfg, args.device, args.start, args.depth, args.yaml))
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
     try:
         probes = asyncio.run(probe(cfg, args.device))
     except ValueError as exc:

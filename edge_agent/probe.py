@@ -16,6 +16,7 @@ import asyncio
 import difflib
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,24 @@ async def _probe_device(
     return result
 
 
+async def browse(
+    cfg: AgentConfig, device: str, start: str | None, depth: int, as_yaml: bool
+) -> int:
+    """``config browse``: the device's kind lists what it offers to read, on stdout."""
+    found = [d for d in cfg.devices if d.name == device]
+    if not found:
+        raise ValueError(_unknown_device(device, [d.name for d in cfg.devices]))
+    dev = found[0]
+    kind = registry.find(dev.type)
+    why = None if kind is None else kind.missing()
+    if kind is None or kind.browse is None or why is not None:
+        raise ValueError(why or f"a {dev.type} device cannot be browsed")
+    status: int = await registry.load(kind.browse)(
+        dev, start, depth, as_yaml, sys.stdout, DriverContext(buses=Buses())
+    )
+    return status
+
+
 def exit_code(probes: Sequence[DeviceProbe]) -> int:
     """0 when every device connected and every point read good, else 1."""
     return 0 if all(d.ok for d in probes) else 1
@@ -142,9 +161,11 @@ def _cells(p: PointProbe) -> tuple[str, ...]:
     )
 
 
-def _raw_text(raw: tuple[int, ...] | tuple[bool, ...] | None) -> str:
+def _raw_text(raw: tuple[int, ...] | tuple[bool, ...] | str | None) -> str:
     if raw is None or not raw:
         return "-"
+    if isinstance(raw, str):
+        return raw
     if isinstance(raw[0], bool):
         return " ".join("1" if b else "0" for b in raw)
     words = [f"0x{w:04X}" for w in raw]
@@ -189,13 +210,14 @@ def to_json(probes: Sequence[DeviceProbe]) -> list[dict[str, Any]]:
                     "address": p.address,
                     "protocol_address": p.protocol_address,
                     "type": p.type,
-                    "raw": None if p.raw is None else list(p.raw),
+                    "raw": p.raw if p.raw is None or isinstance(p.raw, str) else list(p.raw),
                     "value": _json_value(p.value),
                     "unit": p.unit,
                     "quality": p.quality.value,
                     "latency_ms": _json_ms(p.latency),
                     "request": p.request,
                     "error": p.error,
+                    **p.details,
                 }
                 for p in d.points
             ],

@@ -11,5 +11,7 @@ KIND = DriverKind(
     summary="A PLC or other OPC UA server: subscriptions, consistent reads, handshake writes.",
     extra="opcua",
     requires=("asyncua",),
+    probe="drivers.opcua.probe:probe_device",
+    browse="drivers.opcua.browse:browse",
     sections=(("points[]", OpcUaPoint),),
 )

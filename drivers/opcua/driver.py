@@ -253,11 +253,10 @@ class OpcUaDriver(StreamingDriver):
         resolved now goes to ``_unresolved`` with the reason."""
         client = self._client
         assert client is not None
-        d = self.device
         for p in points:
             self._nodes.pop(p.name, None)
             self._unresolved.pop(p.name, None)
-        resolved = nodes.by_node_id(d, list(points), self._namespaces)
+        resolved = await nodes.resolve(client, self.device, points, self._namespaces)
         self._nodes.update(resolved.nodes)
         self._unresolved.update(resolved.failed)
         if resolved.index_only and not self._warned_index:
@@ -269,28 +268,6 @@ class OpcUaDriver(StreamingDriver):
                 ", ".join(resolved.index_only),
                 extra={"device": self.name},
             )
-        paths: list[tuple[OpcUaPoint, ua.BrowsePath]] = []
-        for p in points:
-            if p.browse_path is None:
-                continue
-            try:
-                names = nodes.qualified_names(p.browse_path, d.namespace, self._namespaces)
-            except ValueError as exc:
-                self._unresolved[p.name] = str(exc)
-                continue
-            paths.append((p, nodes.browse_request(names)))
-        if not paths:
-            return
-        results = await client.uaclient.translate_browsepaths_to_nodeids([bp for _, bp in paths])
-        for (p, _), result in zip(paths, results, strict=True):
-            if result.StatusCode.is_good() and result.Targets:
-                target = result.Targets[0].TargetId  # an ExpandedNodeId, local to this server
-                self._nodes[p.name] = ua.NodeId(
-                    target.Identifier, target.NamespaceIndex, target.NodeIdType
-                )
-            else:
-                why = f"browse path {p.browse_path!r}: {result.StatusCode.name}"
-                self._unresolved[p.name] = why
 
     async def _subscribe(self, client: Client) -> Subscription:
         d = self.device

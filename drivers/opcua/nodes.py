@@ -10,7 +10,9 @@ the others are unaffected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from asyncua import ua
 
@@ -76,7 +78,40 @@ def browse_request(names: list[ua.QualifiedName]) -> ua.BrowsePath:
     return path
 
 
-def by_node_id(device: OpcUaDevice, points: list[OpcUaPoint], namespaces: list[str]) -> Resolved:
+async def resolve(
+    client: Any, device: OpcUaDevice, points: Sequence[OpcUaPoint], namespaces: list[str]
+) -> Resolved:
+    """NodeIds of ``points`` with this session's namespace indexes: NodeId texts parsed,
+    browse paths translated in one TranslateBrowsePathsToNodeIds call."""
+    resolved = by_node_id(device, points, namespaces)
+    paths: list[tuple[OpcUaPoint, ua.BrowsePath]] = []
+    for p in points:
+        if p.browse_path is None:
+            continue
+        try:
+            names = qualified_names(p.browse_path, device.namespace, namespaces)
+        except ValueError as exc:
+            resolved.failed[p.name] = str(exc)
+            continue
+        paths.append((p, browse_request(names)))
+    if not paths:
+        return resolved
+    results = await client.uaclient.translate_browsepaths_to_nodeids([bp for _, bp in paths])
+    for (p, _), result in zip(paths, results, strict=True):
+        if result.StatusCode.is_good() and result.Targets:
+            target = result.Targets[0].TargetId  # an ExpandedNodeId, local to this server
+            resolved.nodes[p.name] = ua.NodeId(
+                target.Identifier, target.NamespaceIndex, target.NodeIdType
+            )
+        else:
+            why = f"browse path {p.browse_path!r} leads nowhere: {result.StatusCode.name}"
+            resolved.failed[p.name] = why
+    return resolved
+
+
+def by_node_id(
+    device: OpcUaDevice, points: Sequence[OpcUaPoint], namespaces: list[str]
+) -> Resolved:
     """Resolve the points given by ``node``; those given by browse path are left out (their
     translation needs the server: see ``driver``)."""
     nodes: dict[str, ua.NodeId] = {}

@@ -89,7 +89,7 @@ def _scalar(raw: Any) -> Value:
     if isinstance(raw, float):
         return raw  # NaN and infinities are values the PLC sent; the wire format carries them
     if isinstance(raw, datetime):
-        return _iso(raw)
+        return iso(raw)
     if isinstance(raw, bytes):
         return raw.hex()
     if isinstance(raw, ua.LocalizedText):
@@ -122,13 +122,13 @@ def _timestamp(stamp: datetime | None, now: float) -> tuple[float | None, str | 
         stamp = stamp.replace(tzinfo=UTC)  # asyncua gives naive UTC datetimes
     ts = stamp.timestamp()
     if ts < EARLIEST:
-        return None, f"source timestamp {_iso(stamp)} is not a time (no clock?); agent time used"
+        return None, f"source timestamp {iso(stamp)} is not a time (no clock?); agent time used"
     if ts > now + FUTURE_TOLERANCE:
-        return None, f"source timestamp {_iso(stamp)} is in the future; agent time used"
+        return None, f"source timestamp {iso(stamp)} is in the future; agent time used"
     return ts, None
 
 
-def _iso(stamp: datetime) -> str:
+def iso(stamp: datetime) -> str:
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
