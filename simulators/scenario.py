@@ -38,9 +38,11 @@ def demo_config(
     parts: bool = True,
     handshake: bool = False,
     rtu_port: str | None = None,
+    opcua_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """A config for ``stations`` simulated stations on one gateway (unit ids 1..n), or with
-    ``rtu_port`` on one Modbus RTU line (8E1, 19200 baud) at that serial port.
+    ``rtu_port`` on one Modbus RTU line (8E1, 19200 baud) at that serial port, or with
+    ``opcua_endpoint`` as variables of one OPC UA server (``simulators.opcua_server``).
 
     Serial and lot sit in the same coalesced request as the process values, so every
     reading's serial is exactly the one the PLC showed at that instant. With ``parts``, each
@@ -56,24 +58,27 @@ def demo_config(
     for i in range(stations):
         name = station_name(i)
         dev = f"press{i + 1}"
-        link: dict[str, Any] = (
-            {"type": "modbus_tcp", "host": modbus_host, "port": modbus_port}
-            if rtu_port is None
-            else {"type": "modbus_rtu", "port": rtu_port}
-        )
-        devices.append(
-            {
-                "name": dev,
-                **link,
-                "unit_id": i + 1,
-                "station": name,
-                "timeout": timeout,
-                "poll_interval": poll_interval,
-                "backoff_initial": 0.2,
-                "backoff_max": 2.0,
-                "points": _points(parts),
-            }
-        )
+        if opcua_endpoint is not None:
+            devices.append(opcua_device(dev, name, opcua_endpoint, parts))
+        else:
+            link: dict[str, Any] = (
+                {"type": "modbus_tcp", "host": modbus_host, "port": modbus_port}
+                if rtu_port is None
+                else {"type": "modbus_rtu", "port": rtu_port}
+            )
+            devices.append(
+                {
+                    "name": dev,
+                    **link,
+                    "unit_id": i + 1,
+                    "station": name,
+                    "timeout": timeout,
+                    "poll_interval": poll_interval,
+                    "backoff_initial": 0.2,
+                    "backoff_max": 2.0,
+                    "points": _points(parts),
+                }
+            )
         station: dict[str, Any] = {
             "name": name,
             "context": {
@@ -106,6 +111,45 @@ def demo_config(
         # Beside the buffer, so agents started from different directories never share one.
         "control": {"socket": str(Path(buffer_path).with_suffix(".sock"))},
         "mqtt": {"host": mqtt_host, "port": mqtt_port},
+    }
+
+
+OPCUA_NAMESPACE = "urn:edge-agent:sim:stations"
+"""The simulator's namespace URI (``simulators.opcua.points.NAMESPACE_URI``)."""
+
+
+def opcua_device(device: str, station: str, endpoint: str, parts: bool) -> dict[str, Any]:
+    """One OPC UA device reading one simulated station's variables: process values by
+    subscription (every change, no sampling delay, a queue deep enough for every pulse),
+    a part's values in its snapshot."""
+    points: list[dict[str, Any]] = []
+    for name, spec in REGISTER_MAP.items():
+        point: dict[str, Any] = {"name": name, "node": f"nsu={OPCUA_NAMESPACE};s={station}.{name}"}
+        if spec[4] is not None:
+            point["unit"] = spec[4]
+        if parts and name in PART_POINTS:
+            point["report"] = "snapshot"
+        points.append(point)
+    if parts:
+        for flag in ("cycle_complete", "data_ready", "data_taken"):
+            point = {"name": flag, "browse_path": f"{station}/{flag}", "type": "bool"}
+            point["queue_size"] = 100
+            if flag == "data_taken":
+                point["report"] = "snapshot"
+            points.append(point)
+    return {
+        "name": device,
+        "type": "opcua",
+        "endpoint": endpoint,
+        "namespace": OPCUA_NAMESPACE,
+        "station": station,
+        "publishing_interval": 0.02,
+        "keepalive_count": 50,
+        "lifetime_count": 150,
+        "retry_interval": 0.5,
+        "backoff_initial": 0.2,
+        "backoff_max": 2.0,
+        "points": points,
     }
 
 

@@ -123,10 +123,10 @@ async def apply(client: Client, device: OpcUaDevice) -> None:
         )
     endpoint = chosen[0]
     certificate = x509.load_der_x509_certificate(_first_certificate(endpoint.ServerCertificate))
-    store = TrustStore([pki.trusted], [pki.crl])
-    await store.load()
-    validator = CertificateValidator(SERVER_CHECKS, store)
+    validator = await _validator(pki)
     try:
+        if validator is None:  # nothing trusted yet: nothing can pass
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
         await validator.validate(certificate, endpoint.Server)
     except ServiceError as exc:
         kept = await run_in_thread(f"pki:{device.name}", lambda: pki.reject(certificate))
@@ -143,6 +143,17 @@ async def apply(client: Client, device: OpcUaDevice) -> None:
         server_certificate=_first_certificate(endpoint.ServerCertificate),
         mode=mode,
     )
+
+
+async def _validator(pki: Pki) -> CertificateValidator | None:
+    """asyncua's validator over the trust list and revocation lists; None while trusted/ is
+    empty (asyncua refuses to build an empty store)."""
+    if not any(p.is_file() for p in pki.trusted.iterdir()):
+        return None
+    crl = [pki.crl] if any(p.is_file() for p in pki.crl.iterdir()) else []
+    store = TrustStore([pki.trusted], crl)
+    await store.load()
+    return CertificateValidator(SERVER_CHECKS, store)
 
 
 def _first_certificate(blob: bytes) -> bytes:

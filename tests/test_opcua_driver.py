@@ -1,0 +1,441 @@
+"""The OPC UA driver against the OPC UA station simulator (a real asyncua server): parts end
+to end against ground truth, the server restarting with other namespace indexes, a node that
+appears later, security that never downgrades, and the errors an integrator sees."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("asyncua")
+
+from asyncua import ua
+
+from drivers.opcua.config import OpcUaDevice
+from drivers.opcua.driver import OpcUaDriver
+from edge_agent.config import agent_model
+from kernel.errors import ConnectError
+from kernel.model import DeviceState, Quality
+from simulators.consumer import RecordCollector
+from simulators.opcua.security import NONE_ONLY, SECURE_POLICIES
+from simulators.opcua_server import OpcUaStationServer
+from simulators.scenario import OPCUA_NAMESPACE, demo_config, opcua_device, station_name
+from simulators.station import StationModel
+from tests.modbus_helpers import Collector, wait_until
+from tests.mqtt_helpers import Mosquitto
+from tests.test_parts_e2e import check_part, parts_by_station, run_agent_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def device(endpoint: str, **kw: Any) -> OpcUaDevice:
+    raw = {**opcua_device("press1", "ST10", endpoint, parts=True), **kw}
+    dev = OpcUaDevice.model_validate(raw)
+    assert dev.issues() == []
+    return dev
+
+
+async def run(driver: OpcUaDriver, sink: Collector) -> asyncio.Task[None]:
+    return asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def good(sink: Collector, point: str) -> list[Any]:
+    return [o.value for o in sink.of(point) if o.quality is Quality.GOOD]
+
+
+# ---- end to end ----------------------------------------------------------------------------
+
+
+def opcua_config(endpoint: str, mqtt_port: int, tmp: Path, stations: int, **kw: Any) -> Any:
+    raw = demo_config(
+        modbus_port=1,
+        mqtt_port=mqtt_port,
+        buffer_path=str(tmp / "buffer.db"),
+        stations=stations,
+        agent_id="opcua-pc1",
+        opcua_endpoint=endpoint,
+        **kw,
+    )
+    cfg = agent_model().model_validate(raw)
+    assert cfg.issues() == []
+    return cfg
+
+
+async def test_handshake_parts_match_ground_truth_across_a_server_restart(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Two handshake stations: subscriptions trigger, one Read takes the snapshot, the part is
+    committed, then data_taken is written. Midway the server restarts with its namespace at
+    another index: no part is lost and none is recorded twice."""
+    sims = [
+        StationModel(unit_id=i + 1, serial_prefix=f"U{i}-", cycle_time=0.02, handshake=True)
+        for i in range(2)
+    ]
+    async with OpcUaStationServer(sims) as server:
+        cfg = opcua_config(server.endpoint, mosquitto.port, tmp_path, 2, handshake=True)
+        with RecordCollector("127.0.0.1", mosquitto.port) as col:
+            from edge_agent.daemon import Agent
+
+            agent = Agent(cfg)
+            stop_agent = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop_agent))
+            try:
+                await wait_until(
+                    lambda: all(server.plc(i + 1).parts_released >= 10 for i in range(2)),
+                    within=60,
+                    what="10 parts released by each station",
+                )
+                await server.stop()
+                server.shift_namespaces = 3
+                await server.start()
+                assert server.namespace_index == 5
+                released = [server.plc(i + 1).parts_released for i in range(2)]
+                await wait_until(
+                    lambda: all(
+                        server.plc(i + 1).parts_released >= released[i] + 10 for i in range(2)
+                    ),
+                    within=60,
+                    what="10 more parts each after the restart",
+                )
+            finally:
+                stop_agent.set()
+                await task
+            committed = agent.buffer.committed_seq
+            assert col.wait_for(lambda d: len(d.records) >= committed, 20)
+    parts = parts_by_station(col.data.records)
+    for i, model in enumerate(server.stations):
+        counters = [p["counter"] for p in parts[station_name(i)]]
+        assert counters == list(range(1, len(counters) + 1)), station_name(i)
+        assert len(counters) >= 20
+        for p in parts[station_name(i)]:
+            check_part(p, model)
+    devices = [r for r in col.data.records.values() if r["kind"] == "readings"]
+    assert any("part_serial" in r.get("errors", {}) for r in devices), "the outage is recorded"
+
+
+async def test_a_pulse_shorter_than_a_publish_still_makes_its_part(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Without a handshake: the cycle-complete pulse lasts 40 ms, the server publishes every
+    100 ms, so most pulses start and end between two publishes. The trigger's queue keeps
+    each of them, so every cycle gets its part record, no gap, each with its own serial.
+    (The snapshot is read after the publish: values that the PLC clears with the pulse need
+    the handshake, which holds them; see the test above.)"""
+    sims = [StationModel(unit_id=1, serial_prefix="C-", cycle_time=0.4)]
+    async with OpcUaStationServer(sims) as server:
+        raw = demo_config(
+            modbus_port=1,
+            mqtt_port=mosquitto.port,
+            buffer_path=str(tmp_path / "buffer.db"),
+            agent_id="opcua-pc1",
+            opcua_endpoint=server.endpoint,
+        )
+        raw["devices"][0]["publishing_interval"] = 0.1
+        cfg = agent_model().model_validate(raw)
+        with RecordCollector("127.0.0.1", mosquitto.port) as col:
+            agent = await run_agent_until(cfg, lambda: parts_in(col) >= 12, "12 part records")
+            committed = agent.buffer.committed_seq
+            assert col.wait_for(lambda d: len(d.records) >= committed, 20)
+    parts = parts_by_station(col.data.records)["ST10"]
+    counters = [p["counter"] for p in parts]
+    assert counters == list(range(counters[0], counters[0] + len(counters)))
+    assert not [r for r in col.data.records.values() if r["kind"] == "gap"]
+    model = server.stations[0]
+    for p in parts:
+        assert p["serial"] == model.serial(p["counter"] - 1), p
+
+
+def parts_in(col: RecordCollector) -> int:
+    return sum(1 for r in list(col.data.records.values()) if r["kind"] == "part")
+
+
+# ---- points that fail, servers that go away -------------------------------------------------
+
+
+async def test_a_missing_node_is_bad_with_the_reason_until_it_appears(tmp_path: Path) -> None:
+    """ST20 does not exist yet: its point is BAD (the server says BadNodeIdUnknown) while the
+    other points read; once the node is added, it is watched without a reconnect."""
+    sims = [StationModel(unit_id=1, serial_prefix="M-")]
+    async with OpcUaStationServer(sims) as server:
+        dev = device(server.endpoint, retry_interval=0.2)
+        late = {"name": "late", "node": f"nsu={OPCUA_NAMESPACE};s=ST20.late"}
+        dev = OpcUaDevice.model_validate({**dev.model_dump(), "points": [*dev.model_dump()["points"], late]})
+        driver = OpcUaDriver(dev)
+        sink = Collector()
+        task = await run(driver, sink)
+        try:
+            await wait_until(lambda: sink.of("late") and good(sink, "part_serial"), what="first values")
+            (first,) = sink.of("late")[:1]
+            assert first.quality is Quality.BAD
+            assert first.error == "monitored item refused: BadNodeIdUnknown"
+            assert driver.status.state is DeviceState.UP
+            asyncua_server = server._server
+            assert asyncua_server is not None
+            parent = asyncua_server.get_node(server.node_id(1))
+            node = await parent.add_variable(
+                ua.NodeId("ST20.late", server.namespace_index),
+                ua.QualifiedName("late", server.namespace_index),
+                ua.Variant(42, ua.VariantType.UInt16),
+            )
+            await wait_until(lambda: good(sink, "late") == [42], what="the late node's value")
+            await node.write_value(ua.Variant(43, ua.VariantType.UInt16))
+            await wait_until(lambda: good(sink, "late") == [42, 43], what="its next change")
+            assert driver.status.reconnects == 0
+        finally:
+            await stop(task)
+
+
+async def test_a_server_that_is_not_there_is_down_with_the_reason() -> None:
+    from simulators.broker import free_port
+
+    port = free_port()
+    driver = OpcUaDriver(device(f"opc.tcp://127.0.0.1:{port}/", backoff_initial=0.05, backoff_max=0.1))
+    sink = Collector()
+    task = await run(driver, sink)
+    try:
+        await wait_until(lambda: driver.status.reconnects >= 2, what="two attempts")
+    finally:
+        await stop(task)
+    assert driver.status.state is DeviceState.DOWN
+    assert f"connection to opc.tcp://127.0.0.1:{port}/ refused" in (driver.status.last_error or "")
+
+
+async def test_dropped_connections_are_noticed_and_rebuilt(tmp_path: Path) -> None:
+    """The network drops every connection: the device goes down once, reconnects, and values
+    flow again."""
+    sims = [StationModel(unit_id=1, serial_prefix="D-", cycle_time=0.05)]
+    async with OpcUaStationServer(sims) as server:
+        driver = OpcUaDriver(device(server.endpoint, backoff_initial=0.05, backoff_max=0.2))
+        sink = Collector()
+        task = await run(driver, sink)
+        try:
+            await wait_until(lambda: len(good(sink, "cycle_complete")) >= 4, what="pulses")
+            server.drop_connections()
+            await wait_until(lambda: driver.status.reconnects >= 1, what="the loss noticed")
+            seen = len(good(sink, "cycle_complete"))
+            await wait_until(
+                lambda: len(good(sink, "cycle_complete")) >= seen + 4, what="pulses again"
+            )
+            assert driver.status.state is DeviceState.UP
+        finally:
+            await stop(task)
+    outages = [o for o in sink.of("part_serial") if o.quality is Quality.BAD]
+    assert len(outages) == 1
+
+
+# ---- security --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def secure_server(tmp_path: Path) -> AsyncIterator[OpcUaStationServer]:
+    sims = [StationModel(unit_id=1, serial_prefix="S-")]
+    async with OpcUaStationServer(
+        sims,
+        security=SECURE_POLICIES,
+        users={"agent": "s3cret"},
+        anonymous=False,
+        trust_dir=tmp_path / "server-trusts",
+        pki_dir=tmp_path / "server-pki",
+    ) as server:
+        yield server
+
+
+def secure_device(server: OpcUaStationServer, tmp_path: Path, **kw: Any) -> OpcUaDevice:
+    return device(
+        server.endpoint,
+        security_policy=kw.pop("policy", "Basic256Sha256"),
+        security_mode=kw.pop("mode", "SignAndEncrypt"),
+        pki=str(tmp_path / "pki"),
+        username="agent",
+        password=kw.pop("password", "s3cret"),
+        **kw,
+    )
+
+
+async def connect_once(dev: OpcUaDevice) -> str | None:
+    """None when the device opens, else the ConnectError's message."""
+    driver = OpcUaDriver(dev)
+    try:
+        await driver.open()
+    except ConnectError as exc:
+        return str(exc)
+    finally:
+        await driver.close()
+    return None
+
+
+async def trust_both_ways(server: OpcUaStationServer, dev: OpcUaDevice, tmp_path: Path) -> None:
+    """What an integrator does once: the first attempt creates the agent's certificate and
+    refuses the server's; move the server's to trusted/, copy the agent's to the server."""
+    refused = await connect_once(dev)
+    assert refused is not None
+    assert "is not accepted (BadCertificateUntrusted); if this is the right server, trust it" in refused
+    (rejected,) = (tmp_path / "pki" / "rejected").iterdir()
+    assert f"move {rejected} to {tmp_path / 'pki' / 'trusted'}/" in refused
+    shutil.move(rejected, tmp_path / "pki" / "trusted" / rejected.name)
+    (tmp_path / "server-trusts").mkdir(exist_ok=True)
+    shutil.copy(tmp_path / "pki" / "own" / "cert.der", tmp_path / "server-trusts" / "agent.der")
+
+
+async def test_signed_and_encrypted_with_a_user_after_trusting_both_ways(
+    secure_server: OpcUaStationServer, tmp_path: Path
+) -> None:
+    dev = secure_device(secure_server, tmp_path)
+    await trust_both_ways(secure_server, dev, tmp_path)
+    driver = OpcUaDriver(dev)
+    sink = Collector()
+    task = await run(driver, sink)
+    try:
+        await wait_until(lambda: good(sink, "part_serial"), what="a value over the secure channel")
+    finally:
+        await stop(task)
+    assert str(good(sink, "part_serial")[0]).startswith("S-")
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode"),
+    [
+        (p, m)
+        for p in ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+        for m in ("Sign", "SignAndEncrypt")
+    ],
+)
+async def test_every_policy_and_mode_connects(
+    secure_server: OpcUaStationServer, tmp_path: Path, policy: str, mode: str
+) -> None:
+    dev = secure_device(secure_server, tmp_path, policy=policy, mode=mode)
+    await trust_both_ways(secure_server, dev, tmp_path)
+    assert await connect_once(dev) is None
+
+
+async def test_a_wrong_password_says_so(secure_server: OpcUaStationServer, tmp_path: Path) -> None:
+    dev = secure_device(secure_server, tmp_path)
+    await trust_both_ways(secure_server, dev, tmp_path)
+    wrong = secure_device(secure_server, tmp_path, password="guess")
+    assert await connect_once(wrong) == (
+        "device 'press1': the server refused user 'agent' (BadUserAccessDenied): check "
+        "username and password"
+    )
+
+
+async def test_a_refused_agent_certificate_says_which_file_to_trust(
+    secure_server: OpcUaStationServer, tmp_path: Path
+) -> None:
+    dev = secure_device(secure_server, tmp_path)
+    await trust_both_ways(secure_server, dev, tmp_path)
+    (tmp_path / "server-trusts" / "agent.der").unlink()
+    message = await connect_once(dev)
+    assert message is not None
+    assert "the server refused the agent's certificate" in message
+    assert f"trust {tmp_path / 'pki' / 'own' / 'cert.der'} on the server" in message
+
+
+async def test_security_is_never_downgraded(tmp_path: Path) -> None:
+    """The server offers only None; the config asks for SignAndEncrypt: refused, saying what
+    the server offers, never connected insecurely."""
+    sims = [StationModel(unit_id=1)]
+    async with OpcUaStationServer(sims, security=NONE_ONLY) as server:
+        dev = device(
+            server.endpoint,
+            security_policy="Basic256Sha256",
+            security_mode="SignAndEncrypt",
+            pki=str(tmp_path / "pki"),
+        )
+        message = await connect_once(dev)
+    assert message == (
+        "device 'press1': the server offers no Basic256Sha256 SignAndEncrypt endpoint (it "
+        "offers: None None_); the agent never connects with weaker security than configured"
+    )
+
+
+# ---- integrator tools ------------------------------------------------------------------------
+
+
+async def test_probe_explains_each_point(tmp_path: Path) -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.probe import format_table, probe, to_json
+
+    sims = [StationModel(unit_id=1, serial_prefix="P-")]
+    async with OpcUaStationServer(sims) as server:
+        cfg = parse_config(
+            "agent: {site: s, line: l, id: a}\n"
+            "stations: [{name: ST10}]\n"
+            "devices:\n"
+            "  - name: press1\n"
+            "    type: opcua\n"
+            f"    endpoint: {server.endpoint}\n"
+            f"    namespace: {OPCUA_NAMESPACE}\n"
+            "    points:\n"
+            f"      - {{name: serial, node: 'nsu={OPCUA_NAMESPACE};s=ST10.part_serial'}}\n"
+            "      - {name: force, browse_path: ST10/final_force, type: float, unit: kN}\n"
+            "      - {name: counter, browse_path: ST10/cycle_counter, type: string}\n"
+            "      - {name: nope, browse_path: ST10/nope}\n"
+            f"      - {{name: ghost, node: 'nsu={OPCUA_NAMESPACE};s=ST10.ghost'}}\n"
+            "      - {name: other, node: 'nsu=urn:elsewhere;s=X'}\n",
+            "probe.yaml",
+        )
+        (result,) = await probe(cfg)
+    rows = {p.name: p for p in result.points}
+    assert result.connected
+    assert rows["serial"].type == "String"
+    assert str(rows["serial"].value).startswith("P-")
+    assert rows["serial"].protocol_address == f"ns={server.namespace_index};s=ST10.part_serial"
+    assert (rows["force"].type, rows["force"].quality) == ("Float", Quality.GOOD)
+    assert rows["counter"].error == "expected string, got an integer"
+    assert rows["nope"].error == "browse path 'ST10/nope' leads nowhere: BadNoMatch"
+    assert rows["ghost"].error == "no such node on the server (check the NodeId, or browse for it)"
+    assert rows["other"].error == "the server has no namespace 'urn:elsewhere'"
+    table = format_table([result])
+    assert "down" not in table.splitlines()[0]
+    assert to_json([result])[0]["points"][0]["source_timestamp"].endswith("Z")
+
+
+async def test_browse_prints_points_that_validate(tmp_path: Path) -> None:
+    import io
+    import sys
+
+    import yaml
+
+    from edge_agent.config import parse_config
+    from edge_agent.probe import browse
+
+    sims = [StationModel(unit_id=1, serial_prefix="B-")]
+    async with OpcUaStationServer(sims) as server:
+        text = (
+            "agent: {site: s, line: l, id: a}\n"
+            "stations: [{name: ST10}]\n"
+            "devices:\n"
+            f"  - {{name: press1, type: opcua, endpoint: '{server.endpoint}', "
+            "points: [{name: x, node: 'i=2258'}]}\n"
+        )
+        cfg = parse_config(text, "browse.yaml")
+        out = io.StringIO()
+        saved, sys.stdout = sys.stdout, out
+        try:
+            status = await browse(cfg, "press1", f"nsu={OPCUA_NAMESPACE};s=ST10", 2, True)
+        finally:
+            sys.stdout = saved
+    assert status == 0
+    points = yaml.safe_load(out.getvalue())["points"]
+    by_name = {p["name"]: p for p in points}
+    assert by_name["part_serial"] == {
+        "name": "part_serial",
+        "node": f"nsu={OPCUA_NAMESPACE};s=ST10.part_serial",
+        "type": "string",
+    }
+    assert by_name["cycle_complete"]["type"] == "bool"
+    pasted = yaml.safe_dump({"points": points})
+    full = text.replace("points: [{name: x, node: 'i=2258'}]}", "points: []}")
+    doc = yaml.safe_load(full)
+    doc["devices"][0]["points"] = yaml.safe_load(pasted)["points"]
+    assert parse_config(yaml.safe_dump(doc), "pasted.yaml").devices[0].point_names()
