@@ -1,18 +1,23 @@
 """OPC UA driver: a subscription for changes, one Read for snapshots, writes for handshakes.
 
-A streaming driver (``runners.run_streaming`` owns state, backoff and outage records). Each
-connection starts from scratch: a new session, the namespace URIs looked up again (indexes can
-change across a server restart), a subscription with explicit publishing interval,
-keep-alive and lifetime counts, and one monitored item per ``on_change`` point with its own
-sampling interval, queue size and filter (asyncua's defaults, 50 ms and a queue of 1, lose
-short pulses). The server sends each item's current value first, so after a reconnect the
-record shows the values as they are now; the outage record before it marks since when
-changes may have been missed.
+A streaming driver (``runners.run_streaming`` owns state, backoff and outage records). A
+connection is built from scratch: a session, the namespace URIs looked up (indexes can change
+across a server restart), a subscription with explicit publishing interval, keep-alive and
+lifetime counts, and one monitored item per ``on_change`` point with its own sampling
+interval, queue size and filter (asyncua's defaults, 50 ms and a queue of 1, lose short
+pulses). The server sends each item's current value first.
+
+Recovery follows OPC UA Part 4 6.7 (``session``): a lost connection makes the device down at
+once; asyncua reactivates the session on a new channel, transfers the subscription and
+republishes what was missed, and the device is up again with no change lost. When the server
+no longer has the session (it restarted), or it is not back within the session timeout, the
+stream ends and the runner builds the connection again from scratch, with backoff; the outage
+record then marks since when changes may have been missed.
 
 A point whose node does not exist, or whose monitored item the server refuses, is a BAD value
 with the reason and is tried again every ``retry_interval``; the other points are not
 affected. A subscription that falls silent (no publish response within its keep-alive
-window) or a lost connection ends the stream, and the runner reconnects with backoff.
+window) ends the stream the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -36,12 +40,13 @@ from asyncua.common.subscription import (
 )
 
 from drivers.base import StreamingDriver
-from drivers.opcua import nodes, security, values
+from drivers.opcua import nodes, security, session, values
 from drivers.opcua.config import DataChangeTrigger, OpcUaDevice, OpcUaPoint, OpcUaReport
 from drivers.opcua.errors import describe
 from drivers.registry import DriverContext
+from drivers.runners import reraise_swallowed_cancel
 from kernel.errors import ConnectError, ReadError, WriteError
-from kernel.model import Observation, Quality, Value
+from kernel.model import DeviceState, Observation, Quality, Value
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +91,12 @@ class OpcUaDriver(StreamingDriver):
     async def open(self) -> None:
         await self.close()
         d = self.device
-        client = Client(d.endpoint, timeout=d.timeout, watchdog_intervall=self._watchdog())
-        client.session_timeout = int(d.session_timeout * 1000)
-        client.application_uri = d.application_uri
-        client.description = f"edge-agent {d.name}"
-        # asyncua's own stale-subscription watchdog would recreate the subscription with
-        # NodeIds resolved before a server restart; this driver notices first (STALE_MARGIN)
-        # and rebuilds everything from the namespace URIs.
-        client._stale_check_margin = math.inf
         lost = asyncio.Event()
 
         async def on_lost(exc: Exception) -> None:
             lost.set()
 
-        client.connection_lost_callback = on_lost
+        client = session.make_client(d, on_lost)
         try:
             await security.apply(client, d)
             await client.connect()
@@ -109,6 +106,7 @@ class OpcUaDriver(StreamingDriver):
             if isinstance(exc, Exception):
                 raise ConnectError(self.name, describe(exc, d)) from exc
             raise
+        session.bound_republish(client)
         self._client, self._lost = client, lost
         try:
             self._namespaces = list(await client.get_namespace_array())
@@ -140,19 +138,34 @@ class OpcUaDriver(StreamingDriver):
     # -- streaming --------------------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[Sequence[Observation]]:
-        sub, lost = self._sub, self._lost
-        if sub is None or lost is None:
+        client, sub, lost = self._client, self._sub, self._lost
+        if client is None or sub is None or lost is None:
             raise ConnectError(self.name, "not connected")
         failed = self._failures()
         if failed:
             yield failed
         window = self.device.publishing_interval * self.device.keepalive_count
         retry_at = time.monotonic() + self.device.retry_interval
+        resuming: session.Resumption | None = None
+        subscription_id = sub.subscription_id
         while True:
+            # next_event is asyncio.wait_for, which on 3.11 can swallow a cancellation that
+            # lands as an event arrives; with events every few ms the stream would never end.
+            reraise_swallowed_cancel()
             tick = min(window / 2, 1.0, max(0.0, retry_at - time.monotonic()) + 0.001)
             event = await sub.next_event(timeout=tick)
-            if lost.is_set():
-                raise ConnectError(self.name, "connection to the server lost")
+            if lost.is_set() and resuming is None:
+                lost.clear()
+                resuming = session.Resumption()
+                yield self._lost_connection()
+            if sub.subscription_id != subscription_id:
+                # asyncua recreated it in a new session, with NodeIds of the old server run.
+                raise ConnectError(
+                    self.name,
+                    "the server no longer had the session (restarted?): subscribing again",
+                )
+            if resuming is not None:
+                resuming = self._resumed(client, resuming)
             batch: list[Observation] = []
             if event is not None:
                 self._take(event, batch)
@@ -160,12 +173,41 @@ class OpcUaDriver(StreamingDriver):
                     self._take(more, batch)
             if batch:
                 yield batch
+            if resuming is not None:
+                continue  # no keep-alives and no retries while the session is being resumed
             self._check_alive(sub, window)
             if (self._pending or self._unresolved) and time.monotonic() >= retry_at:
                 retry_at = time.monotonic() + self.device.retry_interval
                 again = await self._retry()
                 if again:
                     yield again
+
+    def _lost_connection(self) -> list[Observation]:
+        """The device is down while asyncua resumes the session: recorded now, because until
+        the session is back nothing is known of the points."""
+        reason = "connection to the server lost; resuming the session"
+        self.status.reads_failed += 1
+        self.status.set_state(DeviceState.DOWN, reason)
+        return self.outage(reason)
+
+    def _resumed(
+        self, client: Client, resuming: session.Resumption
+    ) -> session.Resumption | None:
+        """None once the session is back (its subscription transferred: the missed
+        notifications are republished as changes; had it been recreated instead, the stream
+        notices the new subscription id); raises ConnectError when the session is not back
+        within the session timeout, so the runner subscribes from scratch."""
+        if session.connected(client):
+            self.status.set_state(DeviceState.UP)
+            log.info(
+                "device %s: session resumed, subscription transferred; missed changes "
+                "republished", self.name, extra={"device": self.name},
+            )  # fmt: skip
+            return None
+        waited = asyncio.get_running_loop().time() - resuming.since
+        if waited > self.device.session_timeout:
+            raise ConnectError(self.name, f"session not resumed within {waited:.0f}s")
+        return resuming
 
     def _take(self, event: SubEvent, batch: list[Observation]) -> None:
         if isinstance(event, DataChangeEvent):
@@ -243,10 +285,6 @@ class OpcUaDriver(StreamingDriver):
             raise WriteError(self.name, f"write {point}={value!r}: {exc}") from exc
 
     # -- internals --------------------------------------------------------------------------
-
-    def _watchdog(self) -> float:
-        """How often asyncua probes a connection that looks up: within a keep-alive window."""
-        return max(0.2, min(1.0, self.device.publishing_interval * self.device.keepalive_count))
 
     async def _resolve(self, points: Sequence[OpcUaPoint]) -> None:
         """NodeIds of ``points`` with the session's namespace indexes; each that cannot be
