@@ -37,7 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("config", nargs="+")
 
     p = sub.add_parser(
-        "simulate", help="run simulated station PLCs (Modbus TCP, or Modbus RTU with --rtu)"
+        "simulate",
+        help="run simulated station PLCs (Modbus TCP; Modbus RTU with --rtu; OPC UA with "
+        "--opcua)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5020)
@@ -46,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="serve the stations over Modbus RTU on a simulated RS-485 line instead: a pty "
         "pair whose agent end is DIR/ttyAGENT (19200 baud 8N1: a pty cannot keep a parity bit)",
+    )
+    p.add_argument(
+        "--opcua",
+        action="store_true",
+        help="serve the stations as variables of an OPC UA server on --host:--port instead "
+        "(namespace urn:edge-agent:sim:stations, nodes ns=<i>;s=ST10.part_serial ...; "
+        "security None)",
     )
     p.add_argument("--stations", type=int, default=1, help="stations = unit ids 1..N")
     p.add_argument("--cycle-time", type=float, default=2.0, help="seconds per part")
@@ -435,12 +444,14 @@ def _simulate(args: argparse.Namespace) -> int:
             stations=args.stations,
             handshake=args.handshake,
             rtu_port=None if args.rtu is None else str(Path(args.rtu) / RTU_AGENT_END),
+            opcua_endpoint=f"opc.tcp://{args.host}:{args.port}/" if args.opcua else None,
         )
         for device in cfg["devices"]:
             if args.rtu is not None:
                 device["parity"] = RTU_SIMULATED_PARITY
         hs = " --handshake" if args.handshake else ""
         where = f"--rtu {args.rtu}" if args.rtu is not None else f"--port {args.port}"
+        where += " --opcua" if args.opcua else ""
         print(f"# Agent config for `edge-agent simulate {where} --stations {args.stations}{hs}`")
         print(yaml.safe_dump(cfg, sort_keys=False), end="")
         return 0
@@ -463,7 +474,16 @@ def _simulate(args: argparse.Namespace) -> int:
         _stop_on_signals(stop)
         async with contextlib.AsyncExitStack() as stack:
             names = ", ".join(station_name(i) for i in range(args.stations))
-            if args.rtu is None:
+            if args.opcua:
+                from simulators.opcua_server import OpcUaStationServer
+
+                # asyncua's server logs every node and session at INFO.
+                logging.getLogger("asyncua").setLevel(logging.WARNING)
+
+                opcua = OpcUaStationServer(models, host=args.host, port=args.port)
+                await stack.enter_async_context(opcua)
+                where = f"on {opcua.endpoint} (ns={opcua.namespace_index}, {opcua.namespace_uri})"
+            elif args.rtu is None:
                 server = ModbusStationServer(models, host=args.host, port=args.port)
                 await stack.enter_async_context(server)
                 where = f"on {args.host}:{server.port}"
@@ -477,6 +497,13 @@ def _simulate(args: argparse.Namespace) -> int:
                 await stack.enter_async_context(rtu)
                 where = f"on the RS-485 line {line.a_path} (19200 baud 8N1)"
             print(f"simulated station PLC(s) {where}, unit ids 1..{args.stations} ({names})")
+            if args.opcua:
+                print(
+                    "variables <station>.<point> for every point below, plus the booleans "
+                    "running, cycle_complete, data_ready and data_taken (the only writable "
+                    "one).  Ctrl-C to stop.",
+                    flush=True,
+                )
             print("holding registers (input registers mirror them):")
             for name, (addr, kind, order, count, unit, scale) in REGISTER_MAP.items():
                 extra = f" x{scale}" if scale != 1.0 else ""

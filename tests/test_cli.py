@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from pymodbus.client import AsyncModbusTcpClient
 
@@ -30,6 +31,23 @@ def test_simulate_print_config_is_a_valid_config() -> None:
     assert [d.port for d in cfg.devices] == [5999, 5999]
     assert [s.name for s in cfg.stations] == ["ST10", "ST20"]
     assert yaml.safe_load(out)["stations"][0]["context"]["serial"]["point"] == "part_serial"
+
+
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [(["--rtu", "/tmp/edge-agent-rs485"], "modbus_rtu"), (["--opcua"], "opcua")],
+)
+def test_simulate_print_config_for_rtu_and_opcua_is_valid(flags: list[str], kind: str) -> None:
+    out = subprocess.run(
+        [*CLI, "simulate", "--port", "5999", "--stations", "2", *flags, "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    cfg = parse_config(out, "printed.yaml")
+    assert [d.type for d in cfg.devices] == [kind, kind]
+    assert cfg.devices[1].point_station("part_serial") == "ST20"
 
 
 async def test_simulate_serves_the_register_map() -> None:
