@@ -155,6 +155,48 @@ async def test_a_pulse_shorter_than_a_publish_still_makes_its_part(
         assert p["serial"] == model.serial(p["counter"] - 1), p
 
 
+async def test_a_restart_without_handshake_records_the_missed_cycles_as_a_gap(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """No handshake: while the server is down, cycles go by unseen. After the restart the
+    cycle counter jumps, and the jump is a gap record saying how many parts went by, so
+    part records + missed = every cycle from the first to the last."""
+    sims = [StationModel(unit_id=1, serial_prefix="G-", cycle_time=0.2)]
+    async with OpcUaStationServer(sims) as server:
+        cfg = opcua_config(server.endpoint, mosquitto.port, tmp_path, 1)
+        with RecordCollector("127.0.0.1", mosquitto.port) as col:
+            from edge_agent.daemon import Agent
+
+            agent = Agent(cfg)
+            stop_agent = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop_agent))
+            try:
+                await wait_until(lambda: parts_in(col) >= 3, within=30, what="3 parts")
+                await server.stop()
+                # Down for several cycles, as measured on the PLC's own clock.
+                counter = server.stations[0].cycle_at(asyncio.get_running_loop().time())[0]
+                await wait_until(
+                    lambda: server.stations[0].cycle_at(asyncio.get_running_loop().time())[0]
+                    >= counter + 5,
+                    within=10,
+                    what="five cycles with the server down",
+                )
+                await server.start()
+                before = parts_in(col)
+                await wait_until(lambda: parts_in(col) >= before + 3, within=30, what="parts again")
+            finally:
+                stop_agent.set()
+                await task
+            committed = agent.buffer.committed_seq
+            assert col.wait_for(lambda d: len(d.records) >= committed, 20)
+    records = [r for _, r in sorted(col.data.records.items()) if r["kind"] in ("part", "gap")]
+    gaps = [r for r in records if r["kind"] == "gap"]
+    assert gaps, "the missed cycles are recorded"
+    covered = [r["counter"] for r in records if r["kind"] == "part" and r["counter"]]
+    missed = sum(g["missed"] for g in gaps)
+    assert len(covered) + missed == covered[-1] - covered[0] + 1
+
+
 def parts_in(col: RecordCollector) -> int:
     return sum(1 for r in list(col.data.records.values()) if r["kind"] == "part")
 
