@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,30 @@ class BusClaim:
     """Settings every device on the bus must give alike (key -> value, keys as in the YAML)."""
 
 
+class NamedPoint(Protocol):
+    """A point entry of a kind whose ``points:`` list names each point (and may give it a
+    station of its own)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def station(self) -> str | None: ...
+
+
+def duplicate_point_issues(points: Sequence[NamedPoint]) -> list[Issue]:
+    """A point name used twice in one ``points:`` list, reported at the later entry."""
+    out: list[Issue] = []
+    seen: dict[str, int] = {}
+    for i, p in enumerate(points):
+        if p.name in seen:
+            message = f"duplicate point name {p.name!r} (also points[{seen[p.name]}])"
+            out.append((("points", i, "name"), message))
+        else:
+            seen[p.name] = i
+    return out
+
+
 class DeviceConfig(BaseModel):
     """Base of every device kind's config model."""
 
@@ -51,19 +75,24 @@ class DeviceConfig(BaseModel):
         examples=["ST10"],
     )
 
+    def named_points(self) -> Sequence[NamedPoint]:
+        """The entries of the kind's ``points:`` list; kinds with one override this, and the
+        methods below then follow from it."""
+        return []
+
     def point_names(self) -> Sequence[str]:
         """Every point the device reports, in config order."""
-        raise NotImplementedError
+        return [p.name for p in self.named_points()]
 
     def point_station(self, point: str) -> str | None:
-        """The station a point's values are bound to, if the file says; default: the
-        device's."""
-        return self.station
+        """The station a point's values are bound to: the point's own, else the device's."""
+        own = next((p.station for p in self.named_points() if p.name == point), None)
+        return own or self.station
 
     def point_entries(self) -> list[tuple[tuple[str | int, ...], str | None]]:
         """(key path of the point's entry relative to the device, the station that entry
         names itself or None) for kinds whose points may each name a station."""
-        return []
+        return [(("points", j), p.station) for j, p in enumerate(self.named_points())]
 
     def issues(self) -> list[Issue]:
         """Cross-field problems, with key paths relative to this device."""

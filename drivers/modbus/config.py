@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.device import DeviceConfig
+from drivers.device import DeviceConfig, duplicate_point_issues
 from kernel.names import Issue, Name
 
 
@@ -295,19 +295,9 @@ class ModbusDevice(DeviceConfig):
 
     def issues(self) -> list[Issue]:
         """Cross-field problems with key paths relative to this device."""
-        out: list[Issue] = []
-        seen: dict[str, int] = {}
+        out: list[Issue] = duplicate_point_issues(self.points)
         for i, p in enumerate(self.points):
             out.extend((("points", i, *path), msg) for path, msg in p.issues())
-            if p.name in seen:
-                out.append(
-                    (
-                        ("points", i, "name"),
-                        f"duplicate point name {p.name!r} (also points[{seen[p.name]}])",
-                    )
-                )
-            else:
-                seen[p.name] = i
             if self.address_base == 1 and p.address == 0:
                 out.append((("points", i, "address"), "address_base is 1, so addresses start at 1"))
         out.extend(_overlap_issues(self.points))
@@ -337,18 +327,11 @@ class ModbusDevice(DeviceConfig):
             out.insert(0, (("poll_interval",), _overrun(self.poll_interval, self.timeout)))
         return out
 
-    def point_names(self) -> list[str]:
-        return [p.name for p in self.points]
+    def named_points(self) -> list[ModbusPoint]:
+        return self.points
 
     def point(self, name: str) -> ModbusPoint | None:
         return next((p for p in self.points if p.name == name), None)
-
-    def point_entries(self) -> list[tuple[tuple[str | int, ...], str | None]]:
-        return [(("points", j), p.station) for j, p in enumerate(self.points)]
-
-    def point_station(self, point: str) -> str | None:
-        p = self.point(point)
-        return (p.station if p is not None else None) or self.station
 
     def snapshot_issue(self, points: Sequence[str]) -> tuple[tuple[str | int, ...], str] | None:
         from drivers.modbus.plan import snapshot_requests  # the planner imports this module

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from drivers.device import DeviceConfig
+from drivers.device import DeviceConfig, duplicate_point_issues
 from kernel.names import Issue, Name
 
 _NODE_ID = re.compile(r"^(?:(?:nsu=[^;]+|ns=\d+);)?(?:s=.+|i=\d+|g=[0-9A-Fa-f-]{36}|b=.+)$")
@@ -276,18 +276,9 @@ class OpcUaDevice(DeviceConfig):
         return url
 
     def issues(self) -> list[Issue]:
-        out: list[Issue] = []
-        seen: dict[str, int] = {}
+        out: list[Issue] = duplicate_point_issues(self.points)
         for i, p in enumerate(self.points):
             out.extend((("points", i, *path), msg) for path, msg in p.issues(self.namespace))
-            if p.name in seen:
-                out.append(
-                    (
-                        ("points", i, "name"),
-                        f"duplicate point name {p.name!r} (also points[{seen[p.name]}])",
-                    )
-                )
-            seen.setdefault(p.name, i)
         none_policy = self.security_policy is SecurityPolicy.NONE
         if none_policy != (self.security_mode is SecurityMode.NONE):
             out.append(
@@ -312,18 +303,11 @@ class OpcUaDevice(DeviceConfig):
             out.append((("backoff_max",), "must be at least backoff_initial"))
         return out
 
-    def point_names(self) -> list[str]:
-        return [p.name for p in self.points]
+    def named_points(self) -> list[OpcUaPoint]:
+        return self.points
 
     def point(self, name: str) -> OpcUaPoint | None:
         return next((p for p in self.points if p.name == name), None)
-
-    def point_entries(self) -> list[tuple[tuple[str | int, ...], str | None]]:
-        return [(("points", j), p.station) for j, p in enumerate(self.points)]
-
-    def point_station(self, point: str) -> str | None:
-        p = self.point(point)
-        return (p.station if p is not None else None) or self.station
 
     def snapshot_issue(self, points: Sequence[str]) -> tuple[tuple[str | int, ...], str] | None:
         return None  # one Read service call reads any set of nodes together
