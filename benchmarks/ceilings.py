@@ -39,6 +39,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from buffer.sqlite import SCHEMA, StoredRecord
+from drivers.modbus.config import ModbusTcpDevice
 from edge_agent.binder import Binder, BindingRules
 from edge_agent.config import parse_config
 from kernel.model import Observation, RecordDraft, RecordKind
@@ -81,6 +82,7 @@ def readings_draft(values: int = FULL_POLL) -> RecordDraft:
     with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
         cfg = parse_config(yaml.safe_dump(config(1, 5020, 1883, Path(tmp), 0.02)))
     device = cfg.devices[0]
+    assert isinstance(device, ModbusTcpDevice)  # the benchmark's own config
     if values == FULL_POLL:
         addresses = [p.address for p in device.points]
     elif values == 1:
