@@ -154,6 +154,18 @@ class OpcUaDriver(StreamingDriver):
             reraise_swallowed_cancel()
             tick = min(window / 2, 1.0, max(0.0, retry_at - time.monotonic()) + 0.001)
             event = await sub.next_event(timeout=tick)
+            batch: list[Observation] = []
+            ended: ConnectError | None = None
+            try:
+                if event is not None:  # received before any loss noticed below: first
+                    for each in (event, *_drain(sub)):
+                        self._take(each, batch)
+            except ConnectError as exc:  # the server ended the subscription: what came before
+                ended = exc  # that is recorded, then the stream ends
+            if batch:
+                yield batch
+            if ended is not None:
+                raise ended
             if lost.is_set() and resuming is None:
                 lost.clear()
                 resuming = session.Resumption()
@@ -166,13 +178,6 @@ class OpcUaDriver(StreamingDriver):
                 )
             if resuming is not None:
                 resuming = self._resumed(client, resuming)
-            batch: list[Observation] = []
-            if event is not None:
-                self._take(event, batch)
-                for more in _drain(sub):
-                    self._take(more, batch)
-            if batch:
-                yield batch
             if resuming is not None:
                 continue  # no keep-alives and no retries while the session is being resumed
             self._check_alive(sub, window)
