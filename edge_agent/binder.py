@@ -235,12 +235,19 @@ def _bind_response(
     # encoding, publish, delete) is paid once per response instead of once per value.
     ts = iso_utc(response[0].ts) if response else ""
     groups: dict[tuple[str, str], dict[str, Any]] = {}
+    done: list[dict[str, Any]] = []
     for i, obs in enumerate(response):
         if i in consumed:
             continue
         station = station_of.get((obs.device, obs.point), UNASSIGNED)
         # Keyed by device too: a response is one device's, but nothing here relies on that.
         body = groups.get((station, obs.device))
+        if body is not None and obs.point in body["values"]:
+            # A point twice in one batch (a subscription's queue delivering two changes at
+            # once): a record holds one value per point, so the second starts a new record
+            # rather than overwriting the first.
+            done.append(body)
+            body = None
         if body is None:
             st = state.get(station)
             body = groups[(station, obs.device)] = {
@@ -261,8 +268,8 @@ def _bind_response(
             body.setdefault("units", {})[point] = obs.unit
         if obs.source_ts is not None:
             body.setdefault("source_ts", {})[point] = iso_utc(obs.source_ts)
-    for (station, _device), body in groups.items():
-        step.drafts.append(RecordDraft(station, RecordKind.READINGS, body))
+    for body in (*done, *groups.values()):
+        step.drafts.append(RecordDraft(body["station"], RecordKind.READINGS, body))
     if rules.trigger_of:
         for obs in response:
             for station in rules.trigger_of.get((obs.device, obs.point), ()):

@@ -244,6 +244,24 @@ def test_values_of_two_devices_never_share_a_record() -> None:
     ]
 
 
+def test_a_point_twice_in_one_batch_is_two_records_not_one_value() -> None:
+    """A subscription's queue hands over two changes of one point at once: both are kept,
+    in order, each in a record of its own (a record holds one value per point)."""
+    rules = BindingRules(
+        station_of={("ua", "t"): "ST10", ("ua", "f"): "ST10"},
+        context_of={},
+        station_keys={"ST10": ()},
+    )
+    step = Binder(rules).feed(
+        [obs("ua", "t", 1.0), obs("ua", "f", 7), obs("ua", "t", 1.5), obs("ua", "t", 2.0)]
+    )
+    assert [d.body["values"] for d in step.drafts] == [
+        {"t": 1.0, "f": 7},
+        {"t": 1.5},
+        {"t": 2.0},
+    ]
+
+
 def test_unknown_point_is_kept_not_dropped() -> None:
     (d,) = Binder(RULES).feed([obs("ghost", "x", 1)]).drafts
     assert d.station == "_unassigned"

@@ -158,8 +158,9 @@ class OpcUaDriver(StreamingDriver):
             ended: ConnectError | None = None
             try:
                 if event is not None:  # received before any loss noticed below: first
+                    now = time.time()  # one arrival: one agent time, one record per station
                     for each in (event, *_drain(sub)):
-                        self._take(each, batch)
+                        self._take(each, batch, now)
             except ConnectError as exc:  # the server ended the subscription: what came before
                 ended = exc  # that is recorded, then the stream ends
             if batch:
@@ -214,12 +215,13 @@ class OpcUaDriver(StreamingDriver):
             raise ConnectError(self.name, f"session not resumed within {waited:.0f}s")
         return resuming
 
-    def _take(self, event: SubEvent, batch: list[Observation]) -> None:
+    def _take(self, event: SubEvent, batch: list[Observation], now: float) -> None:
         if isinstance(event, DataChangeEvent):
             handle = event.data.subscription_data.client_handle
             point = self._point_of.get(handle) if handle is not None else None
             if point is not None:
-                batch.append(values.observation(self.name, point, event.data.monitored_item.Value))
+                value = event.data.monitored_item.Value
+                batch.append(values.observation(self.name, point, value, now))
         elif isinstance(event, StatusChangeEvent):
             status = event.notification.Status
             if not status.is_good():
