@@ -41,6 +41,8 @@ from benchmarks.throughput import CLI, stop
 from simulators.broker import MosquittoBroker, free_port, wait_listening
 from simulators.scenario import demo_config
 
+FLAGS = ("running", "cycle_complete", "data_ready", "data_taken")
+"""The simulator's boolean variables (``simulators.opcua.points.FLAGS``)."""
 DRAIN = 3.0
 """Seconds after the window before counting: far above the p99 latency."""
 QUEUE = 100
@@ -74,6 +76,11 @@ def level(stations: int, seconds: float, broker: MosquittoBroker, tmp: Path) -> 
             # benchmark counts readings, so every point stays one.
             station["context"] = {}
         for device in raw["devices"]:
+            # Every variable the simulator changes, the station's flags too: what it counts.
+            device["points"] += [
+                {"name": flag, "browse_path": f"{device['station']}/{flag}", "type": "bool"}
+                for flag in FLAGS
+            ]
             for point in device["points"]:
                 point["queue_size"] = QUEUE
         points = sum(len(d["points"]) for d in raw["devices"])
