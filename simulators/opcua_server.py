@@ -151,7 +151,8 @@ class OpcUaStationServer(StationServerBase):
     - ``pki_dir``: where the self-signed server certificate (``server_cert.der``,
       ``server_key.pem``) is created on the first start and reused after; None keeps it in
       memory for the life of this object. Only needed with a secure endpoint.
-    - ``users``: username -> password; ``anonymous``: whether anonymous sessions are allowed.
+    - ``users``: username -> password; ``anonymous``: whether anonymous sessions are allowed;
+      ``user_certificates``: DER certificates accepted as user identities (X509 tokens).
     - ``trust_dir``: a folder of trusted client certificates (DER or PEM). When set, a client
       certificate that is not in it (nor issued by a CA in it), or that fails asyncua's other
       checks (validity, application URI, key usage), fails CreateSession.
@@ -168,6 +169,7 @@ class OpcUaStationServer(StationServerBase):
         namespace_uri: str = NAMESPACE_URI,
         security: Sequence[Policy] = NONE_ONLY,
         users: Mapping[str, str] | None = None,
+        user_certificates: Sequence[bytes] = (),
         anonymous: bool = True,
         trust_dir: str | Path | None = None,
         pki_dir: str | Path | None = None,
@@ -181,7 +183,9 @@ class OpcUaStationServer(StationServerBase):
         self.security = check_policies(security)
         self.users = dict(users or {})
         self.anonymous = anonymous
-        identity_tokens(self.users, anonymous)  # fails now if nobody could log in
+        self.user_certificates = [bytes(c) for c in user_certificates]
+        """DER certificates accepted as user identities (X509IdentityToken)."""
+        identity_tokens(self.users, anonymous, self.user_certificates)  # fails if nobody could
         self.trust_dir = Path(trust_dir) if trust_dir is not None else None
         self.pki_dir = Path(pki_dir) if pki_dir is not None else None
         if shift_namespaces < 0:
@@ -250,7 +254,12 @@ class OpcUaStationServer(StationServerBase):
         self._lock, self._wake = asyncio.Lock(), asyncio.Event()
         writes = StationWrites()
         secure_only = Policy.NoSecurity not in self.security
-        users = StationUsers(self.users, anonymous=self.anonymous, secure_only=secure_only)
+        users = StationUsers(
+            self.users,
+            anonymous=self.anonymous,
+            secure_only=secure_only,
+            certificates=self.user_certificates,
+        )
         iserver = StationInternalServer(users, writes, self._next_subscription_id)
         server = Server(iserver=iserver)
         await server.init()
@@ -258,7 +267,9 @@ class OpcUaStationServer(StationServerBase):
         server.set_server_name("edge-agent OPC UA station simulator")
         server.set_endpoint(self.endpoint)
         server.set_security_policy(list(self.security))
-        server.set_identity_tokens(identity_tokens(self.users, self.anonymous))
+        server.set_identity_tokens(
+            identity_tokens(self.users, self.anonymous, self.user_certificates)
+        )
         if is_secure(self.security):
             if self._identity is None:
                 self._identity = server_identity(self.pki_dir, self.host)

@@ -495,3 +495,71 @@ async def test_browse_prints_points_that_validate(tmp_path: Path) -> None:
     doc = yaml.safe_load(full)
     doc["devices"][0]["points"] = yaml.safe_load(pasted)["points"]
     assert parse_config(yaml.safe_dump(doc), "pasted.yaml").devices[0].point_names()
+
+
+def user_identity(folder: Path, name: str) -> tuple[Path, Path, bytes]:
+    """A self-signed user certificate (DER) and its key (PEM), as an IT department issues."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.der").write_bytes(der)
+    (folder / f"{name}.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return folder / f"{name}.der", folder / f"{name}.pem", der
+
+
+async def test_a_user_certificate_identity_is_accepted_and_an_unknown_one_refused(
+    tmp_path: Path,
+) -> None:
+    known_cert, known_key, known_der = user_identity(tmp_path / "ids", "line3-user")
+    other_cert, other_key, _ = user_identity(tmp_path / "ids", "someone-else")
+    sims = [StationModel(unit_id=1, serial_prefix="X-")]
+    async with OpcUaStationServer(
+        sims,
+        security=SECURE_POLICIES,
+        anonymous=False,
+        user_certificates=[known_der],
+        trust_dir=tmp_path / "server-trusts",
+        pki_dir=tmp_path / "server-pki",
+    ) as server:
+
+        def dev(cert: Path, key: Path) -> OpcUaDevice:
+            return device(
+                server.endpoint,
+                security_policy="Basic256Sha256",
+                security_mode="SignAndEncrypt",
+                pki=str(tmp_path / "pki"),
+                user_certificate=str(cert),
+                user_private_key=str(key),
+            )
+
+        await trust_both_ways(server, dev(known_cert, known_key), tmp_path)
+        assert await connect_once(dev(known_cert, known_key)) is None
+        refused = await connect_once(dev(other_cert, other_key))
+    assert refused is not None
+    assert f"the server refused the user certificate {other_cert}" in refused
+    assert "register it as a user on the server" in refused

@@ -214,6 +214,17 @@ class OpcUaDevice(DeviceConfig):
     password_file: str | None = Field(
         default=None, description="File holding the password (one trailing newline dropped)."
     )
+    user_certificate: str | None = Field(
+        default=None,
+        description="User identity by certificate (X509): its file, DER or PEM; instead of "
+        "username. Needs user_private_key and a security policy.",
+        examples=["/etc/edge-agent/line3-user.der"],
+    )
+    user_private_key: str | None = Field(
+        default=None,
+        description="PEM file of the user certificate's private key.",
+        examples=["/etc/edge-agent/line3-user.pem"],
+    )
     timeout: float = Field(
         default=5.0, gt=0, le=120, description="Seconds per service request."
     )
@@ -292,6 +303,19 @@ class OpcUaDevice(DeviceConfig):
             out.append((("password",), "a password needs a username"))
         if self.username is not None and self.password is None and self.password_file is None:
             out.append((("username",), "give password or password_file"))
+        if (self.user_certificate is None) != (self.user_private_key is None):
+            missing = "user_private_key" if self.user_private_key is None else "user_certificate"
+            out.append(((missing,), "a user certificate needs both user_certificate and "
+                         "user_private_key"))  # fmt: skip
+        if self.user_certificate is not None and self.username is not None:
+            out.append((("user_certificate",), "give username or user_certificate, not both"))
+        if self.user_certificate is not None and none_policy:
+            out.append(
+                (
+                    ("user_certificate",),
+                    "a user certificate is signed over a secure channel: set security_policy",
+                )
+            )
         if self.lifetime_count < 3 * self.keepalive_count:
             out.append(
                 (

@@ -42,6 +42,11 @@ def describe(exc: BaseException, device: OpcUaDevice) -> str:
     if isinstance(exc, ua.UaStatusCodeError):
         name = ua.StatusCode(ua.UInt32(exc.code)).name
         if name in _USER:
+            if device.user_certificate is not None:
+                return (
+                    f"the server refused the user certificate {device.user_certificate} "
+                    f"({name}): register it as a user on the server"
+                )
             who = f"user {device.username!r}" if device.username else "an anonymous session"
             return f"the server refused {who} ({name}): check username and password"
         if name in _OUR_CERTIFICATE:

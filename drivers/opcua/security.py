@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -26,7 +27,7 @@ from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from drivers.opcua.config import OpcUaDevice, SecurityMode, SecurityPolicy
@@ -105,6 +106,12 @@ async def apply(client: Client, device: OpcUaDevice) -> None:
         client.set_user(device.username)
         if device.password is not None:
             client.set_password(device.password.get_secret_value())
+    if device.user_certificate is not None and device.user_private_key is not None:
+        certificate, key = await run_in_thread(
+            f"pki:{device.name}",
+            lambda: _user_identity(device.user_certificate or "", device.user_private_key or ""),
+        )
+        client.user_certificate, client.user_private_key = certificate, key
     if device.security_policy is SecurityPolicy.NONE:
         return
     pki = Pki(device)
@@ -143,6 +150,27 @@ async def apply(client: Client, device: OpcUaDevice) -> None:
         server_certificate=_first_certificate(endpoint.ServerCertificate),
         mode=mode,
     )
+
+
+def _user_identity(cert_path: str, key_path: str) -> tuple[x509.Certificate, Any]:
+    """The user certificate (DER or PEM) and its key (PEM), read and parsed; a file that is
+    missing or not what it should be is a SecurityRefused saying which."""
+    try:
+        cert_data, key_data = Path(cert_path).read_bytes(), Path(key_path).read_bytes()
+    except OSError as exc:
+        raise SecurityRefused(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    try:
+        if cert_data.lstrip().startswith(b"-----BEGIN"):
+            certificate = x509.load_pem_x509_certificate(cert_data)
+        else:
+            certificate = x509.load_der_x509_certificate(cert_data)
+    except ValueError as exc:
+        raise SecurityRefused(f"{cert_path} is not a certificate (DER or PEM)") from exc
+    try:
+        key = load_pem_private_key(key_data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SecurityRefused(f"{key_path} is not an unencrypted PEM private key") from exc
+    return certificate, key
 
 
 async def _validator(pki: Pki) -> CertificateValidator | None:

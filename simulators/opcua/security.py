@@ -139,10 +139,18 @@ class StationUsers(UserManager):  # type: ignore[misc]  # asyncua is untyped her
     whose channel carries no client certificate is refused with BadSecurityModeInsufficient.
     """
 
-    def __init__(self, users: Mapping[str, str], *, anonymous: bool, secure_only: bool) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, str],
+        *,
+        anonymous: bool,
+        secure_only: bool,
+        certificates: Sequence[bytes] = (),
+    ) -> None:
         self._users = dict(users)
         self.anonymous = anonymous
         self.secure_only = secure_only
+        self._certificates = {bytes(c) for c in certificates}
 
     def get_user(
         self,
@@ -154,6 +162,11 @@ class StationUsers(UserManager):  # type: ignore[misc]  # asyncua is untyped her
         if self.secure_only and not certificate:
             raise ServiceError(ua.StatusCodes.BadSecurityModeInsufficient)
         if username is None:
+            # asyncua hands over the X509 token's certificate (signature checked), or for
+            # other tokens the channel's: a registered user certificate is that user.
+            der = _der(certificate)
+            if der is not None and der in self._certificates:
+                return User(role=UserRole.User, name="certificate")
             return User(role=UserRole.User) if self.anonymous else None
         expected = self._users.get(username)
         if expected is None or not hmac.compare_digest(
@@ -218,16 +231,30 @@ def trust_list_validator(folder: Path) -> CertificateValidator:
     return CertificateValidator(options, FolderTrustStore(folder))
 
 
-def identity_tokens(users: Mapping[str, str], anonymous: bool) -> list[type]:
+def identity_tokens(
+    users: Mapping[str, str], anonymous: bool, certificates: Sequence[bytes] = ()
+) -> list[type]:
     """The user identity token types the endpoints advertise (and ActivateSession accepts)."""
     tokens: list[type] = []
     if anonymous:
         tokens.append(ua.AnonymousIdentityToken)
     if users:
         tokens.append(ua.UserNameIdentityToken)
+    if certificates:
+        tokens.append(ua.X509IdentityToken)
     if not tokens:
         raise ValueError("nobody could log in: allow anonymous or give users")
     return tokens
+
+
+def _der(certificate: Any) -> bytes | None:
+    if certificate is None:
+        return None
+    if isinstance(certificate, bytes):
+        return certificate
+    if isinstance(certificate, x509.Certificate):
+        return certificate.public_bytes(serialization.Encoding.DER)
+    return None
 
 
 def is_secure(policies: Sequence[Policy]) -> bool:
