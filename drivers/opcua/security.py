@@ -176,12 +176,19 @@ def _user_identity(cert_path: str, key_path: str) -> tuple[x509.Certificate, Any
 async def _validator(pki: Pki) -> CertificateValidator | None:
     """asyncua's validator over the trust list and revocation lists; None while trusted/ is
     empty (asyncua refuses to build an empty store)."""
-    if not any(p.is_file() for p in pki.trusted.iterdir()):
+    trusted, revoked = await run_in_thread(
+        "pki:folders", lambda: (_has_files(pki.trusted), _has_files(pki.crl))
+    )
+    if not trusted:
         return None
-    crl = [pki.crl] if any(p.is_file() for p in pki.crl.iterdir()) else []
+    crl = [pki.crl] if revoked else []
     store = TrustStore([pki.trusted], crl)
     await store.load()
     return CertificateValidator(SERVER_CHECKS, store)
+
+
+def _has_files(folder: Path) -> bool:
+    return any(p.is_file() for p in folder.iterdir())
 
 
 def _first_certificate(blob: bytes) -> bytes:
