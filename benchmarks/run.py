@@ -44,7 +44,7 @@ def run_all(quick: bool, skip: set[str]) -> dict[str, Any]:
         "latency": lambda: latency.run(seconds=2 * seconds),
         "footprint": lambda: footprint.run(seconds=seconds, starts=1 if quick else 3),
         "nodered": lambda: nodered.run(rates=[1_000, 10_000], seconds=seconds),
-        "opcua": lambda: opcua.run(stations=[1, 4], seconds=seconds),
+        "opcua": lambda: opcua.run(stations=[1, 4, 16], seconds=seconds),
     }
     out: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -175,6 +175,18 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{lv['offered']:,} unaccounted",
                 f"CPU {lv['cpu_s_per_1k_values']} s per 1k values",
                 met(p99 is not None and p99 <= 40.0),
+            )
+        )
+    clean = [lv for lv in ua.get("levels", []) if lv["lost"] == 0]
+    if clean:
+        best = max(clean, key=lambda lv: lv["values_per_s"])
+        rows.append(
+            (
+                "OPC UA notifications/s sustained from one server, nothing lost",
+                f"{best['values_per_s']:,.0f} values/s ({best['stations']} stations, "
+                f"p99 {best['latency']['p99_ms']} ms)",
+                "the highest level run with nothing unaccounted",
+                "measured",
             )
         )
     return rows

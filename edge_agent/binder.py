@@ -211,6 +211,8 @@ def _bind_response(
     state: State, response: Sequence[Observation], rules: BindingRules, step: Step
 ) -> None:
     context_of = rules.context_of
+    if any(obs.unobserved is not None for obs in response):
+        _unobserved(state, response, rules, step)
     consumed: set[int] = set()  # indexes that became context or scan records
     if context_of or rules.scans_of:
         for i, obs in enumerate(response):
@@ -268,12 +270,55 @@ def _bind_response(
             body.setdefault("units", {})[point] = obs.unit
         if obs.source_ts is not None:
             body.setdefault("source_ts", {})[point] = iso_utc(obs.source_ts)
+        if obs.server_ts is not None:
+            body.setdefault("server_ts", {})[point] = iso_utc(obs.server_ts)
     for body in (*done, *groups.values()):
         step.drafts.append(RecordDraft(body["station"], RecordKind.READINGS, body))
     if rules.trigger_of:
         for obs in response:
             for station in rules.trigger_of.get((obs.device, obs.point), ()):
                 _trigger(_station(state, station), station, obs, rules.parts[station], step)
+
+
+def _unobserved(
+    state: State, response: Sequence[Observation], rules: BindingRules, step: Step
+) -> None:
+    """One ``unobserved`` record per station, device and window, before anything else of the
+    response: the points whose changes between ``since`` and this response may not have
+    reached the agent (a context source or a trigger among them too)."""
+    windows: dict[tuple[str, str, float | None, str], dict[str, Any]] = {}
+    for obs in response:
+        window = obs.unobserved
+        if window is None:
+            continue
+        pk = (obs.device, obs.point)
+        stations = dict.fromkeys(
+            (
+                *((rules.station_of[pk],) if pk in rules.station_of else ()),
+                *(station for station, _ in rules.context_of.get(pk, ())),
+                *(rules.scan_stations(obs) if rules.scans_of else ()),
+                *rules.trigger_of.get(pk, ()),
+            )
+        ) or {UNASSIGNED: None}
+        for station in stations:
+            key = (station, obs.device, window.since, window.reason)
+            body = windows.get(key)
+            if body is None:
+                st = state.get(station)
+                body = windows[key] = {
+                    "kind": RecordKind.UNOBSERVED.value,
+                    "station": station,
+                    "ts": iso_utc(obs.ts),
+                    "device": obs.device,
+                    "since": None if window.since is None else iso_utc(window.since),
+                    "until": iso_utc(obs.ts),
+                    "points": [],
+                    "reason": window.reason,
+                    "ctx": st.ctx if st is not None else _EMPTY,
+                }
+            body["points"].append(obs.point)
+    for body in windows.values():
+        step.drafts.append(RecordDraft(body["station"], RecordKind.UNOBSERVED, body))
 
 
 def _set_context(

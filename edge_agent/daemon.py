@@ -66,6 +66,7 @@ class AgentStats:
     parts: int = 0
     rejected_scans: int = 0
     gaps: int = 0
+    unobserved: int = 0  # windows in which a device's changes may not have arrived
     started: float = field(default_factory=time.time)
 
 
@@ -181,6 +182,17 @@ class Agent:
                 b["previous"],
                 b["counter"],
                 b["missed"] if b["missed"] is not None else "unknown (counter reset)",
+                extra=extra,
+            )
+        elif d.kind is RecordKind.UNOBSERVED:
+            self.stats.unobserved += 1
+            log.warning(
+                "station %s: device %s: changes of %s since %s may be missing: %s",
+                d.station,
+                b["device"],
+                ", ".join(b["points"]),
+                b["since"] or "their previous value",
+                b["reason"],
                 extra=extra,
             )
 
@@ -461,6 +473,7 @@ class Agent:
             "records": self.stats.records,
             "parts": self.stats.parts,
             "gaps": self.stats.gaps,
+            "unobserved": self.stats.unobserved,
             "rejected_scans": self.stats.rejected_scans,
             "committed_seq": self.buffer.committed_seq,
             "buffer_depth": self.buffer.depth,

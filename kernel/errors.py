@@ -47,6 +47,7 @@ class DeviceError(EdgeAgentError):
 
     def __init__(self, device: str, message: str) -> None:
         self.device = device
+        self.reason = message
         super().__init__(f"device {device!r}: {message}")
 
 

@@ -51,6 +51,23 @@ class Observation:
     source_ts: float | None = None
     unit: str | None = None
     error: str | None = None  # why quality is not GOOD
+    server_ts: float | None = None  # when the server last had the value (OPC UA), if it says
+    unobserved: Unobserved | None = None  # changes before this value may not have arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Unobserved:
+    """Changes of a point that may not have reached the agent, before the value it is attached
+    to: the current value read after a subscription was rebuilt (the server restarted) or
+    after the server's queue for the point overflowed. The binder turns it into an
+    ``unobserved`` record, so that a gap in a point's history is stated, not inferred.
+
+    ``since`` is the last moment the agent is sure it had every change (epoch seconds), or None
+    when it is "since this point's previous value" (a queue overflow).
+    """
+
+    since: float | None
+    reason: str
 
 
 class RecordKind(StrEnum):
@@ -64,6 +81,7 @@ class RecordKind(StrEnum):
     CONSUMPTION = "consumption"  # genealogy: a component or lot consumed into a serial
     PART = "part"  # one cycle's part record: snapshot values, result, cycle time
     GAP = "gap"  # the PLC's cycle counter jumped: parts went by without a part record
+    UNOBSERVED = "unobserved"  # a window in which a point's changes may not have arrived
 
 
 TELEMETRY_KINDS = frozenset({RecordKind.READINGS, RecordKind.READING})

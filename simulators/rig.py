@@ -31,7 +31,9 @@ from simulators.scenario import demo_config, station_name
 from simulators.station import StationModel
 
 AGENT = "rig-pc1"
-TRACE_KINDS = frozenset({"context", "context_restored", "scan", "consumption", "part", "gap"})
+TRACE_KINDS = frozenset(
+    {"context", "context_restored", "scan", "consumption", "part", "gap", "unobserved"}
+)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from edge_agent.binder import Binder, BindingRules, StationState, bind, context_value
-from kernel.model import Observation, Quality, RecordKind
+from kernel.model import Observation, Quality, RecordKind, Unobserved
 
 RULES = BindingRules(
     station_of={
@@ -193,7 +193,10 @@ def test_readings_body_fields() -> None:
         Binder(RULES)
         .feed(
             [
-                obs("plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5),
+                obs(
+                    "plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5,
+                    server_ts=1_700_000_001.75,
+                ),
                 obs("plc", "force", 7),
                 obs("plc", "lot", None, Quality.BAD, error="modbus exception 2"),
             ]
@@ -213,7 +216,50 @@ def test_readings_body_fields() -> None:
         "errors": {"lot": "modbus exception 2"},
         "units": {"temp": "degC"},
         "source_ts": {"temp": "2023-11-14T22:13:21.500000Z"},
+        "server_ts": {"temp": "2023-11-14T22:13:21.750000Z"},
     }
+
+
+def test_a_window_of_unobserved_changes_is_stated_before_the_values_that_end_it() -> None:
+    """A subscription rebuilt: the current values carry since when changes may be missing.
+    One record per station, device and window, ahead of the context changes and readings
+    of the same response (the serial among its points too), in the context before them."""
+    lost = Unobserved(1_699_999_990.0, "subscription rebuilt (server restarted)")
+    overflow = Unobserved(None, "queue overflowed")
+    step = Binder(RULES).feed(
+        [
+            obs("plc", "serial", "SN2", unobserved=lost),
+            obs("plc", "temp", 21.5, unobserved=lost),
+            obs("plc", "force", 7, unobserved=overflow),
+            obs("plc2", "temp", 3.0, unobserved=lost),
+        ]
+    )
+    kinds = [(d.kind.value, d.station) for d in step.drafts]
+    assert kinds == [
+        ("unobserved", "ST10"),
+        ("unobserved", "ST10"),
+        ("unobserved", "ST20"),
+        ("context", "ST10"),
+        ("readings", "ST10"),
+        ("readings", "ST20"),
+    ]
+    first, second, third = (d.body for d in step.drafts[:3])
+    assert first == {
+        "kind": "unobserved",
+        "station": "ST10",
+        "ts": "2023-11-14T22:13:20.000000Z",
+        "device": "plc",
+        "since": "2023-11-14T22:13:10.000000Z",
+        "until": "2023-11-14T22:13:20.000000Z",
+        "points": ["serial", "temp"],
+        "reason": "subscription rebuilt (server restarted)",
+        "ctx": {"serial": None, "lot": None},
+    }
+    assert (second["points"], second["since"], second["reason"]) == (
+        ["force"], None, "queue overflowed"
+    )
+    assert (third["device"], third["points"]) == ("plc2", ["temp"])
+    assert all(d.kind is not RecordKind.UNOBSERVED or d.state is None for d in step.drafts)
 
 
 def test_one_response_gives_one_record_per_station() -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,7 @@ async def test_a_restart_without_handshake_records_the_missed_cycles_as_a_gap(
             task = asyncio.create_task(agent.run(stop_agent))
             try:
                 await wait_until(lambda: parts_in(col) >= 3, within=30, what="3 parts")
+                stopped_at = time.time()
                 await server.stop()
                 # Down for several cycles, as measured on the PLC's own clock.
                 counter = server.stations[0].cycle_at(asyncio.get_running_loop().time())[0]
@@ -182,6 +185,7 @@ async def test_a_restart_without_handshake_records_the_missed_cycles_as_a_gap(
                     what="five cycles with the server down",
                 )
                 await server.start()
+                restarted_at = time.time()
                 before = parts_in(col)
                 await wait_until(lambda: parts_in(col) >= before + 3, within=30, what="parts again")
             finally:
@@ -195,6 +199,22 @@ async def test_a_restart_without_handshake_records_the_missed_cycles_as_a_gap(
     covered = [r["counter"] for r in records if r["kind"] == "part" and r["counter"]]
     missed = sum(g["missed"] for g in gaps)
     assert len(covered) + missed == covered[-1] - covered[0] + 1
+    # The window in which the subscription's changes could have been lost is stated once,
+    # from the last publish before the stop to the current values after the restart.
+    windows = [r for r in col.data.records.values() if r["kind"] == "unobserved"]
+    assert len(windows) == 1, windows
+    (window,) = windows
+    subscribed = {p.name for p in cfg.devices[0].points if p.report.value == "on_change"}
+    assert set(window["points"]) == subscribed
+    assert window["station"] == "ST10"
+    assert window["device"] == cfg.devices[0].name
+    assert "subscription rebuilt" in window["reason"]
+    since, until = (epoch(window[k]) for k in ("since", "until"))
+    assert stopped_at - 5 < since <= stopped_at + 0.01 < restarted_at <= until
+
+
+def epoch(iso: str) -> float:
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def parts_in(col: RecordCollector) -> int:
@@ -286,6 +306,7 @@ async def test_a_dropped_connection_resumes_the_session_and_misses_nothing() -> 
     assert counters == list(range(counters[0], counters[-1] + 1)), "a change was missed"
     outages = [o for o in sink.of("part_serial") if o.quality is Quality.BAD]
     assert len(outages) == 1
+    assert not [o for o in sink.all if o.unobserved], "nothing was missed"
     assert outages[0].error == "connection to the server lost; resuming the session"
 
 
@@ -356,6 +377,35 @@ async def test_signed_and_encrypted_with_a_user_after_trusting_both_ways(
     finally:
         await stop(task)
     assert str(good(sink, "part_serial")[0]).startswith("S-")
+
+
+async def test_a_secure_device_started_before_its_server_connects_once_it_is_there(
+    secure_server: OpcUaStationServer, tmp_path: Path
+) -> None:
+    """The line PC boots before the PLC: the first connect fails (down, retried with
+    backoff) and the secure session is made once the server answers, neither downgraded
+    nor stuck."""
+    dev = secure_device(secure_server, tmp_path, backoff_initial=0.05, backoff_max=0.3)
+    await trust_both_ways(secure_server, dev, tmp_path)
+    await secure_server.stop()
+    driver = OpcUaDriver(dev)
+    sink = Collector()
+    task = await run(driver, sink)
+    try:
+        await wait_until(lambda: driver.status.reconnects >= 2, what="two refused attempts")
+        assert driver.status.state is DeviceState.DOWN
+        assert "refused" in (driver.status.last_error or "")
+        assert not good(sink, "part_serial")
+        await secure_server.start()
+        await wait_until(
+            lambda: good(sink, "part_serial"), within=30, what="a value once the server is up"
+        )
+        assert driver.status.state is DeviceState.UP
+        client = driver._client
+        assert client is not None
+        assert client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
+    finally:
+        await stop(task)
 
 
 @pytest.mark.parametrize(

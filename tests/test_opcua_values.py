@@ -97,3 +97,29 @@ def test_source_timestamp_is_kept_beside_the_agents() -> None:
     o = observation("plc", OpcUaPoint(name="p", node="i=2258"), dv(1, source=None), now=NOW)
     assert o.source_ts is None
     assert o.quality is Quality.GOOD
+
+
+def test_the_server_timestamp_is_kept_beside_the_source_timestamp() -> None:
+    value = ua.DataValue(
+        ua.Variant(1.5), ua.StatusCode(0), SourceTimestamp=SOURCE,
+        ServerTimestamp=datetime(2026, 12, 3, 11, 59, 59, 750000),
+    )  # fmt: skip
+    got = observation("press", OpcUaPoint(name="p", node="nsu=urn:x;s=p"), value, NOW)
+    assert got.source_ts == SOURCE.replace(tzinfo=UTC).timestamp()
+    assert got.server_ts == NOW - 0.25
+
+
+@pytest.mark.parametrize("discard_oldest", [True, False])
+def test_a_queue_overflow_states_that_changes_were_discarded(discard_oldest: bool) -> None:
+    point = OpcUaPoint(name="p", node="nsu=urn:x;s=p", queue_size=5, discard_oldest=discard_oldest)
+    got = observation("press", point, dv(2.0, status=0x0480), NOW)
+    assert got.quality is Quality.GOOD
+    assert got.value == 2.0
+    assert got.unobserved is not None
+    assert got.unobserved.since is None
+    older = "oldest" if discard_oldest else "newest"
+    assert f"queue for this point overflowed (queue_size 5): it discarded the {older}" in (
+        got.unobserved.reason
+    )
+    assert observation("press", point, dv(2.0), NOW).unobserved is None
+

@@ -89,6 +89,14 @@ def summary(record: StoredRecord) -> str:
             f"counter {_v(b.get('previous'))} -> {_v(b.get('counter'))}: "
             f"{count} part(s) without a record"
         )
+    if kind == "unobserved":
+        points = b.get("points")
+        names = ", ".join(map(str, points)) if isinstance(points, list) else _v(points)
+        since = b.get("since") or "the previous value"
+        return (
+            f"{b.get('device')}: changes of {names} from {since} to {_v(b.get('until'))} "
+            f"may be missing ({_v(b.get('reason'))})"
+        )
     rest = {k: v for k, v in b.items() if k not in ("seq", "kind", "station", "ts", "ctx")}
     return _compact(rest)
 

@@ -46,7 +46,7 @@ from drivers.opcua.errors import describe
 from drivers.registry import DriverContext
 from drivers.runners import reraise_swallowed_cancel
 from kernel.errors import ConnectError, ReadError, WriteError
-from kernel.model import DeviceState, Observation, Quality, Value
+from kernel.model import DeviceState, Observation, Quality, Unobserved, Value
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ class OpcUaDriver(StreamingDriver):
         self._unresolved: dict[str, str] = {}  # any point -> why its node is not known
         self._variant_types: dict[str, ua.VariantType] = {}  # for writes
         self._warned_index = False
+        # Since when, and why, changes may have been missed (a subscription lost and not
+        # transferred); stated on the first value of each point once subscribed again.
+        self._blind: Unobserved | None = None
+        self._awaiting: set[str] = set()  # points whose first value after that is still due
+        self._heard_at: float | None = None  # last publish before a loss being resumed (wall)
 
     # -- the connection -------------------------------------------------------------------
 
@@ -114,6 +119,8 @@ class OpcUaDriver(StreamingDriver):
             await self._resolve(self.device.points)
             self._sub = await self._subscribe(client)
             self._pending = await self._create_items(self._subscribed)
+            if self._blind is not None:
+                self._awaiting = {p.name for p in self._subscribed} - self._pending.keys()
         except ConnectError:
             await self.close()
             raise
@@ -122,7 +129,9 @@ class OpcUaDriver(StreamingDriver):
             raise ConnectError(self.name, describe(exc, d)) from exc
 
     async def close(self) -> None:
-        client, self._client, self._sub = self._client, None, None
+        client, sub, self._client, self._sub = self._client, self._sub, None, None
+        if sub is not None:
+            self._note_loss(sub, "the connection was closed")
         if client is None:
             return
         try:
@@ -135,6 +144,23 @@ class OpcUaDriver(StreamingDriver):
     def point_names(self) -> Sequence[str]:
         return [p.name for p in self.device.points]
 
+    def _note_loss(self, sub: Subscription, why: str) -> None:
+        """Remember that the subscription is gone: every change after its last publish
+        response may be missed until a new subscription sends the current values. The first
+        loss counts (a rebuild that fails again does not move the start)."""
+        if self._blind is not None:
+            return
+        # Taken when the loss was noticed if it was: asyncua's reconnect may have published
+        # on a recreated subscription since, which is no evidence for the lost window.
+        since = self._heard_at if self._heard_at is not None else _wall(sub.last_publish_at)
+        self._heard_at = None
+        self._blind = Unobserved(
+            since,
+            f"subscription rebuilt ({why}): changes in this window may not have reached the "
+            "agent; the values that follow are the current ones",
+        )
+        self._awaiting = set()
+
     # -- streaming --------------------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[Sequence[Observation]]:
@@ -144,6 +170,16 @@ class OpcUaDriver(StreamingDriver):
         failed = self._failures()
         if failed:
             yield failed
+        try:
+            async for batch in self._stream(client, sub, lost):
+                yield batch
+        except ConnectError as exc:
+            self._note_loss(sub, exc.reason)
+            raise
+
+    async def _stream(
+        self, client: Client, sub: Subscription, lost: asyncio.Event
+    ) -> AsyncIterator[Sequence[Observation]]:
         window = self.device.publishing_interval * self.device.keepalive_count
         retry_at = time.monotonic() + self.device.retry_interval
         resuming: session.Resumption | None = None
@@ -179,6 +215,10 @@ class OpcUaDriver(StreamingDriver):
                 )
             if resuming is not None:
                 resuming = self._resumed(client, resuming)
+            elif event is not None and self._heard_at is not None:
+                # A notification of the same subscription after the session came back: it was
+                # transferred, the missed ones republished. Nothing to state.
+                self._heard_at = None
             if resuming is not None:
                 continue  # no keep-alives and no retries while the session is being resumed
             self._check_alive(sub, window)
@@ -192,6 +232,8 @@ class OpcUaDriver(StreamingDriver):
         """The device is down while asyncua resumes the session: recorded now, because until
         the session is back nothing is known of the points."""
         reason = "connection to the server lost; resuming the session"
+        if self._sub is not None:
+            self._heard_at = _wall(self._sub.last_publish_at)
         self.status.reads_failed += 1
         self.status.set_state(DeviceState.DOWN, reason)
         return self.outage(reason)
@@ -221,7 +263,13 @@ class OpcUaDriver(StreamingDriver):
             point = self._point_of.get(handle) if handle is not None else None
             if point is not None:
                 value = event.data.monitored_item.Value
-                batch.append(values.observation(self.name, point, value, now))
+                obs = values.observation(self.name, point, value, now)
+                if point.name in self._awaiting:
+                    self._awaiting.discard(point.name)
+                    obs.unobserved = self._blind
+                    if not self._awaiting:
+                        self._blind = None
+                batch.append(obs)
         elif isinstance(event, StatusChangeEvent):
             status = event.notification.Status
             if not status.is_good():
@@ -402,6 +450,11 @@ class OpcUaDriver(StreamingDriver):
     def _bad(self, point: str, why: str, now: float) -> Observation:
         p = self._points[point]
         return Observation(self.name, point, None, Quality.BAD, ts=now, unit=p.unit, error=why)
+
+
+def _wall(monotonic: float | None) -> float | None:
+    """A ``time.monotonic()`` instant as wall-clock time, for records."""
+    return None if monotonic is None else time.time() - (time.monotonic() - monotonic)
 
 
 def _drain(sub: Subscription) -> list[SubEvent]:

@@ -19,7 +19,7 @@ from typing import Any
 from asyncua import ua
 
 from drivers.opcua.config import OpcUaPoint, ValueType
-from kernel.model import Observation, Quality, Value
+from kernel.model import Observation, Quality, Unobserved, Value
 
 FUTURE_TOLERANCE = 24 * 3600.0
 """A source timestamp more than this far ahead of the agent's clock is not believed."""
@@ -42,10 +42,27 @@ def observation(
     if ts_error is not None and quality is Quality.GOOD:
         quality = Quality.UNCERTAIN
     error = _join(error, ts_error)
+    server_ts, _ = _timestamp(dv.ServerTimestamp, now)  # a bad one is simply not kept
     return Observation(
         device, point.name, value, quality, ts=now, source_ts=source_ts, unit=point.unit,
-        error=error,
+        error=error, server_ts=server_ts, unobserved=_overflow(status, point),
     )  # fmt: skip
+
+
+OVERFLOW = 0x0480
+"""InfoType DataValue (0x400) with the Overflow bit (0x80) of a status code (Part 4 7.39.1):
+the server's queue for the monitored item was full and it discarded a change."""
+
+
+def _overflow(status: ua.StatusCode, point: OpcUaPoint) -> Unobserved | None:
+    if status.value & OVERFLOW != OVERFLOW:
+        return None
+    older = "oldest" if point.discard_oldest else "newest"
+    return Unobserved(
+        None,
+        f"the server's queue for this point overflowed (queue_size {point.queue_size}): it "
+        f"discarded the {older} change(s); raise queue_size or lower the sampling rate",
+    )
 
 
 def _quality(status: ua.StatusCode) -> tuple[Quality, str | None]:
