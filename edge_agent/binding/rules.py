@@ -1,0 +1,175 @@
+"""What the YAML says about binding, indexed for the hot path, and what each station knows
+between two calls (its context, trigger level, handshake stage, part counter)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.scan import ScanRule
+from kernel.model import Observation, Quality, RecordDraft, RecordKind, Value
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig, PartConfig
+
+Context = Mapping[str, Value]
+"""One station's context. Never mutated: a change makes a new mapping, so records may keep a
+reference to the context they were bound to without copying it."""
+
+PointKey = tuple[str, str]  # (device, point)
+
+READINGS = RecordKind.READINGS.value
+GOOD = Quality.GOOD
+
+UNASSIGNED = "_unassigned"
+MAX_SERIALS = 100_000
+"""Serials per station remembered for repeat (rework) marking; older ones are forgotten
+first. The trace store sees every part record and can still tell older repeats."""
+
+_EMPTY: Context = MappingProxyType({})
+
+
+class _Unseen(Enum):
+    UNSEEN = "unseen"
+
+
+UNSEEN = _Unseen.UNSEEN
+"""The trigger's previous value when there is none (after start or an outage)."""
+
+
+class Handshake(Enum):
+    IDLE = "idle"  # waiting for data ready
+    CAPTURING = "capturing"  # snapshot being read and committed
+    TAKEN = "taken"  # data taken written; waiting for the PLC to drop data ready
+
+
+@dataclass
+class StationState:
+    """What the binder knows of one station between observations."""
+
+    ctx: Context
+    counter: int | None = None  # PLC part counter of the last part record
+    trigger: Value | _Unseen = UNSEEN
+    last_trigger_ts: float | None = None
+    handshake: Handshake = Handshake.IDLE
+    parts: dict[str, int] = field(default_factory=dict)  # serial -> part records here
+
+    def durable(self) -> dict[str, Any]:
+        """The part of the state that must survive a restart (kept with each record)."""
+        return {"ctx": dict(self.ctx), "counter": self.counter}
+
+
+State = dict[str, StationState]
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Action: read the snapshot of ``station``'s part now, then call ``Binder.complete``."""
+
+    station: str
+    device: str
+    points: tuple[str, ...]
+    trigger: Observation
+    ctx: Context  # the context when the trigger fired: the part's
+    since_previous: float | None  # seconds since the previous trigger
+    handshake: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTaken:
+    """Action: write the handshake's "data taken" bit. Only ever after the part record it
+    confirms is committed (the daemon flushes the journal first)."""
+
+    station: str
+    device: str
+    point: str
+    value: bool
+
+
+Action = Capture | WriteTaken
+
+
+@dataclass
+class Step:
+    """What one call to the binder produced, in order."""
+
+    drafts: list[RecordDraft] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BindingRules:
+    """What the YAML says about binding, indexed for the hot path."""
+
+    station_of: Mapping[PointKey, str]
+    context_of: Mapping[PointKey, tuple[tuple[str, str], ...]]  # -> ((station, key), ...)
+    station_keys: Mapping[str, tuple[str, ...]]
+    scans_of: Mapping[tuple[str, str | None], tuple[str, ...]] = field(default_factory=dict)
+    scan_rules: Mapping[str, tuple[ScanRule, ...]] = field(default_factory=dict)
+    trigger_of: Mapping[PointKey, tuple[str, ...]] = field(default_factory=dict)
+    parts: Mapping[str, PartConfig] = field(default_factory=dict)
+    max_serials: int = MAX_SERIALS
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig) -> BindingRules:
+        station_of = {
+            (dev.name, p): cfg.station_of(dev, p) for dev in cfg.devices for p in dev.point_names()
+        }
+        context_of: dict[PointKey, list[tuple[str, str]]] = {}
+        scans_of: dict[tuple[str, str | None], list[str]] = {}
+        trigger_of: dict[PointKey, list[str]] = {}
+        for st in cfg.stations:
+            for key, src in st.context.items():
+                if src is not None:
+                    context_of.setdefault((src.device, src.point), []).append((st.name, key))
+            if st.scans is not None:
+                for scan_src in st.scans.sources:
+                    scans_of.setdefault((scan_src.device, scan_src.point), []).append(st.name)
+            if st.part is not None:
+                trig = st.part.trigger
+                trigger_of.setdefault((trig.device, trig.point), []).append(st.name)
+        return cls(
+            station_of=station_of,
+            context_of={k: tuple(v) for k, v in context_of.items()},
+            station_keys={st.name: st.context_keys() for st in cfg.stations},
+            scans_of={k: tuple(v) for k, v in scans_of.items()},
+            scan_rules={
+                st.name: tuple(st.scans.rules) for st in cfg.stations if st.scans is not None
+            },
+            trigger_of={k: tuple(v) for k, v in trigger_of.items()},
+            parts={st.name: st.part for st in cfg.stations if st.part is not None},
+        )
+
+    def empty_contexts(self) -> dict[str, Context]:
+        """Every station with every configured key unset (``None``)."""
+        return {st: MappingProxyType(dict.fromkeys(keys)) for st, keys in self.station_keys.items()}
+
+    def initial_state(self) -> State:
+        return {st: StationState(ctx) for st, ctx in self.empty_contexts().items()}
+
+    def scan_stations(self, obs: Observation) -> tuple[str, ...]:
+        return self.scans_of.get((obs.device, obs.point)) or self.scans_of.get(
+            (obs.device, None), ()
+        )
+
+
+def context_value(value: Value) -> Value:
+    """Normalise a value that identifies something: strings trimmed, empty means unset
+    (PLCs clear the serial register between parts)."""
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+
+
+def station_state(state: State, name: str) -> StationState:
+    st = state.get(name)
+    if st is None:
+        st = state[name] = StationState(_EMPTY)
+    return st
+
