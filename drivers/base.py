@@ -77,6 +77,24 @@ class Driver(ABC):
         ConnectError; returns only once the device acknowledged the write."""
         raise WriteError(self.name, "writes are not supported by this driver")
 
+    async def acknowledge(self, point: str, accepted: bool) -> None:  # noqa: B027
+        """Tell the device its scan of ``point`` is recorded (a scanner's good-read answer) or
+        was rejected (bad-read). Called only once the scan's record is committed, and only for
+        points whose config says the device answers (``DeviceConfig.acknowledges``). Optional:
+        a device that takes no answer ignores it."""
+
+    async def trigger_read(self) -> None:
+        """Ask the device to read now (a fixed-mount scanner's trigger command); what it reads,
+        or that it read nothing in time, arrives through ``run``'s sink. Only kinds whose
+        config names a read trigger (``DeviceConfig.read_trigger``) get here."""
+        raise WriteError(self.name, "this device cannot be triggered")
+
+    async def command(self, name: str) -> str:
+        """Carry out an operator's command (``edge-agent device command``: a scale's zero or
+        tare); return what the device answered. Only names the config lists
+        (``DeviceConfig.commands``) get here."""
+        raise WriteError(self.name, f"unknown command {name!r}")
+
     def outage(self, reason: str) -> list[Observation]:
         """Observations recording that nothing is known about the points from now on."""
         now = time.time()

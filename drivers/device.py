@@ -125,6 +125,25 @@ class DeviceConfig(BaseModel):
             f"same device as devices[{first}]: give each device one entry",
         )
 
+    def scan_points(self) -> Sequence[str]:
+        """Points whose values are identifications (barcodes, tags): each must be a scan
+        source of a station, or its reads would be recorded as plain readings."""
+        return []
+
+    def acknowledges(self, point: str) -> bool:
+        """Whether the device wants to hear that a scan of ``point`` was recorded (good read)
+        or rejected (bad read), once the record is committed."""
+        return False
+
+    def read_trigger(self) -> tuple[tuple[str | int, ...], str, str] | None:
+        """(key path of the setting, device, point) of the point whose rising edge makes the
+        agent ask this device to read (``Driver.trigger_read``); None if none."""
+        return None
+
+    def commands(self) -> Sequence[str]:
+        """Operator commands this device takes (``edge-agent device command``)."""
+        return []
+
     def bus(self) -> BusClaim | None:
         """The shared connection this device is reached through, if any."""
         return None

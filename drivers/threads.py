@@ -10,7 +10,13 @@ when it has nothing; whatever it raises ends the source and is raised to the con
 
 The thread owns the device handle between ``open`` and ``close`` (both run in the thread),
 so nothing else touches it concurrently: writes to the device (a scanner's good-read answer)
-go through :meth:`call`, which runs a function in the same thread between two reads.
+go through :meth:`call`, which runs a function in the same thread between two reads. A source
+whose ``read`` blocks until data comes (no busy polling while a device is silent: a serial
+read with no timeout, woken by ``interrupt``) passes ``wake_for_calls=True``: :meth:`call`
+then also calls ``interrupt``, so the read returns at once (with None) and the call runs
+within milliseconds instead of waiting for the next byte. ``interrupt`` must then leave a
+wake-up pending if no read is in progress (pyserial's ``cancel_read`` writes to a pipe), so
+that a call queued just before the next read starts is not missed.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class BlockingSource(Generic[T]):
         close: Callable[[], None] | None = None,
         interrupt: Callable[[], None] | None = None,
         stop_within: float = 5.0,
+        wake_for_calls: bool = False,
     ) -> None:
         self.name = name
         self._read = read
@@ -55,6 +62,7 @@ class BlockingSource(Generic[T]):
         self._close = close
         self._interrupt = interrupt
         self.stop_within = stop_within
+        self._wake_for_calls = wake_for_calls and interrupt is not None
         self._stop = threading.Event()
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
             queue.SimpleQueue()
@@ -102,7 +110,10 @@ class BlockingSource(Generic[T]):
             yield item
 
     async def call(self, fn: Callable[[], R]) -> R:
-        """Run ``fn`` in the source's thread, between two reads, and return its result."""
+        """Run ``fn`` in the source's thread, between two reads, and return its result.
+
+        With ``wake_for_calls`` the read in progress is interrupted so that ``fn`` runs now.
+        """
         if self._loop is None or self._thread is None or not self._thread.is_alive():
             raise RuntimeError(f"source {self.name} is not running")
         future: asyncio.Future[R] = self._loop.create_future()
@@ -110,6 +121,11 @@ class BlockingSource(Generic[T]):
             if self._calls_closed:
                 raise RuntimeError(f"source {self.name} is not running")
             self._calls.put((fn, future))
+        if self._wake_for_calls and self._interrupt is not None:
+            try:
+                self._interrupt()
+            except Exception:
+                log.debug("source %s: interrupt for a call failed", self.name, exc_info=True)
         return await future
 
     # ---- the thread ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from edge_agent.binding.records import bind
 from edge_agent.binding.rules import (
     _EMPTY,
     UNASSIGNED,
+    Acknowledge,
     Action,
     BindingRules,
     Capture,
@@ -32,14 +33,29 @@ from edge_agent.binding.rules import (
     State,
     StationState,
     Step,
+    TriggerRead,
     WriteTaken,
     context_value,
 )
 from kernel.model import Observation, Value
 
 __all__ = [
-    "UNASSIGNED", "Action", "Binder", "BindingRules", "Capture", "Context", "ContextRejected",
-    "Handshake", "StationState", "Step", "WriteTaken", "bind", "complete", "context_value",
+    "UNASSIGNED",
+    "Acknowledge",
+    "Action",
+    "Binder",
+    "BindingRules",
+    "Capture",
+    "Context",
+    "ContextRejected",
+    "Handshake",
+    "StationState",
+    "Step",
+    "TriggerRead",
+    "WriteTaken",
+    "bind",
+    "complete",
+    "context_value",
 ]
 
 class Binder:

@@ -85,6 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="auto: Mosquitto if installed, else the embedded amqtt broker",
     )
 
+    p = sub.add_parser("device", help="commands to a running agent's devices")
+    dsub = p.add_subparsers(dest="device_command", required=True)
+    dp = dsub.add_parser(
+        "command",
+        help="send a device an operator command: a scale's zero or tare, a reader's trigger",
+    )
+    _socket_options(dp)
+    dp.add_argument("--device", required=True, help="device name from the config")
+    dp.add_argument("name", metavar="COMMAND", help="zero, tare, trigger, ... (what it takes)")
+
     p = sub.add_parser("context", help="show or set a running agent's station context")
     csub = p.add_subparsers(dest="context_command", required=True)
     for name, help_ in (
@@ -156,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trace_store_cli.dispatch(args)
     if args.command == "context":
         return _context(args)
+    if args.command == "device":
+        return _device(args)
     if args.command == "status":
         return _status(args)
     if args.command == "reload":
@@ -313,6 +325,22 @@ def _config(args: argparse.Namespace) -> int:
     else:
         print(format_table(probes))
     return exit_code(probes)
+
+
+def _device(args: argparse.Namespace) -> int:
+    try:
+        socket = _socket(args)
+    except ConfigError as exc:
+        _print_issues(exc)
+        return EXIT_CONFIG
+    reply = _ask(socket, {"op": "device.command", "device": args.device, "command": args.name})
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(reply.get("error", "refused"), file=sys.stderr)
+        return 1
+    print(f"{args.device}: {reply['answer']}")
+    return 0
 
 
 def _context(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -21,7 +21,16 @@ from buffer.sqlite import SqliteBuffer
 from drivers.base import Driver
 from drivers.bus import Buses
 from drivers.registry import DriverContext, MissingExtra, create_driver
-from edge_agent.binder import Action, Binder, BindingRules, Capture, ContextRejected, WriteTaken
+from edge_agent.binder import (
+    Acknowledge,
+    Action,
+    Binder,
+    BindingRules,
+    Capture,
+    ContextRejected,
+    TriggerRead,
+    WriteTaken,
+)
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.control import ControlServer
 from kernel.alarms import Alarms
@@ -198,7 +207,15 @@ class Agent:
 
     def _act(self, actions: Sequence[Action]) -> None:
         for action in actions:
-            coro = self._capture(action) if isinstance(action, Capture) else self._write(action)
+            coro: Coroutine[Any, Any, None]
+            if isinstance(action, Capture):
+                coro = self._capture(action)
+            elif isinstance(action, WriteTaken):
+                coro = self._write(action)
+            elif isinstance(action, Acknowledge):
+                coro = self._acknowledge(action)
+            else:
+                coro = self._trigger_read(action)
             task = asyncio.create_task(coro, name=f"{type(action).__name__}:{action.station}")
             self._actions.add(task)
             task.add_done_callback(self._actions.discard)
@@ -246,6 +263,48 @@ class Agent:
             if w.value:
                 self.binder.handshake_failed(w.station)
 
+    async def _acknowledge(self, ack: Acknowledge) -> None:
+        """The reader's good-read / bad-read answer, once the scan's record is committed: the
+        operator's beep means "recorded" (invariant 1, as for the handshake)."""
+        try:
+            await self.buffer.flush()
+        except BufferError_:
+            return  # not committed: no answer, the operator scans again
+        try:
+            await self._by_name[ack.device].acknowledge(ack.point, ack.accepted)
+        except DeviceError as exc:
+            log.warning(
+                "station %s: the %s answer to %s's scan was not sent: %s",
+                ack.station,
+                "good-read" if ack.accepted else "bad-read",
+                ack.device,
+                exc,
+                extra={"station": ack.station, "device": ack.device},
+            )
+
+    async def _trigger_read(self, trig: TriggerRead) -> None:
+        try:
+            await self._by_name[trig.device].trigger_read()
+        except DeviceError as exc:
+            log.warning(
+                "station %s: reader %s not triggered: %s",
+                trig.station,
+                trig.device,
+                exc,
+                extra={"station": trig.station, "device": trig.device},
+            )
+
+    async def command(self, device: str, name: str) -> str:
+        """An operator's command to a device (``edge-agent device command``)."""
+        driver = self._by_name.get(device)
+        if driver is None:
+            raise DeviceError(device, "no such device in the running config")
+        cfg = next(d for d in self.cfg.devices if d.name == device)
+        if name not in cfg.commands():
+            known = ", ".join(cfg.commands()) or "none"
+            raise DeviceError(device, f"does not take command {name!r} (it takes: {known})")
+        return await driver.command(name)
+
     async def set_context(
         self, station: str, values: dict[str, Value], user: str | None = None
     ) -> int:
@@ -272,6 +331,15 @@ class Agent:
             except ContextRejected as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "seq": seq, "ctx": dict(self.binder.contexts[station])}
+        if op == "device.command":
+            device, name = request.get("device"), request.get("command")
+            if not isinstance(device, str) or not isinstance(name, str):
+                return {"ok": False, "error": "device.command needs device and command"}
+            try:
+                answer = await self.command(device, name)
+            except DeviceError as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "answer": answer}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -7,6 +7,7 @@ Kept free of I/O so binding stays a pure function and every layer can be tested 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,6 +54,9 @@ class Observation:
     error: str | None = None  # why quality is not GOOD
     server_ts: float | None = None  # when the server last had the value (OPC UA), if it says
     unobserved: Unobserved | None = None  # changes before this value may not have arrived
+    # What the device said about the value beyond value/unit/quality, kept in the record: a
+    # scale's stability, an RFID read's EPC, antenna and RSSI.
+    detail: Mapping[str, Value] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,10 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
 fi
 
 python -m pip install -q -e '.[test]'
+# epcpy 0.1.8 installs a console script `test` (entry point scripts:test, a module it does not
+# ship) that shadows /usr/bin/test on PATH; remove that one file and nothing else.
+stray="$(python -c 'import os, sys; print(os.path.join(os.path.dirname(sys.executable), "test"))')"
+if [ -f "$stray" ] && grep -q "from scripts import test" "$stray"; then rm -f "$stray"; fi
 python -m pytest "$@"
 # Lint and types are part of "the tests pass".
 ruff check .

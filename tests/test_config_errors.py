@@ -12,7 +12,7 @@ import pytest
 from edge_agent import yamlsrc
 from edge_agent.config import load_config, parse_config
 from kernel.errors import ConfigError, ConfigIssue
-from tests.test_config import GOOD
+from tests.test_config import GOOD, KIND_TYPES
 
 BASE = GOOD  # the smallest valid file; each case breaks one thing
 
@@ -127,7 +127,8 @@ def test_issue_prints_file_line_col_path_message() -> None:
             "type: modbus_tcp",
             "type: modbus-tcp",
             "line3.yaml:8:5: devices[0].type: unknown device type 'modbus-tcp'; expected one of "
-            "modbus_tcp, modbus_rtu, opcua; did you mean 'modbus_tcp'?",
+            + KIND_TYPES
+            + "; did you mean 'modbus_tcp'?",
         ),
         # keys: unknown ones with a did-you-mean, at any depth; missing ones where they belong
         (

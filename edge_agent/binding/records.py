@@ -13,10 +13,14 @@ from edge_agent.binding.rules import (
     GOOD,
     READINGS,
     UNASSIGNED,
+    UNSEEN,
+    Acknowledge,
     BindingRules,
+    PointKey,
     State,
     StationState,
     Step,
+    TriggerRead,
     context_value,
     station_state,
 )
@@ -67,8 +71,15 @@ def _bind_response(
             scan_stations = rules.scan_stations(obs) if rules.scans_of else ()
             if scan_stations:
                 consumed.add(i)
+                accepted = True
                 for station in scan_stations:
-                    _scan(station_state(state, station), station, obs, rules, step)
+                    scanned = station_state(state, station)
+                    accepted &= _scan(scanned, station, obs, rules, step) == "accepted"
+                if (obs.device, obs.point) in rules.acknowledged:
+                    # One answer per scan, whatever number of stations it fed.
+                    step.actions.append(
+                        Acknowledge(scan_stations[0], obs.device, obs.point, accepted)
+                    )
     station_of = rules.station_of
     # One record per station per response: the values read in one instant share one context
     # and one ts, so writing them once is exact, and the per-record cost (journal row,
@@ -110,12 +121,33 @@ def _bind_response(
             body.setdefault("source_ts", {})[point] = iso_utc(obs.source_ts)
         if obs.server_ts is not None:
             body.setdefault("server_ts", {})[point] = iso_utc(obs.server_ts)
+        if obs.detail is not None:
+            body.setdefault("details", {})[point] = dict(obs.detail)
     for body in (*done, *groups.values()):
         step.drafts.append(RecordDraft(body["station"], RecordKind.READINGS, body))
     if rules.trigger_of:
         for obs in response:
             for station in rules.trigger_of.get((obs.device, obs.point), ()):
                 trigger(station_state(state, station), station, obs, rules.parts[station], step)
+    if rules.read_triggers:
+        for obs in response:
+            pk = (obs.device, obs.point)
+            for station, reader in rules.read_triggers.get(pk, ()):
+                _read_trigger(station_state(state, station), station, reader, pk, obs, step)
+
+
+def _read_trigger(
+    st: StationState, station: str, reader: str, pk: PointKey, obs: Observation, step: Step
+) -> None:
+    """A reader is triggered on its point's rising edge. After a start or an outage the
+    previous level is unknown, and a level already high is not an edge: the part may have
+    been read before (the operator can trigger by hand with ``edge-agent device command``)."""
+    if obs.quality is not Quality.GOOD:
+        st.levels[pk] = UNSEEN
+        return
+    previous, st.levels[pk] = st.levels.get(pk, UNSEEN), obs.value
+    if previous is not UNSEEN and not previous and obs.value:
+        step.actions.append(TriggerRead(station, reader))
 
 
 def _unobserved(
@@ -190,9 +222,9 @@ def set_context(
 
 def _scan(
     st: StationState, station: str, obs: Observation, rules: BindingRules, step: Step
-) -> None:
+) -> str:
     """A scan is always recorded (accepted, unclassified or rejected); an accepted one may
-    then set context keys and record a consumption."""
+    then set context keys and record a consumption. Returns the scan's status."""
     body: dict[str, Any] = {
         "kind": RecordKind.SCAN.value,
         "station": station,
@@ -209,8 +241,10 @@ def _scan(
             error=obs.error or "no data",
             ctx=st.ctx,
         )
+        if obs.detail is not None:
+            body["detail"] = dict(obs.detail)
         step.drafts.append(RecordDraft(station, RecordKind.SCAN, body))
-        return
+        return "rejected"
     scan = classify(str(obs.value), rules.scan_rules.get(station, ()))
     quality = {"accepted": Quality.GOOD, "unclassified": Quality.UNCERTAIN}.get(
         scan.status, Quality.BAD
@@ -231,9 +265,11 @@ def _scan(
         body["gs1"] = dict(scan.gs1)
     if scan.error is not None:
         body["error"] = scan.error
+    if obs.detail is not None:
+        body["detail"] = dict(obs.detail)
     step.drafts.append(RecordDraft(station, RecordKind.SCAN, body))
     if scan.status != "accepted":
-        return
+        return scan.status
     source = {"device": obs.device, "point": obs.point, "rule": scan.rule}
     for key, value in scan.context.items():
         set_context(st, station, key, context_value(value), obs.ts, source, step)
@@ -252,5 +288,6 @@ def _scan(
         if serial is None:
             cons["error"] = "no serial current: consumption not bound to a part"
         step.drafts.append(RecordDraft(station, RecordKind.CONSUMPTION, cons))
+    return scan.status
 
 

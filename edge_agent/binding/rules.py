@@ -56,6 +56,8 @@ class StationState:
     last_trigger_ts: float | None = None
     handshake: Handshake = Handshake.IDLE
     parts: dict[str, int] = field(default_factory=dict)  # serial -> part records here
+    # Last level of each point that triggers a reader of this station (part present).
+    levels: dict[PointKey, Value | _Unseen] = field(default_factory=dict)
 
     def durable(self) -> dict[str, Any]:
         """The part of the state that must survive a restart (kept with each record)."""
@@ -89,7 +91,28 @@ class WriteTaken:
     value: bool
 
 
-Action = Capture | WriteTaken
+@dataclass(frozen=True, slots=True)
+class Acknowledge:
+    """Action: tell the reader of a scan whether it was accepted (good read) or not (bad
+    read). Only ever after the scan's record is committed (the daemon flushes the journal
+    first): the operator's beep then means "recorded"."""
+
+    station: str
+    device: str
+    point: str
+    accepted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRead:
+    """Action: ask ``device`` (a fixed-mount reader) to read now; the point it was asked for
+    by rose."""
+
+    station: str
+    device: str
+
+
+Action = Capture | WriteTaken | Acknowledge | TriggerRead
 
 
 @dataclass
@@ -111,6 +134,9 @@ class BindingRules:
     scan_rules: Mapping[str, tuple[ScanRule, ...]] = field(default_factory=dict)
     trigger_of: Mapping[PointKey, tuple[str, ...]] = field(default_factory=dict)
     parts: Mapping[str, PartConfig] = field(default_factory=dict)
+    acknowledged: frozenset[PointKey] = frozenset()  # scans whose reader wants an answer
+    # trigger point -> ((station, reader device), ...) read on its rising edge
+    read_triggers: Mapping[PointKey, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     max_serials: int = MAX_SERIALS
 
     @classmethod
@@ -121,6 +147,17 @@ class BindingRules:
         context_of: dict[PointKey, list[tuple[str, str]]] = {}
         scans_of: dict[tuple[str, str | None], list[str]] = {}
         trigger_of: dict[PointKey, list[str]] = {}
+        read_triggers: dict[PointKey, list[tuple[str, str]]] = {}
+        acknowledged: set[PointKey] = set()
+        for dev in cfg.devices:
+            for p in dev.point_names():
+                if dev.acknowledges(p):
+                    acknowledged.add((dev.name, p))
+            reads_on = dev.read_trigger()
+            if reads_on is not None:
+                _, by_device, by_point = reads_on
+                station = dev.station or UNASSIGNED
+                read_triggers.setdefault((by_device, by_point), []).append((station, dev.name))
         for st in cfg.stations:
             for key, src in st.context.items():
                 if src is not None:
@@ -141,6 +178,8 @@ class BindingRules:
             },
             trigger_of={k: tuple(v) for k, v in trigger_of.items()},
             parts={st.name: st.part for st in cfg.stations if st.part is not None},
+            acknowledged=frozenset(acknowledged),
+            read_triggers={k: tuple(v) for k, v in read_triggers.items()},
         )
 
     def empty_contexts(self) -> dict[str, Context]:
@@ -163,8 +202,6 @@ def context_value(value: Value) -> Value:
         value = value.strip()
         return value or None
     return value
-
-
 
 
 def station_state(state: State, name: str) -> StationState:

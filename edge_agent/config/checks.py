@@ -46,6 +46,38 @@ def config_issues(cfg: AgentConfig) -> list[Issue]:
         out.extend(_station_refs(dev, at, stations, len(cfg.stations)))
     for i, st in enumerate(cfg.stations):
         out.extend(_station_issues(cfg, st, ("stations", i), devices))
+    for i, dev in enumerate(cfg.devices):
+        out.extend(_reader_issues(cfg, dev, ("devices", i), devices))
+    return out
+
+
+def _reader_issues(
+    cfg: AgentConfig, dev: DeviceConfig, at: Path, devices: dict[str, int]
+) -> list[Issue]:
+    """An identification device's scans must reach a station's scan rules, and the point
+    that triggers its reads must exist."""
+    out: list[Issue] = []
+    sources = {
+        (src.device, src.point)
+        for st in cfg.stations
+        if st.scans is not None
+        for src in st.scans.sources
+    }
+    for point in dev.scan_points():
+        if (dev.name, point) not in sources and (dev.name, None) not in sources:
+            station = dev.point_station(point) or "<station>"
+            out.append(
+                (
+                    (*at, "name"),
+                    f"the scans of {dev.name!r} reach no station: add "
+                    f"{{device: {dev.name}}} to stations[{station}].scans.sources (with the "
+                    "rules that classify them)",
+                )
+            )
+    trigger = dev.read_trigger()
+    if trigger is not None:
+        path, device, point = trigger
+        out.extend(_point_issue(cfg, (*at, *path), device, point, devices))
     return out
 
 
