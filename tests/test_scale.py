@@ -235,7 +235,8 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
     """The scanner sets the serial from the part's label, the PLC's cycle-complete bit
     triggers the part record, and its snapshot is the scale's stable weight: every part
     record names the part the scanner read in that cycle and the weight on the scale."""
-    model = StationModel(unit_id=1, cycle_time=0.5)
+    # cycle_complete is on for the last tenth of a cycle (80 ms): polled every 40 ms.
+    model = StationModel(unit_id=1, cycle_time=0.8)
     async with ModbusStationServer([model]) as plc, NullModem(
         tmp_path, "ttyAGENTSCALE", "ttySCALE"
     ) as cable:
@@ -243,6 +244,7 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
         raw = demo_config(
             modbus_port=plc.port, mqtt_port=mosquitto.port,
             buffer_path=str(tmp_path / "buffer.db"), stations=1, agent_id="station-pc1",
+            poll_interval=0.04,
         )  # fmt: skip
         station = raw["stations"][0]
         station["context"] = {}
@@ -274,7 +276,7 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
                 stop_agent = asyncio.Event()
                 task = asyncio.create_task(agent.run(stop_agent))
                 try:
-                    await wait_until(lambda: agent.stats.parts >= 6, within=30, what="6 parts")
+                    await wait_until(lambda: agent.stats.parts >= 5, within=30, what="5 parts")
                 finally:
                     stop_agent.set()
                     await task
