@@ -73,6 +73,7 @@ class AgentStats:
     observations: int = 0
     records: int = 0
     parts: int = 0
+    scans: int = 0  # scan records (a scan read by two stations counts twice)
     rejected_scans: int = 0
     gaps: int = 0
     unobserved: int = 0  # windows in which a device's changes may not have arrived
@@ -174,7 +175,10 @@ class Agent:
                     b.get("error"),
                     extra=extra,
                 )
-        elif d.kind is RecordKind.SCAN and b["status"] == "rejected":
+        elif d.kind is RecordKind.SCAN:
+            self.stats.scans += 1
+            if b["status"] != "rejected":
+                return
             self.stats.rejected_scans += 1
             log.warning(
                 "station %s: scan rejected: %s (%r)",
@@ -542,6 +546,7 @@ class Agent:
             "parts": self.stats.parts,
             "gaps": self.stats.gaps,
             "unobserved": self.stats.unobserved,
+            "scans": self.stats.scans,
             "rejected_scans": self.stats.rejected_scans,
             "committed_seq": self.buffer.committed_seq,
             "buffer_depth": self.buffer.depth,

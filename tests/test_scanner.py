@@ -5,15 +5,21 @@ to, good/bad-read answers only after the commit, triggered reads and no-reads.""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from drivers.scanner.config import ScannerDevice
 from drivers.scanner.driver import ScannerDriver
 from edge_agent.config import agent_model
+from edge_agent.control import ControlError, request
 from edge_agent.daemon import Agent
 from kernel.model import Observation, Quality
 from simulators.consumer import RecordCollector
@@ -36,7 +42,7 @@ from simulators.scanner import (
 from simulators.scenario import demo_config
 from simulators.station import StationModel
 from tests.modbus_helpers import Collector, wait_until
-from tests.mqtt_helpers import Mosquitto
+from tests.mqtt_helpers import Mosquitto, spawn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -392,3 +398,80 @@ async def test_no_good_read_before_the_scan_is_committed(
                 await task
     assert [f.verdict for f in sim.feedback] == ["good"]
 
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[bool]], within: float, what: str
+) -> None:
+    """Poll an async ``check`` until it holds; fail with ``what`` after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_an_agent_killed_before_the_commit_never_answered_the_scan(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The agent process gets the scan but cannot commit it (the journal's write lock is
+    held) and is killed: the reader never heard a good read, and the journal has no such
+    scan, so the operator, hearing nothing, scans again; that scan is committed and answered."""
+    model = StationModel(unit_id=1, cycle_time=0.4)
+    async with ModbusStationServer([model]) as plc:
+        transport = PtyTransport(tmp_path)
+        cfg = station_config(tmp_path, mosquitto.port, plc.port, str(transport.agent_path))
+        path = tmp_path / "agent.yaml"
+        path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+        socket = str(tmp_path / "control.sock")
+        cmd = [sys.executable, "-m", "edge_agent.cli", "--log-level", "WARNING", "run", str(path)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+        async def status() -> dict[str, Any]:
+            try:
+                reply = await request(socket, {"op": "status"}, answer_within=2)
+            except ControlError:
+                return {}  # not listening yet
+            return dict(reply.get("status", {}))
+
+        async def scanner_up() -> bool:
+            return bool((await status()).get("devices", {}).get("scanner10") == "up")
+
+        async with HandheldScanner(plc.stations[0], transport, ScannerConfig(auto=False)) as sim:
+            proc = spawn(cmd, env)
+            try:
+                await eventually_async(scanner_up, 30, "the agent's scanner up")
+                lock = commit_blocked(tmp_path / "buffer.db")
+                try:
+                    before = int((await status())["scans"])
+                    await sim.scan_part()
+                    (scan,) = sim.sent
+
+                    async def scan_seen() -> bool:
+                        return int((await status()).get("scans", -1)) > before
+
+                    await eventually_async(scan_seen, 10, "the scan bound (its commit blocked)")
+                    proc.send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(proc.wait, 10)
+                finally:
+                    lock.rollback()
+                    lock.close()
+                assert sim.feedback_after(scan.seq) == [], "answered a scan it never committed"
+                db = sqlite3.connect(tmp_path / "buffer.db")
+                try:
+                    kinds = [row[0] for row in db.execute("SELECT kind FROM records")]
+                finally:
+                    db.close()
+                assert "scan" not in kinds, "the scan was committed after all"
+                # The operator scans again; the restarted agent commits and answers it.
+                proc = spawn(cmd, env)
+                await eventually_async(scanner_up, 30, "the restarted agent's scanner up")
+                await sim.scan_part()
+                await wait_until(lambda: len(sim.feedback) == 1, within=10, what="the answer")
+                assert sim.feedback[0].verdict == "good"
+                assert sim.feedback[0].after == sim.sent[-1].seq
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    await asyncio.to_thread(proc.wait, 30)
