@@ -405,6 +405,11 @@ def _status(args: argparse.Namespace) -> int:
         print(f"agent {status['agent']}: last seq {status['committed_seq']}")
         print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
         print(
+            f"records: {status['parts']} part(s), {status['gaps']} gap(s), "
+            f"{status['scans']} scan(s) of which {status['rejected_scans']} rejected, "
+            f"{status['unobserved']} unobserved window(s)"
+        )
+        print(
             f"journal: {buf['depth']} record(s) waiting, {buf['telemetry_rows']} of them "
             f"telemetry; evicted {buf['evicted_rows']}, readings refused "
             f"{buf['dropped_readings']}; disk {buf['disk_state']}"

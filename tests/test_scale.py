@@ -335,6 +335,10 @@ async def test_tare_from_the_line_pc_through_the_cli(
                 assert await asyncio.to_thread(main, [*args, "calibrate"]) == 1
                 err = capsys.readouterr().err
                 assert "does not take command 'calibrate' (it takes: zero, tare)" in err
+                assert await asyncio.to_thread(main, ["status", "--socket", socket]) == 0
+                out = capsys.readouterr().out
+                assert "devices: scale10 up" in out
+                assert "records: 0 part(s), 0 gap(s), 0 scan(s) of which 0 rejected" in out
             finally:
                 stop_agent.set()
                 await task
