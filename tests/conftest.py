@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -32,6 +33,18 @@ def no_thread_leak() -> Iterator[None]:
     leaked = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
     if leaked:
         pytest.fail(f"test leaked threads: {', '.join(sorted(leaked))}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """Put the root logger back as it was: a test that runs the CLI's ``main()`` in-process
+    gets its handler pointed at that test's captured stderr, which is closed afterwards (every
+    later log line would then be a "Logging error"), and pytest's own capture handler removed."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -298,7 +298,9 @@ async def test_a_scanned_serial_binds_the_plcs_values_and_is_answered_after_comm
     async with ModbusStationServer([model]) as plc:
         transport = PtyTransport(tmp_path)
         faults = Faults(rates={Fault.BAD_CHECK_DIGIT: 0.25}, seed=3)
-        config = ScannerConfig(ack=HostAck(), faults=faults, scan_phase=0.1)
+        # Host ACK mode: the scanner sends the next scan only once the last one is answered
+        # (or 5 s passed), so each answer is credited to its scan even on a loaded machine.
+        config = ScannerConfig(ack=HostAck(wait=True, timeout=5.0), faults=faults, scan_phase=0.1)
         cfg = station_config(tmp_path, mosquitto.port, plc.port, str(transport.agent_path))
         async with HandheldScanner(plc.stations[0], transport, config) as sim:
             with RecordCollector("127.0.0.1", mosquitto.port) as col:
