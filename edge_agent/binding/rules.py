@@ -164,7 +164,15 @@ class BindingRules:
                     context_of.setdefault((src.device, src.point), []).append((st.name, key))
             if st.scans is not None:
                 for scan_src in st.scans.sources:
-                    scans_of.setdefault((scan_src.device, scan_src.point), []).append(st.name)
+                    # A whole identification device means its scan points: an RFID reader's
+                    # departures are readings, never scans that would set the serial again.
+                    dev_cfg = next((d for d in cfg.devices if d.name == scan_src.device), None)
+                    whole = scan_src.point is None and dev_cfg is not None
+                    points: list[str | None] = (
+                        list(dev_cfg.scan_points()) if whole and dev_cfg else []
+                    )
+                    for point in points or [scan_src.point]:
+                        scans_of.setdefault((scan_src.device, point), []).append(st.name)
             if st.part is not None:
                 trig = st.part.trigger
                 trigger_of.setdefault((trig.device, trig.point), []).append(st.name)
