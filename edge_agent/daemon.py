@@ -40,6 +40,7 @@ from kernel.model import (
     TELEMETRY_KINDS,
     DeviceState,
     Observation,
+    Quality,
     RecordDraft,
     RecordKind,
     Value,
@@ -229,6 +230,8 @@ class Agent:
         part record is committed (invariant 1)."""
         snapshot: list[Observation] | None = None
         error: str | None = None
+        # The other devices (a scale) are read at the same time, each in its own request.
+        also = asyncio.gather(*(self._read_also(device, points) for device, points in cap.also))
         try:
             snapshot = await self._by_name[cap.device].read_points(cap.points)
         except DeviceError as exc:
@@ -241,6 +244,10 @@ class Agent:
                     error,
                     extra={"station": cap.station},
                 )
+        finally:
+            extra = [o for observations in await also for o in observations]
+        if extra:
+            snapshot = [*(snapshot or ()), *extra]
         step = self.binder.complete(cap, snapshot, error)
         writes = [a for a in step.actions if isinstance(a, WriteTaken)]
         try:
@@ -251,6 +258,14 @@ class Agent:
             return  # _emit has stopped the agent; the PLC keeps its data (no "taken")
         for w in writes:
             await self._write(w)
+
+    async def _read_also(self, device: str, points: tuple[str, ...]) -> list[Observation]:
+        """A part's points on another device; one that cannot be read makes only its own
+        points bad, with the reason."""
+        try:
+            return await self._by_name[device].read_points(points)
+        except DeviceError as exc:
+            return [Observation(device, p, None, Quality.BAD, error=str(exc)) for p in points]
 
     async def _write(self, w: WriteTaken) -> None:
         try:

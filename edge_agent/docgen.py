@@ -24,12 +24,35 @@ from edge_agent.config import (
     Templates,
     agent_model,
 )
+from edge_agent.config.models import (
+    HandshakeConfig,
+    Limits,
+    PartConfig,
+    ResultConfig,
+    ScanConfig,
+    ScanSource,
+    SnapshotAlso,
+    SnapshotConfig,
+    TriggerConfig,
+)
+from edge_agent.scan import Consume, ScanRule
 from sync.config import MqttConfig, MqttTls
 
 BEFORE_DEVICES: list[tuple[str, type[BaseModel]]] = [
     ("agent", AgentIdentity),
     ("stations[]", StationConfig),
     ("stations[].context.<key>", ContextSource),
+    ("stations[].scans", ScanConfig),
+    ("stations[].scans.sources[]", ScanSource),
+    ("stations[].scans.rules[]", ScanRule),
+    ("stations[].scans.rules[].consume", Consume),
+    ("stations[].part", PartConfig),
+    ("stations[].part.trigger", TriggerConfig),
+    ("stations[].part.snapshot", SnapshotConfig),
+    ("stations[].part.snapshot.also[]", SnapshotAlso),
+    ("stations[].part.result", ResultConfig),
+    ("stations[].part.limits.<point>", Limits),
+    ("stations[].part.handshake", HandshakeConfig),
 ]
 AFTER_DEVICES: list[tuple[str, type[BaseModel]]] = [
     ("buffer", BufferConfig),

@@ -229,12 +229,14 @@ async def test_a_scale_on_tcp(tmp_path: Path) -> None:
 # ---- a PLC, a scanner and a scale on one station ------------------------------------------------
 
 
+@pytest.mark.parametrize("scale_answers", [True, False], ids=["scale-ok", "scale-silent"])
 async def test_a_station_with_a_plc_a_scanner_and_a_scale(
-    tmp_path: Path, mosquitto: Mosquitto
+    tmp_path: Path, mosquitto: Mosquitto, scale_answers: bool
 ) -> None:
     """The scanner sets the serial from the part's label, the PLC's cycle-complete bit
-    triggers the part record, and its snapshot is the scale's stable weight: every part
-    record names the part the scanner read in that cycle and the weight on the scale."""
+    triggers the part record, which holds the PLC's values and the scale's stable weight:
+    every part record names the part the scanner read in that cycle and the weight on the
+    scale. A scale that does not answer makes only the weight bad."""
     # cycle_complete is on for the last tenth of a cycle (80 ms): polled every 40 ms.
     model = StationModel(unit_id=1, cycle_time=0.8)
     async with ModbusStationServer([model]) as plc, NullModem(
@@ -253,15 +255,23 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
             "rules": [{"name": "label", "gs1": True, "require": ["01", "21"],
                        "set": {"serial": "21"}}],
         }  # fmt: skip
+        plc_name = raw["devices"][0]["name"]
         station["part"] = {
-            "trigger": {"device": raw["devices"][0]["name"], "point": "cycle_complete"},
-            "snapshot": {"device": "scale10", "points": ["weight"]},
+            "trigger": {"device": plc_name, "point": "cycle_complete"},
+            # The PLC's values in one request, the scale's stable weight beside them.
+            "snapshot": {
+                "device": plc_name,
+                "points": ["cycle_counter", "part_serial"],
+                "also": [{"device": "scale10", "points": ["weight"]}],
+            },
+            "counter": "cycle_counter",
+            "limits": {"weight": {"min": 240.0, "max": 260.0}},
         }
         raw["devices"] += [
             {"name": "scanner10", "type": "scanner", "station": "ST10",
              "port": str(scanner_end.agent_path)},
             {"name": "scale10", "type": "scale", "station": "ST10", "port": str(cable.a_path),
-             "poll_interval": None, "unit": "g"},
+             "poll_interval": None, "unit": "g", "timeout": 0.2, "snapshot_timeout": 0.3},
         ]  # fmt: skip
         cfg = agent_model().model_validate(raw)
         assert cfg.issues() == []
@@ -271,6 +281,7 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
             ScaleSimulator(scale_model, serial_path=cable.b_path) as weigher,
         ):
             weigher.place(250.0)
+            weigher.faults.silent = not scale_answers
             with RecordCollector("127.0.0.1", mosquitto.port) as col:
                 agent = Agent(cfg)
                 stop_agent = asyncio.Event()
@@ -294,8 +305,19 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
     assert cycles == list(range(cycles[0], cycles[0] + len(cycles))), serials
     for p in with_serial:
         weight = p["values"]["weight"]
-        assert (weight["value"], weight["unit"], weight["quality"]) == (250.0, "g", "good"), p
-        assert p["quality"] == "good", p
+        if scale_answers:
+            assert (weight["value"], weight["unit"], weight["quality"]) == (250.0, "g", "good")
+            assert weight["ok"] is True
+            assert p["quality"] == "good", p
+        else:
+            assert (weight["value"], weight["quality"]) == (None, "bad"), p
+            assert weight["error"] == "no stable weight within 0.3 s"
+            assert weight["ok"] is None, "an unread weight is no evidence either way"
+            assert p["quality"] == "bad"
+            assert p["values"]["cycle_counter"]["quality"] == "good"
+        # The scanned serial is the part the PLC finished (its own serial register, read in
+        # the same request as its counter).
+        assert p["values"]["part_serial"]["value"] == p["serial"], p
 
 
 async def test_tare_from_the_line_pc_through_the_cli(

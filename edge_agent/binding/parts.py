@@ -84,6 +84,7 @@ def _capture(
             st.ctx,
             since,
             handshake,
+            tuple((a.device, tuple(a.points)) for a in part.snapshot.also),
         )
     )
 
@@ -135,7 +136,7 @@ def complete(
     if error is not None:
         problems.append(f"snapshot read failed: {error}")
     record_values: dict[str, Any] = {}
-    for name in capture.points:
+    for name in capture.all_points():
         got = values.get(name)
         entry: dict[str, Any] = {"value": None if got is None else got.value}
         if got is not None and got.unit is not None:

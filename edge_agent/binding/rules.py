@@ -78,6 +78,12 @@ class Capture:
     ctx: Context  # the context when the trigger fired: the part's
     since_previous: float | None  # seconds since the previous trigger
     handshake: bool
+    # More devices read at the same trigger, (device, points) each (a scale's weight).
+    also: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def all_points(self) -> tuple[str, ...]:
+        """Every point of the part record: the snapshot's, then those of ``also``."""
+        return (*self.points, *(p for _, points in self.also for p in points))
 
 
 @dataclass(frozen=True, slots=True)

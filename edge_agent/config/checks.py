@@ -203,6 +203,37 @@ def _part_issues(
             where, message = problem
             out.append(((*path, "snapshot", *where), message))
     in_snapshot = set(snap.points)
+    for k, also in enumerate(snap.also):
+        at: Path = (*path, "snapshot", "also", k)
+        if also.device == snap.device:
+            out.append(((*at, "device"), "the snapshot's own device: list its points above"))
+            continue
+        found = _point_issue(cfg, at, also.device, None, devices)
+        out.extend(found)
+        if found:
+            continue
+        other = cfg.devices[devices[also.device]]
+        known = other.point_names()
+        missing = False
+        for j, name in enumerate(also.points):
+            if name not in known:
+                out.append(((*at, "points", j), unknown(f"point of {other.name!r}", name, known)))
+                missing = True
+            elif name in in_snapshot:
+                out.append(
+                    (
+                        (*at, "points", j),
+                        f"{name!r} is already a snapshot point: a part record holds one value "
+                        "per point name",
+                    )
+                )
+                missing = True
+            in_snapshot.add(name)
+        if not missing:
+            problem = other.snapshot_issue(also.points)
+            if problem is not None:
+                where, message = problem
+                out.append(((*at, *where), message))
     refs: list[tuple[Path, str]] = []
     if part.counter is not None:
         refs.append(((*path, "counter"), part.counter))
@@ -217,7 +248,7 @@ def _part_issues(
                 (
                     ref_path,
                     f"{name!r} is not a snapshot point (snapshot.points: "
-                    f"{', '.join(snap.points)})",
+                    f"{', '.join(snap.points)}, or of snapshot.also)",
                 )
             )
     for name, lim in part.limits.items():

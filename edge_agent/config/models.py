@@ -86,6 +86,19 @@ class TriggerConfig(BaseModel):
     )
 
 
+class SnapshotAlso(BaseModel):
+    """Another device read at the same trigger, beside the snapshot (a scale's weight)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Name = Field(description="Device read at the trigger too.", examples=["scale10"])
+    points: list[Name] = Field(
+        min_length=1,
+        examples=[["weight"]],
+        description="Its points, read together as that device allows (a scale: its weight).",
+    )
+
+
 class SnapshotConfig(BaseModel):
     """Points read together, in one request, when the trigger fires."""
 
@@ -97,6 +110,12 @@ class SnapshotConfig(BaseModel):
         examples=[["cycle_counter", "part_serial", "final_force", "result"]],
         description="Points of that device, read together as one consistent snapshot; the "
         "device must be able to (Modbus: one request, so one table within max_registers).",
+    )
+    also: list[SnapshotAlso] = Field(
+        default_factory=list,
+        description="Other devices read at the same trigger, at the same time, each in its own "
+        "request (a scale's stable weight beside the PLC's values). Their points join the part "
+        "record; one that cannot be read makes only its own points bad.",
     )
 
 
