@@ -3,7 +3,9 @@ running agent.
 
 A Unix socket, so only local users allowed to open the file can change a station's context;
 one JSON object per line each way. Requests: ``{"op": "context.set", "station": ...,
-"values": {...}, "user": ...}`` and ``{"op": "status"}``. Replies: ``{"ok": true, ...}`` or
+"values": {...}, "user": ...}``, ``{"op": "device.command", "device": ..., "command": ...}``
+(a scale's zero or tare, a reader's trigger; answered with the device's answer),
+``{"op": "reload"}`` and ``{"op": "status"}``. Replies: ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``. A ``context.set`` is answered only once its records are
 committed, so the operator's "done" means the change is durable.
 """
