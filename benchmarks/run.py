@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    camera,
     ceilings,
     drain,
     footprint,
@@ -42,6 +43,7 @@ from benchmarks import (
 
 SECTIONS = (
     "ceilings", "throughput", "drain", "latency", "footprint", "nodered", "opcua", "scanner",
+    "camera",
 )
 
 
@@ -57,6 +59,7 @@ def run_all(quick: bool, skip: set[str]) -> dict[str, Any]:
         "nodered": lambda: nodered.run(rates=[1_000, 10_000], seconds=seconds),
         "opcua": lambda: opcua.run(stations=[1, 4, 16], seconds=seconds),
         "scanner": lambda: scanner.run(scans=200 if quick else 500, burst=1000, idle=seconds),
+        "camera": lambda: camera.run(frames=10 if quick else 30, agent_seconds=seconds),
     }
     out: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -241,6 +244,7 @@ def report(r: dict[str, Any]) -> str:
         "nodered": nodered.table,
         "opcua": opcua.table,
         "scanner": scanner.table,
+        "camera": camera.table,
     }
     for name in SECTIONS:
         section = r.get(name)

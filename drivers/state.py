@@ -22,6 +22,9 @@ class DeviceStatus:
     reads_ok: int = 0
     reads_failed: int = 0
     reconnects: int = 0
+    dropped: int = 0
+    """Frames a camera delivered that were never decoded because decoding was slower than the
+    camera (the newest frame replaces one not yet decoded, so nothing queues)."""
 
     def set_state(self, state: DeviceState, error: str | None = None) -> None:
         """Change state, logging only on transitions so a flapping PLC cannot flood the disk."""

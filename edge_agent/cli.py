@@ -404,6 +404,9 @@ def _status(args: argparse.Namespace) -> int:
         buf, sync = status["buffer"], status["sync"]
         print(f"agent {status['agent']}: last seq {status['committed_seq']}")
         print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
+        if status.get("dropped"):
+            dropped = ", ".join(f"{d} {n}" for d, n in status["dropped"].items())
+            print(f"frames dropped (decoding slower than the camera): {dropped}")
         print(
             f"records: {status['parts']} part(s), {status['gaps']} gap(s), "
             f"{status['scans']} scan(s) of which {status['rejected_scans']} rejected, "

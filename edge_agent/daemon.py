@@ -567,6 +567,8 @@ class Agent:
             "buffer_depth": self.buffer.depth,
             "stations": {st: dict(ctx) for st, ctx in self.binder.contexts.items()},
             "devices": {d.name: d.status.state.value for d in self.drivers},
+            # Frames a camera could not decode in time (dropped, never queued): only non-zero.
+            "dropped": {d.name: d.status.dropped for d in self.drivers if d.status.dropped},
             "sync": {
                 "connected": self.sync.status.connected,
                 "confirm": self.cfg.mqtt.confirm,

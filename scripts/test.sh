@@ -21,6 +21,15 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
+# The camera tests' pyzbar backend loads the OS's zbar library.
+if ! ldconfig -p 2>/dev/null | grep -q libzbar.so.0; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq libzbar0 >/dev/null
+fi
+
 python -m pip install -q -e '.[test]'
 # epcpy 0.1.8 installs a console script `test` (entry point scripts:test, a module it does not
 # ship) that shadows /usr/bin/test on PATH; remove that one file and nothing else.

@@ -298,9 +298,7 @@ async def test_a_scanned_serial_binds_the_plcs_values_and_is_answered_after_comm
     async with ModbusStationServer([model]) as plc:
         transport = PtyTransport(tmp_path)
         faults = Faults(rates={Fault.BAD_CHECK_DIGIT: 0.25}, seed=3)
-        # Host ACK mode: the scanner sends the next scan only once the last one is answered
-        # (or 5 s passed), so each answer is credited to its scan even on a loaded machine.
-        config = ScannerConfig(ack=HostAck(wait=True, timeout=5.0), faults=faults, scan_phase=0.1)
+        config = ScannerConfig(ack=HostAck(), faults=faults, scan_phase=0.1)
         cfg = station_config(tmp_path, mosquitto.port, plc.port, str(transport.agent_path))
         async with HandheldScanner(plc.stations[0], transport, config) as sim:
             with RecordCollector("127.0.0.1", mosquitto.port) as col:
@@ -325,11 +323,16 @@ async def test_a_scanned_serial_binds_the_plcs_values_and_is_answered_after_comm
         sent = by_text[rec["text"]]
         good = rec["status"] == "accepted"
         assert good == sent.valid, rec
-        answers = sim.feedback_after(sent.seq)
-        if rec is not scan_records[-1] or answers:  # the last may be cut by the stop
-            assert [fb.verdict for fb in answers] == ["good" if good else "bad"], rec
         if good:
             assert rec["fields"]["21"] == gs1_value(model.serial(sent.cycle))
+    # One answer per scan, in the order of the scans, good iff accepted. (Compared as
+    # sequences: on a loaded machine an answer may come after the next scan was sent, so
+    # the simulator's "answer after scan N" bookkeeping cannot pair them.) The last answer
+    # may be cut by the stop.
+    expected = ["good" if r["status"] == "accepted" else "bad" for r in scan_records]
+    verdicts = [fb.verdict for fb in sim.feedback]
+    assert len(expected) - 1 <= len(verdicts) <= len(expected)
+    assert verdicts == expected[: len(verdicts)]
     # Every reading carries the serial of the last accepted scan before it (in seq order):
     # a rejected scan changes nothing. Where that scan was of the part the PLC shows in the
     # same poll (its own serial register), the two agree.
