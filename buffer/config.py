@@ -84,7 +84,10 @@ class BufferConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(default="data/buffer.db", description="SQLite file (relative to the CWD).")
+    path: str = Field(
+        default="data/buffer.db",
+        description="SQLite file; a relative path is taken from the config file's folder.",
+    )
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
         description="FULL: every commit survives a power cut. NORMAL: faster, survives crashes "

@@ -537,6 +537,12 @@ class SqliteBuffer:
             await self._submit(lambda db: db.execute("SELECT count(*) FROM records").fetchone()[0])
         )
 
+    async def probe(self) -> None:
+        """A no-op round trip through the journal's thread: it returns once the thread is back
+        at its queue, so an unanswered probe means the thread is stuck (in a commit, an fsync).
+        The service watchdog asks; nothing the thread exposes moves while the line is idle."""
+        await self._submit(lambda db: None)
+
     async def maintain(self) -> dict[str, Any]:
         """Run the periodic checks now (disk space, telemetry age, WAL checkpoint, eviction
         report) instead of at the next ``check_interval``; returns ``stats()`` after them."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,22 +20,88 @@ log = logging.getLogger("edge_agent")
 
 EXIT_CONFIG = 2
 
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
+"""The config file of commands that take one, when none is given on the command line."""
+SOCKET_ENV = "EDGE_AGENT_SOCKET"
+DEFAULT_SOCKET = "data/control.sock"
+CONFIG_HELP = f"the agent's config file (default: ${CONFIG_ENV})"
+OPTIONAL_MODULES = ("asyncua", "evdev", "epcpy", "cv2", "zxingcpp")
+"""What the extras bring (opcua, keyboard, rfid, camera), as ``--version`` reports them."""
+
+
+def version_text() -> str:
+    """The package's version, Python's, and which optional modules are installed."""
+    import importlib.util
+    import platform
+    from importlib import metadata
+
+    try:
+        own = metadata.version("edge-agent")
+    except metadata.PackageNotFoundError:
+        own = "(version unknown: not installed)"
+    dists = metadata.packages_distributions()
+    found, missing = [], []
+    for module in OPTIONAL_MODULES:
+        try:
+            present = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            present = False
+        if not present:
+            missing.append(module)
+            continue
+        versions = []
+        for dist in dists.get(module, []):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions.append(metadata.version(dist))
+        found.append(f"{module} {versions[0]}" if versions else module)
+    lines = [f"edge-agent {own}", f"Python {platform.python_version()}"]
+    lines.append(f"optional: {', '.join(found) or 'none'}")
+    if missing:
+        lines.append(f"not installed: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked (it looks at the installed packages)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.pop("nargs", None)
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_text())
+        parser.exit()
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Line-side traceability agent: PLC values bound to serials and lots, "
         "buffered in SQLite, forwarded over MQTT.",
+        epilog=f"Commands that take a config file read ${CONFIG_ENV} when none is given. "
+        "Relative paths in a config file are taken from the file's folder.",
+    )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        default=argparse.SUPPRESS,
+        help="print the version, Python's and the optional modules installed, and exit",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the agent with a config file")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?", help=CONFIG_HELP)
 
     p = sub.add_parser("validate", help="check config files; exit 2 listing every problem")
-    p.add_argument("config", nargs="+")
+    p.add_argument("config", nargs="*", help=CONFIG_HELP)
 
     p = sub.add_parser(
         "simulate",
@@ -128,17 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     gp = gsub.add_parser(
         "probe", help="connect to each device, read every point once, print what came back"
     )
-    gp.add_argument("config")
+    gp.add_argument("config", nargs="?", help=CONFIG_HELP)
     gp.add_argument("--device", help="probe only this device")
     gp.add_argument("--json", action="store_true", help="JSON instead of a table")
     gp = gsub.add_parser("validate", help="same as `edge-agent validate`")
-    gp.add_argument("config", nargs="+")
+    gp.add_argument("config", nargs="*", help=CONFIG_HELP)
     gp = gsub.add_parser(
         "browse",
         help="list what a device offers to read (OPC UA: the variables below a node), or "
         "print them as points: entries to paste into the config",
     )
-    gp.add_argument("config")
+    gp.add_argument("config", nargs="?", help=CONFIG_HELP)
     gp.add_argument("--device", required=True, help="the device to browse")
     gp.add_argument("--from", dest="start", help="start here (OPC UA: a NodeId, nsu= form)")
     gp.add_argument("--depth", type=int, default=6, help="levels to walk down (default 6)")
@@ -155,10 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="copy the readable records of a damaged journal (set aside at start) into the "
         "live journal as new records; safe to run twice",
     )
-    bp.add_argument("-c", "--config", required=True, help="the agent's config")
+    bp.add_argument("-c", "--config", help=CONFIG_HELP)
     bp.add_argument("damaged", help="the damaged journal, e.g. data/buffer.db.damaged-<time>")
 
     args = parser.parse_args(argv)
+    _config_from_env(args, parser)
     setup_logging(args.log_level, args.log_format)
     if args.command == "buffer":
         return _salvage(args.config, args.damaged)
@@ -194,6 +262,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
+
+
+def _config_from_env(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A command that needs a config file and was given none takes $EDGE_AGENT_CONFIG.
+    (The control commands only look for their socket: :func:`_socket`.)"""
+    takes = args.command in ("run", "validate", "buffer") or (
+        args.command == "config" and args.config_command != "schema"
+    )
+    if not takes or args.config:
+        return
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        what = "-c/--config" if args.command == "buffer" else "a config file"
+        parser.error(f"give {what}, or set {CONFIG_ENV}")
+    args.config = [path] if isinstance(args.config, list) else path
 
 
 def _print_issues(exc: ConfigError) -> None:
@@ -239,24 +322,40 @@ def _validate(paths: Sequence[str]) -> int:
 
 def _socket_options(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-c", "--config", help="the agent's config (to find its socket)")
+    where.add_argument(
+        "-c",
+        "--config",
+        help="the agent's config, to find its socket (a file with problems is read for "
+        "control.socket only, with a warning)",
+    )
     where.add_argument(
         "--socket",
-        help="the agent's control socket (default: $EDGE_AGENT_SOCKET, else "
-        "data/control.sock, the config's default)",
+        help=f"the agent's control socket (default: ${SOCKET_ENV}, else the socket of "
+        f"${CONFIG_ENV}, else {DEFAULT_SOCKET}, the config's default)",
     )
 
 
 def _socket(args: argparse.Namespace) -> str:
-    """The control socket named by --socket, --config, the environment or the default.
-    Raises ConfigError if --config names a broken file."""
-    import os
+    """The control socket named by --socket, --config, the environment or the default."""
+    if args.socket:
+        return str(args.socket)
+    config = args.config or (None if os.environ.get(SOCKET_ENV) else os.environ.get(CONFIG_ENV))
+    if not config:
+        return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    from edge_agent.config import control_socket, load_config
 
-    if args.config:
-        from edge_agent.config import load_config
-
-        return load_config(args.config).control.socket
-    return str(args.socket or os.environ.get("EDGE_AGENT_SOCKET") or "data/control.sock")
+    try:
+        return load_config(config).control.socket
+    except ConfigError as exc:
+        socket = control_socket(config)
+        more = len(exc.issues) - 1
+        also = f" (and {more} more)" if more else ""
+        print(
+            f"warning: {config} does not validate: {exc.issues[0]}{also}; "
+            f"using its control socket {socket}",
+            file=sys.stderr,
+        )
+        return socket
 
 
 def _ask(socket: str, message: dict[str, Any]) -> dict[str, Any] | None:
@@ -270,13 +369,7 @@ def _ask(socket: str, message: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    try:
-        socket = _socket(args)
-    except ConfigError as exc:
-        _print_issues(exc)
-        print("the file is invalid; the running agent was not asked to reload", file=sys.stderr)
-        return EXIT_CONFIG
-    reply = _ask(socket, {"op": "reload"})
+    reply = _ask(_socket(args), {"op": "reload"})
     if reply is None:
         return 1
     if not reply.get("ok"):
@@ -328,11 +421,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _device(args: argparse.Namespace) -> int:
-    try:
-        socket = _socket(args)
-    except ConfigError as exc:
-        _print_issues(exc)
-        return EXIT_CONFIG
+    socket = _socket(args)
     reply = _ask(socket, {"op": "device.command", "device": args.device, "command": args.name})
     if reply is None:
         return 1
@@ -347,11 +436,7 @@ def _context(args: argparse.Namespace) -> int:
     import getpass
     import json
 
-    try:
-        socket = _socket(args)
-    except ConfigError as exc:
-        _print_issues(exc)
-        return EXIT_CONFIG
+    socket = _socket(args)
     message: dict[str, Any]
     if args.context_command == "set":
         values: dict[str, str | None] = {}
@@ -389,11 +474,7 @@ EXIT_ALARM = 3
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    try:
-        socket = _socket(args)
-    except ConfigError as exc:
-        _print_issues(exc)
-        return EXIT_CONFIG
+    socket = _socket(args)
     reply = _ask(socket, {"op": "status"})
     if reply is None:
         return 1

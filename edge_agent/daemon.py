@@ -33,6 +33,7 @@ from edge_agent.binder import (
 )
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.control import ControlServer
+from edge_agent.systemd import Health, Notifier, Supervisor, watchdog_interval
 from kernel.alarms import Alarms
 from kernel.backoff import backoff_delay
 from kernel.errors import BufferError_, ConfigError, DeviceError
@@ -386,9 +387,16 @@ class Agent:
                 len(self.drivers),
                 len(self.cfg.stations),
             )
+            notifier = Notifier.from_env()
+            supervisor = asyncio.create_task(
+                Supervisor(notifier, self._health(), watchdog_interval()).run(), name="systemd"
+            )
             try:
                 await stop.wait()
             finally:
+                supervisor.cancel()  # says STOPPING=1 before the (bounded) shutdown work
+                await asyncio.gather(supervisor, return_exceptions=True)
+                notifier.close()
                 await self.control.stop()
                 async with self._reload_lock:  # a reload half done would restart devices
                     await self._stop_devices(list(self._device_tasks))
@@ -417,6 +425,23 @@ class Agent:
                 )
         if self.fatal is not None:
             raise self.fatal
+
+    def _health(self) -> Health:
+        """What the systemd watchdog checks, and the status line it shows."""
+
+        def uplink_running() -> bool:
+            return self._sync_task is not None and not self._sync_task.done()
+
+        def status() -> str:
+            up = sum(d.status.state is DeviceState.UP for d in self.drivers)
+            sync = self.sync.status
+            uplink = "connected" if sync.connected else f"down ({sync.last_error or 'connecting'})"
+            return (
+                f"devices {up}/{len(self.drivers)} up, journal {self.buffer.depth} waiting, "
+                f"uplink {uplink}"
+            )
+
+        return Health(journal_probe=self.buffer.probe, uplink_running=uplink_running, status=status)
 
     def _start_device(self, driver: Driver) -> None:
         self._device_tasks[driver.name] = asyncio.create_task(

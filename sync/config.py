@@ -175,8 +175,8 @@ class MqttConfig(BaseModel):
         default=None,
         min_length=1,
         description="File holding the password instead (e.g. /run/secrets/mqtt), read when the "
-        "config is loaded; one trailing newline is dropped. Relative to the CWD. Not with "
-        "password.",
+        "config is loaded; one trailing newline is dropped. Relative to the config file's "
+        "folder. Not with password.",
         examples=["/run/secrets/mqtt"],
     )
 

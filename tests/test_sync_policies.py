@@ -420,7 +420,11 @@ async def test_mqtt5_refused_messages_stay_in_the_journal(
             # Mosquitto 2.0 answers the first denied publish with reason code 0x87 and then
             # drops the connection; either way nothing may be released.
             await eventually(lambda: sync.status.reconnects >= 2, what="reconnects")
-        assert "Not authorized" in caplog.text
+            # Which comes first, the refusal or the dropped connection, depends on the
+            # machine's load: the refusal shows within a few reconnects.
+            await eventually(
+                lambda: "Not authorized" in caplog.text, timeout=20, what="the refusal logged"
+            )
         assert await buffer.count() == 10
     finally:
         broker.close()

@@ -199,7 +199,7 @@ class OpcUaDevice(DeviceConfig):
         default="data/pki",
         description="Folder of the agent's certificate (own/, created on first start), the "
         "server certificates it trusts (trusted/) and those it refused (rejected/: move one "
-        "to trusted/ to trust it).",
+        "to trusted/ to trust it). Relative to the config file's folder.",
     )
     application_uri: str = Field(
         default="urn:edge-agent:client",

@@ -3,7 +3,12 @@ sections (``checks``), the loader (``loader``) and pydantic's errors as messages
 (``messages``). Everything a caller needs is importable from here."""
 
 from buffer.config import BufferConfig, DiskWatermarkConfig, TelemetryRetention
-from edge_agent.config.loader import load_config, parse_config, read_secret_files
+from edge_agent.config.loader import (
+    control_socket,
+    load_config,
+    parse_config,
+    read_secret_files,
+)
 from edge_agent.config.models import (
     WELL_KNOWN_CONTEXT,
     AgentConfig,
@@ -43,6 +48,7 @@ __all__ = [
     "Templates",
     "TriggerConfig",
     "agent_model",
+    "control_socket",
     "load_config",
     "parse_config",
     "read_secret_files",

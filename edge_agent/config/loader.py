@@ -3,10 +3,16 @@ files, then the models and the cross-section checks; every problem reported at o
 
 ``load_config(path)`` and ``parse_config(text)`` raise ``ConfigError`` listing every
 ``file:line:col: key.path: message``.
+
+Relative file paths in a loaded file (``buffer.path``, ``control.socket``, TLS and secret
+files, ...: :mod:`edge_agent.config.paths`) are taken relative to the file's folder, defaults
+included, so the agent finds the same files from any working directory. Text parsed without a
+file (``parse_config``) keeps them relative to the working directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -18,7 +24,8 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from edge_agent import yamlsrc
 from edge_agent.config.checks import unknown
 from edge_agent.config.messages import found_text, holds, pydantic_issues, unwrap
-from edge_agent.config.models import AgentConfig, agent_model
+from edge_agent.config.models import AgentConfig, ControlConfig, agent_model
+from edge_agent.config.paths import config_folder, resolve, resolve_paths
 from edge_agent.config.refs import defaulted_refs, with_station_device
 from edge_agent.yamlsrc import SourceMap, decode, load_yaml
 from kernel.errors import ConfigError, ConfigIssue
@@ -35,7 +42,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Agent
     text, issues = decode(raw, str(p))
     if text is None:
         raise ConfigError(issues)
-    return parse_config(text, str(p), env)
+    return _parse(text, str(p), env, config_folder(p))
 
 
 def parse_config(
@@ -45,7 +52,14 @@ def parse_config(
 
     Before the models see the data: templates are expanded, station default devices filled
     in, ``<name>_file`` secrets read (``env``, default ``os.environ``, serves ``${VAR}``).
+    Relative paths stay relative to the working directory (there is no file to take them
+    from; ``load_config`` takes them from the file's folder).
     """
+    return _parse(text, file, env, None)
+
+
+def _parse(text: str, file: str, env: Mapping[str, str] | None, base: Path | None) -> AgentConfig:
+    """``parse_config`` with relative paths taken from ``base`` (None: the CWD)."""
     data, smap, issues = load_yaml(text, file, env)
     if data is None:
         raise ConfigError(issues)
@@ -56,18 +70,34 @@ def parse_config(
         raise ConfigError(issues)
     incomplete = _expand_templates(data, smap, issues)
     _fill_station_devices(data, smap)
-    read_secret_files(agent_model(), data, (), smap, issues)
+    read_secret_files(agent_model(), data, (), smap, issues, base)
     _booleans_as_numbers(agent_model(), data, (), smap, issues)
     try:
         cfg = agent_model().model_validate(data)
     except ValidationError as exc:
         issues.extend(pydantic_issues(exc.errors(), data, smap, incomplete))
         raise ConfigError(_tidy(issues)) from None
+    cfg = resolve_paths(cfg, base)  # before the checks: they compare folders
     # A value reported already (true where a number belongs) is no news to the checks.
     issues.extend(smap.issue(p, msg) for p, msg in cfg.issues() if not smap.is_reported(p))
     if issues:
         raise ConfigError(_tidy(issues))
     return cfg
+
+
+def control_socket(path: str | Path, env: Mapping[str, str] | None = None) -> str:
+    """The control socket a config file names, read leniently: only ``control.socket``, from
+    a file that may not validate (an integrator asks the agent's status while editing). The
+    default when the file cannot be read or parsed or gives none; relative to its folder."""
+    socket = ControlConfig.model_fields["socket"].default
+    with contextlib.suppress(OSError):
+        text, _ = decode(Path(path).read_bytes(), str(path))
+        data = load_yaml(text, str(path), env)[0] if text is not None else None
+        control = data.get("control") if isinstance(data, dict) else None
+        given = control.get("socket") if isinstance(control, dict) else None
+        if isinstance(given, str) and given:
+            socket = given
+    return resolve(socket, config_folder(path))
 
 
 def _tidy(issues: list[ConfigIssue]) -> list[ConfigIssue]:
@@ -196,9 +226,11 @@ def read_secret_files(
     path: tuple[str | int, ...],
     smap: SourceMap,
     issues: list[ConfigIssue],
+    folder: Path | None = None,
 ) -> None:
     """For every model with a secret field ``<name>`` and a ``<name>_file`` field: read the
-    file into ``<name>`` (one trailing newline stripped). The secret never enters a message."""
+    file into ``<name>`` (one trailing newline stripped; a relative path from ``folder``, None:
+    the CWD). The secret never enters a message."""
     for owner, mapping, key, at in _fields_of(model, data, path):
         fields, value = owner.model_fields, mapping[key]
         base = key.removesuffix("_file")
@@ -211,7 +243,7 @@ def read_secret_files(
         if base in mapping:
             issues.append(smap.issue((*at, key), f"give {base} or {key}, not both"))
             continue
-        secret, problem = _read_secret(value)
+        secret, problem = _read_secret(resolve(value, folder))
         if secret is None:
             issues.append(smap.issue((*at, key), problem))
             continue

@@ -242,8 +242,8 @@ class ControlConfig(BaseModel):
 
     socket: str = Field(
         default="data/control.sock",
-        description="Unix socket path (relative to the CWD); only local users with access to "
-        "the file can use it.",
+        description="Unix socket path (relative to the config file's folder); only local users "
+        "with access to the file can use it.",
     )
 
 
