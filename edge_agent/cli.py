@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.logs import setup_logging
+from edge_agent.remote import (
+    CONFIG_ENV,
+    EXIT_CONFIG,
+    context_command,
+    device_command,
+    reload_command,
+    socket_options,
+    status_command,
+)
 from kernel.errors import ConfigError
 
 log = logging.getLogger("edge_agent")
 
-EXIT_CONFIG = 2
-
-CONFIG_ENV = "EDGE_AGENT_CONFIG"
-"""The config file of commands that take one, when none is given on the command line."""
-SOCKET_ENV = "EDGE_AGENT_SOCKET"
-DEFAULT_SOCKET = "data/control.sock"
 CONFIG_HELP = f"the agent's config file (default: ${CONFIG_ENV})"
 OPTIONAL_MODULES = ("asyncua", "evdev", "epcpy", "cv2", "zxingcpp")
 """What the extras bring (opcua, keyboard, rfid, camera), as ``--version`` reports them."""
@@ -158,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command",
         help="send a device an operator command: a scale's zero or tare, a reader's trigger",
     )
-    _socket_options(dp)
+    socket_options(dp)
     dp.add_argument("--device", required=True, help="device name from the config")
     dp.add_argument("name", metavar="COMMAND", help="zero, tare, trigger, ... (what it takes)")
 
@@ -169,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("show", "print every station's current context"),
     ):
         cp = csub.add_parser(name, help=help_)
-        _socket_options(cp)
+        socket_options(cp)
         if name == "set":
             cp.add_argument("--station", required=True)
             cp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
@@ -179,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a running agent's state: devices, journal, uplink, alarms "
         "(exit 3 while an alarm is active)",
     )
-    _socket_options(p)
+    socket_options(p)
     p.add_argument("--json", action="store_true", help="the whole status as JSON")
 
     p = sub.add_parser(
@@ -187,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="make a running agent re-read its config file (same as SIGHUP); "
         "an invalid file is rejected and the running config kept",
     )
-    _socket_options(p)
+    socket_options(p)
 
     p = sub.add_parser("config", help="config tools: schema, probe, validate")
     gsub = p.add_subparsers(dest="config_command", required=True)
@@ -233,13 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in trace_store_cli.COMMANDS:
         return trace_store_cli.dispatch(args)
     if args.command == "context":
-        return _context(args)
+        return context_command(args)
     if args.command == "device":
-        return _device(args)
+        return device_command(args)
     if args.command == "status":
-        return _status(args)
+        return status_command(args)
     if args.command == "reload":
-        return _reload(args)
+        return reload_command(args)
     if args.command == "config":
         return _config(args)
     if args.command == "validate":
@@ -320,70 +323,6 @@ def _validate(paths: Sequence[str]) -> int:
     return EXIT_CONFIG if bad else 0
 
 
-def _socket_options(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "-c",
-        "--config",
-        help="the agent's config, to find its socket (a file with problems is read for "
-        "control.socket only, with a warning)",
-    )
-    where.add_argument(
-        "--socket",
-        help=f"the agent's control socket (default: ${SOCKET_ENV}, else the socket of "
-        f"${CONFIG_ENV}, else {DEFAULT_SOCKET}, the config's default)",
-    )
-
-
-def _socket(args: argparse.Namespace) -> str:
-    """The control socket named by --socket, --config, the environment or the default."""
-    if args.socket:
-        return str(args.socket)
-    config = args.config or (None if os.environ.get(SOCKET_ENV) else os.environ.get(CONFIG_ENV))
-    if not config:
-        return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-    from edge_agent.config import control_socket, load_config
-
-    try:
-        return load_config(config).control.socket
-    except ConfigError as exc:
-        socket = control_socket(config)
-        more = len(exc.issues) - 1
-        also = f" (and {more} more)" if more else ""
-        print(
-            f"warning: {config} does not validate: {exc.issues[0]}{also}; "
-            f"using its control socket {socket}",
-            file=sys.stderr,
-        )
-        return socket
-
-
-def _ask(socket: str, message: dict[str, Any]) -> dict[str, Any] | None:
-    from edge_agent.control import ControlError, request
-
-    try:
-        return asyncio.run(request(socket, message))
-    except ControlError as exc:
-        print(exc, file=sys.stderr)
-        return None
-
-
-def _reload(args: argparse.Namespace) -> int:
-    reply = _ask(_socket(args), {"op": "reload"})
-    if reply is None:
-        return 1
-    if not reply.get("ok"):
-        for error in reply.get("errors") or [reply.get("error")]:
-            print(error, file=sys.stderr)
-        print("reload rejected; the agent keeps running with its current config", file=sys.stderr)
-        return EXIT_CONFIG
-    print(
-        f"reloaded: restarted {reply['restarted']}, added {reply['added']}, "
-        f"removed {reply['removed']}" + ("; sync restarted" if reply["sync_restarted"] else "")
-    )
-    return 0
-
-
 def _config(args: argparse.Namespace) -> int:
     if args.config_command == "schema":
         from edge_agent.schema import schema_text
@@ -418,96 +357,6 @@ def _config(args: argparse.Namespace) -> int:
     else:
         print(format_table(probes))
     return exit_code(probes)
-
-
-def _device(args: argparse.Namespace) -> int:
-    socket = _socket(args)
-    reply = _ask(socket, {"op": "device.command", "device": args.device, "command": args.name})
-    if reply is None:
-        return 1
-    if not reply.get("ok"):
-        print(reply.get("error", "refused"), file=sys.stderr)
-        return 1
-    print(f"{args.device}: {reply['answer']}")
-    return 0
-
-
-def _context(args: argparse.Namespace) -> int:
-    import getpass
-    import json
-
-    socket = _socket(args)
-    message: dict[str, Any]
-    if args.context_command == "set":
-        values: dict[str, str | None] = {}
-        for item in args.assignments:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                print(f"expected KEY=VALUE, got {item!r}", file=sys.stderr)
-                return EXIT_CONFIG
-            values[key] = value or None
-        message = {
-            "op": "context.set",
-            "station": args.station,
-            "values": values,
-            "user": getpass.getuser(),
-        }
-    else:
-        message = {"op": "status"}
-    reply = _ask(socket, message)
-    if reply is None:
-        return 1
-    if not reply.get("ok"):
-        print(reply.get("error", "refused"), file=sys.stderr)
-        return 1
-    if args.context_command == "set":
-        print(f"{args.station}: {json.dumps(reply['ctx'])} (committed, seq {reply['seq']})")
-    else:
-        for station, ctx in reply["status"]["stations"].items():
-            print(f"{station}: {json.dumps(ctx)}")
-    return 0
-
-
-EXIT_ALARM = 3
-
-
-def _status(args: argparse.Namespace) -> int:
-    import json
-
-    socket = _socket(args)
-    reply = _ask(socket, {"op": "status"})
-    if reply is None:
-        return 1
-    status = reply["status"]
-    if args.json:
-        print(json.dumps(status, indent=2))
-    else:
-        buf, sync = status["buffer"], status["sync"]
-        print(f"agent {status['agent']}: last seq {status['committed_seq']}")
-        print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
-        if status.get("dropped"):
-            dropped = ", ".join(f"{d} {n}" for d, n in status["dropped"].items())
-            print(f"frames dropped (decoding slower than the camera): {dropped}")
-        print(
-            f"records: {status['parts']} part(s), {status['gaps']} gap(s), "
-            f"{status['scans']} scan(s) of which {status['rejected_scans']} rejected, "
-            f"{status['unobserved']} unobserved window(s)"
-        )
-        print(
-            f"journal: {buf['depth']} record(s) waiting, {buf['telemetry_rows']} of them "
-            f"telemetry; evicted {buf['evicted_rows']}, readings refused "
-            f"{buf['dropped_readings']}; disk {buf['disk_state']}"
-        )
-        uplink = "connected" if sync["connected"] else f"down ({sync['last_error']})"
-        confirm = (
-            f", store watermark {sync['store_watermark']}, resends {sync['resends']}"
-            if sync["confirm"] == "store"
-            else ""
-        )
-        print(f"uplink: {uplink}; confirm {sync['confirm']}{confirm}")
-        for alarm in status["alarms"]:
-            print(f"ALARM {alarm['code']}: {alarm['message']}")
-    return EXIT_ALARM if status["alarms"] else 0
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

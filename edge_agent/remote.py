@@ -1,0 +1,172 @@
+"""The commands that talk to a running agent over its control socket: ``status``, ``reload``,
+``context`` and ``device command``, and how they find that socket (``--socket``, ``-c``, the
+environment, the default), even from a config file that does not validate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from kernel.errors import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_ALARM = 3
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
+"""The config file of commands that take one, when none is given on the command line."""
+SOCKET_ENV = "EDGE_AGENT_SOCKET"
+DEFAULT_SOCKET = "data/control.sock"
+
+
+def socket_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "-c",
+        "--config",
+        help="the agent's config, to find its socket (a file with problems is read for "
+        "control.socket only, with a warning)",
+    )
+    where.add_argument(
+        "--socket",
+        help=f"the agent's control socket (default: ${SOCKET_ENV}, else the socket of "
+        f"${CONFIG_ENV}, else {DEFAULT_SOCKET}, the config's default)",
+    )
+
+
+def _socket(args: argparse.Namespace) -> str:
+    """The control socket named by --socket, --config, the environment or the default."""
+    if args.socket:
+        return str(args.socket)
+    config = args.config or (None if os.environ.get(SOCKET_ENV) else os.environ.get(CONFIG_ENV))
+    if not config:
+        return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    from edge_agent.config import control_socket, load_config
+
+    try:
+        return load_config(config).control.socket
+    except ConfigError as exc:
+        socket = control_socket(config)
+        more = len(exc.issues) - 1
+        also = f" (and {more} more)" if more else ""
+        print(
+            f"warning: {config} does not validate: {exc.issues[0]}{also}; "
+            f"using its control socket {socket}",
+            file=sys.stderr,
+        )
+        return socket
+
+
+def _ask(socket: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    from edge_agent.control import ControlError, request
+
+    try:
+        return asyncio.run(request(socket, message))
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def reload_command(args: argparse.Namespace) -> int:
+    reply = _ask(_socket(args), {"op": "reload"})
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        for error in reply.get("errors") or [reply.get("error")]:
+            print(error, file=sys.stderr)
+        print("reload rejected; the agent keeps running with its current config", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"reloaded: restarted {reply['restarted']}, added {reply['added']}, "
+        f"removed {reply['removed']}" + ("; sync restarted" if reply["sync_restarted"] else "")
+    )
+    return 0
+
+
+def device_command(args: argparse.Namespace) -> int:
+    socket = _socket(args)
+    reply = _ask(socket, {"op": "device.command", "device": args.device, "command": args.name})
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(reply.get("error", "refused"), file=sys.stderr)
+        return 1
+    print(f"{args.device}: {reply['answer']}")
+    return 0
+
+
+def context_command(args: argparse.Namespace) -> int:
+    import getpass
+    import json
+
+    socket = _socket(args)
+    message: dict[str, Any]
+    if args.context_command == "set":
+        values: dict[str, str | None] = {}
+        for item in args.assignments:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                print(f"expected KEY=VALUE, got {item!r}", file=sys.stderr)
+                return EXIT_CONFIG
+            values[key] = value or None
+        message = {
+            "op": "context.set",
+            "station": args.station,
+            "values": values,
+            "user": getpass.getuser(),
+        }
+    else:
+        message = {"op": "status"}
+    reply = _ask(socket, message)
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(reply.get("error", "refused"), file=sys.stderr)
+        return 1
+    if args.context_command == "set":
+        print(f"{args.station}: {json.dumps(reply['ctx'])} (committed, seq {reply['seq']})")
+    else:
+        for station, ctx in reply["status"]["stations"].items():
+            print(f"{station}: {json.dumps(ctx)}")
+    return 0
+
+
+
+def status_command(args: argparse.Namespace) -> int:
+    import json
+
+    socket = _socket(args)
+    reply = _ask(socket, {"op": "status"})
+    if reply is None:
+        return 1
+    status = reply["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        buf, sync = status["buffer"], status["sync"]
+        print(f"agent {status['agent']}: last seq {status['committed_seq']}")
+        print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
+        if status.get("dropped"):
+            dropped = ", ".join(f"{d} {n}" for d, n in status["dropped"].items())
+            print(f"frames dropped (decoding slower than the camera): {dropped}")
+        print(
+            f"records: {status['parts']} part(s), {status['gaps']} gap(s), "
+            f"{status['scans']} scan(s) of which {status['rejected_scans']} rejected, "
+            f"{status['unobserved']} unobserved window(s)"
+        )
+        print(
+            f"journal: {buf['depth']} record(s) waiting, {buf['telemetry_rows']} of them "
+            f"telemetry; evicted {buf['evicted_rows']}, readings refused "
+            f"{buf['dropped_readings']}; disk {buf['disk_state']}"
+        )
+        uplink = "connected" if sync["connected"] else f"down ({sync['last_error']})"
+        confirm = (
+            f", store watermark {sync['store_watermark']}, resends {sync['resends']}"
+            if sync["confirm"] == "store"
+            else ""
+        )
+        print(f"uplink: {uplink}; confirm {sync['confirm']}{confirm}")
+        for alarm in status["alarms"]:
+            print(f"ALARM {alarm['code']}: {alarm['message']}")
+    return EXIT_ALARM if status["alarms"] else 0
