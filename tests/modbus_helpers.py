@@ -20,6 +20,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
+from drivers.base import Driver
 from drivers.modbus.codec import Raw, encode
 from drivers.modbus.config import BIT_TABLES, DataType, ModbusPoint, Table
 from kernel.model import Observation
@@ -221,6 +222,17 @@ class Collector:
 
     def of(self, point: str) -> list[Observation]:
         return [o for o in self.all if o.point == point]
+
+
+async def start_device(driver: Driver, sink: Collector) -> asyncio.Task[None]:
+    """Run ``driver`` as the daemon does: one task, named after the device."""
+    return asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, whatever it ended with."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 @asynccontextmanager

@@ -59,6 +59,8 @@ from simulators.modbus_server import ModbusStationServer  # noqa: E402
 from simulators.scenario import demo_config  # noqa: E402
 from simulators.station import GTIN, StationModel  # noqa: E402
 from tests.modbus_helpers import Collector, wait_until  # noqa: E402
+from tests.modbus_helpers import start_device as start  # noqa: E402
+from tests.modbus_helpers import stop_task as stop  # noqa: E402
 from tests.mqtt_helpers import Mosquitto  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,15 +77,6 @@ def camera(**kw: Any) -> CameraDevice:
     dev = CameraDevice.model_validate(raw)
     assert dev.issues() == []
     return dev
-
-
-async def start(driver: CameraDriver, sink: Collector) -> asyncio.Task[None]:
-    return asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def scans(sink: Collector) -> list[Observation]:

@@ -44,6 +44,7 @@ from drivers.keyboard_scanner.driver import (
 from drivers.keyboard_scanner.keymap import GS, KEY_CODES
 from kernel.model import DeviceState, Observation, Quality
 from tests.modbus_helpers import Collector, no_leaks, wait_until
+from tests.modbus_helpers import stop_task as stop
 from tests.test_keyboard_keymap import typing
 
 pytestmark = pytest.mark.timeout(30)
@@ -183,11 +184,6 @@ async def start(
     sink = Collector()
     task = asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
     return driver, sink, task
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def scans(sink: Collector) -> list[Observation]:

@@ -29,6 +29,8 @@ from simulators.opcua_server import OpcUaStationServer
 from simulators.scenario import OPCUA_NAMESPACE, demo_config, opcua_device, station_name
 from simulators.station import StationModel
 from tests.modbus_helpers import Collector, wait_until
+from tests.modbus_helpers import start_device as run
+from tests.modbus_helpers import stop_task as stop
 from tests.mqtt_helpers import Mosquitto
 from tests.test_parts_e2e import check_part, parts_by_station, run_agent_until
 
@@ -40,15 +42,6 @@ def device(endpoint: str, **kw: Any) -> OpcUaDevice:
     dev = OpcUaDevice.model_validate(raw)
     assert dev.issues() == []
     return dev
-
-
-async def run(driver: OpcUaDriver, sink: Collector) -> asyncio.Task[None]:
-    return asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def good(sink: Collector, point: str) -> list[Any]:

@@ -25,6 +25,7 @@ from simulators.scenario import demo_config
 from simulators.serial_link import NullModem
 from simulators.station import StationModel
 from tests.modbus_helpers import Collector, wait_until
+from tests.modbus_helpers import stop_task as stop
 from tests.mqtt_helpers import Mosquitto
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,11 +48,6 @@ async def running(driver: ScaleDriver, sink: Collector) -> asyncio.Task[None]:
     task = asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
     await wait_until(lambda: driver.status.state is DeviceState.UP, what="scale up")
     return task
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def stable_weights(sink: Collector) -> list[float]:

@@ -42,6 +42,8 @@ from simulators.scanner import (
 from simulators.scenario import demo_config
 from simulators.station import StationModel
 from tests.modbus_helpers import Collector, wait_until
+from tests.modbus_helpers import start_device as run
+from tests.modbus_helpers import stop_task as stop
 from tests.mqtt_helpers import Mosquitto, spawn
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,15 +58,6 @@ def scanner(**kw: Any) -> ScannerDevice:
     dev = ScannerDevice.model_validate(raw)
     assert dev.issues() == []
     return dev
-
-
-async def run(driver: ScannerDriver, sink: Collector) -> asyncio.Task[None]:
-    return asyncio.create_task(driver.run(sink), name=f"device:{driver.name}")
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def scans(sink: Collector) -> list[Observation]:
