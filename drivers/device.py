@@ -59,6 +59,13 @@ def duplicate_point_issues(points: Sequence[NamedPoint]) -> list[Issue]:
     return out
 
 
+def backoff_issues(initial: float, maximum: float) -> list[Issue]:
+    """A reconnect backoff whose cap is below its base, for every kind that has one."""
+    if maximum < initial:
+        return [(("backoff_max",), "must be at least backoff_initial")]
+    return []
+
+
 class DeviceConfig(BaseModel):
     """Base of every device kind's config model."""
 

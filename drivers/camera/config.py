@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.device import DeviceConfig, NamedPoint
+from drivers.device import DeviceConfig, NamedPoint, backoff_issues
 from kernel.names import Issue, Name
 
 Symbology = Literal[
@@ -429,8 +429,7 @@ class CameraDevice(DeviceConfig):
                         )
                     )
         out.extend(self._folder_clashes())
-        if self.backoff_max < self.backoff_initial:
-            out.append((("backoff_max",), "must be >= backoff_initial"))
+        out.extend(backoff_issues(self.backoff_initial, self.backoff_max))
         return out
 
     def _source_issues(self) -> list[Issue]:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from drivers.device import DeviceConfig, NamedPoint
+from drivers.device import DeviceConfig, NamedPoint, backoff_issues
 from drivers.keyboard_scanner.keymap import (
     CTRL_CHORD,
     LayoutName,
@@ -129,8 +129,7 @@ class KeyboardScannerDevice(DeviceConfig):
         why = gs_key_issue(self.gs_key, self.layout)
         if why is not None:
             out.append((("gs_key",), why))
-        if self.backoff_max < self.backoff_initial:
-            out.append((("backoff_max",), "must be >= backoff_initial"))
+        out.extend(backoff_issues(self.backoff_initial, self.backoff_max))
         return out
 
     def identity(self) -> Hashable | None:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from drivers.device import DeviceConfig
+from drivers.device import DeviceConfig, backoff_issues
 from kernel.names import Issue
 
 CONTROL_NAMES = (
@@ -165,8 +165,7 @@ class LinkDevice(DeviceConfig):
                     out.append((("pattern",), f"not a valid regex: {exc}"))
         elif self.pattern is not None:
             out.append((("pattern",), "pattern is only used with framing: pattern"))
-        if self.backoff_max < self.backoff_initial:
-            out.append((("backoff_max",), "must be >= backoff_initial"))
+        out.extend(backoff_issues(self.backoff_initial, self.backoff_max))
         return out
 
     def identity(self) -> Hashable | None:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.device import DeviceConfig, duplicate_point_issues
+from drivers.device import DeviceConfig, backoff_issues, duplicate_point_issues
 from kernel.names import Issue, Name
 
 
@@ -301,8 +301,7 @@ class ModbusDevice(DeviceConfig):
             if self.address_base == 1 and p.address == 0:
                 out.append((("points", i, "address"), "address_base is 1, so addresses start at 1"))
         out.extend(_overlap_issues(self.points))
-        if self.backoff_max < self.backoff_initial:
-            out.append((("backoff_max",), "must be at least backoff_initial"))
+        out.extend(backoff_issues(self.backoff_initial, self.backoff_max))
         if not out:
             from drivers.modbus.plan import plan_issues  # the planner imports this module
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from drivers.device import DeviceConfig, duplicate_point_issues
+from drivers.device import DeviceConfig, backoff_issues, duplicate_point_issues
 from kernel.names import Issue, Name
 
 _NODE_ID = re.compile(r"^(?:(?:nsu=[^;]+|ns=\d+);)?(?:s=.+|i=\d+|g=[0-9A-Fa-f-]{36}|b=.+)$")
@@ -323,8 +323,7 @@ class OpcUaDevice(DeviceConfig):
                     f"must be at least 3 x keepalive_count ({3 * self.keepalive_count})",
                 )
             )
-        if self.backoff_max < self.backoff_initial:
-            out.append((("backoff_max",), "must be at least backoff_initial"))
+        out.extend(backoff_issues(self.backoff_initial, self.backoff_max))
         return out
 
     def named_points(self) -> list[OpcUaPoint]:
