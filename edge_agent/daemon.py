@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -33,6 +32,7 @@ from edge_agent.binder import (
 )
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.control import ControlServer
+from edge_agent.stats import AgentStats
 from edge_agent.systemd import Health, Notifier, Supervisor, watchdog_interval
 from kernel.alarms import Alarms
 from kernel.backoff import backoff_delay
@@ -68,18 +68,6 @@ def _spread(drivers: Iterable[Driver]) -> None:
     slots = min(len(listed), PHASE_SLOTS)
     for i, driver in enumerate(listed):
         driver.phase = (i % slots) / slots
-
-
-@dataclass
-class AgentStats:
-    observations: int = 0
-    records: int = 0
-    parts: int = 0
-    scans: int = 0  # scan records (a scan read by two stations counts twice)
-    rejected_scans: int = 0
-    gaps: int = 0
-    unobserved: int = 0  # windows in which a device's changes may not have arrived
-    started: float = field(default_factory=time.time)
 
 
 class Agent:
@@ -158,8 +146,8 @@ class Agent:
                 if self._stop is not None:
                     self._stop.set()
             raise
-        self.stats.records += len(drafts)
         for d in drafts:
+            self.stats.count(d)
             if d.kind not in TELEMETRY_KINDS:
                 self._note(d)
 
@@ -168,7 +156,6 @@ class Agent:
         b = d.body
         extra = {"station": d.station, "serial": b.get("serial") or b["ctx"].get("serial")}
         if d.kind is RecordKind.PART:
-            self.stats.parts += 1
             if b["quality"] != "good":
                 log.warning(
                     "station %s: part record %s: %s",
@@ -178,10 +165,8 @@ class Agent:
                     extra=extra,
                 )
         elif d.kind is RecordKind.SCAN:
-            self.stats.scans += 1
             if b["status"] != "rejected":
                 return
-            self.stats.rejected_scans += 1
             log.warning(
                 "station %s: scan rejected: %s (%r)",
                 d.station,
@@ -190,7 +175,6 @@ class Agent:
                 extra=extra,
             )
         elif d.kind is RecordKind.GAP:
-            self.stats.gaps += 1
             log.warning(
                 "station %s: part counter went from %s to %s: %s part(s) without a record",
                 d.station,
@@ -200,7 +184,6 @@ class Agent:
                 extra=extra,
             )
         elif d.kind is RecordKind.UNOBSERVED:
-            self.stats.unobserved += 1
             log.warning(
                 "station %s: device %s: changes of %s since %s may be missing: %s",
                 d.station,
@@ -588,6 +571,10 @@ class Agent:
             "unobserved": self.stats.unobserved,
             "scans": self.stats.scans,
             "rejected_scans": self.stats.rejected_scans,
+            "nok": self.stats.nok,
+            "readings": self.stats.readings,
+            # Per station: counts and the last part record (serial, result, time).
+            "station_stats": {st: s.as_dict() for st, s in self.stats.stations.items()},
             "committed_seq": self.buffer.committed_seq,
             "buffer_depth": self.buffer.depth,
             "stations": {st: dict(ctx) for st, ctx in self.binder.contexts.items()},
