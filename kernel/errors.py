@@ -69,3 +69,10 @@ class BufferError_(EdgeAgentError):  # the trailing _ avoids shadowing the built
 
 class SyncError(EdgeAgentError):
     """Publishing to the broker failed."""
+
+
+class StartupError(EdgeAgentError):
+    """The agent (or the trace store) cannot start for a reason its operator must fix: a port
+    already in use, a path the service user cannot write, a journal another agent holds.
+    The CLI prints the message as one line and exits with ``EXIT_STARTUP`` (no traceback);
+    the message says what and where, e.g. ``metrics: 127.0.0.1:9464 is already in use``."""
