@@ -99,7 +99,8 @@ def readings_draft(values: int = FULL_POLL) -> RecordDraft:
 
 
 def journal_body(draft: RecordDraft, seq: int) -> str:
-    """The row body the journal writes for ``draft`` at ``seq`` (``SqliteBuffer._write``)."""
+    """The row body the journal writes for ``draft`` at ``seq``
+    (``buffer.writer.JournalThread._write``)."""
     return json.dumps({"seq": seq, **draft.body}, separators=(",", ":"), default=dict)
 
 

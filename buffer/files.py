@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kernel.errors import BufferError_
+from kernel.errors import JournalInUse
 
 SIDE_FILES = ("-wal", "-shm")
 """SQLite's companions of a WAL database; they belong to it and move with it."""
@@ -46,7 +46,7 @@ class JournalLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise BufferError_(
+            raise JournalInUse(
                 f"journal {self.journal} is in use{holder}: {self.path} is locked. Only one "
                 "process may open a journal (the agent, or `edge-agent buffer salvage`, which "
                 "needs the agent stopped)"

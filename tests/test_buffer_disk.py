@@ -116,7 +116,7 @@ async def test_critical_refuses_readings_without_a_seq_and_keeps_room_for_trace(
         disk.free = 50 * KiB
         await b.maintain()
         await eventually(
-            lambda: not b.stats()["queued"] and b._more is False, "reserve evictions done"
+            lambda: not b.stats()["queued"] and b._writer.more is False, "reserve evictions done"
         )
         await b.maintain()
         assert freelist_bytes(path) >= WATERMARKS.critical_free_bytes
@@ -217,6 +217,39 @@ async def test_full_journal_evicts_telemetry_then_holds_trace_until_room(
         assert [x["n"] for x in bodies] == [*range(len(appended) - 2), -1, -2]
     finally:
         await b.stop()
+
+
+async def test_a_trace_record_that_does_not_fit_is_never_reported_committed(
+    tmp_path: Path,
+) -> None:
+    """Full, no telemetry left in the file, and one batch of a reading and a trace record
+    that cannot fit: the reading is dropped to make room, and that must not release a flush
+    waiting for the trace record (a PLC "taken" or a reader's good-read would then be sent
+    for a record that is only in memory)."""
+    alarms = Alarms()
+    b = journal_full(tmp_path, alarms)
+    await b.start()
+    appended: list[int] = []
+    try:
+        held = await fill_with_trace(b, appended)
+        delivered = await b.read_batch(0, 100_000)
+        await b.delete([r.seq for r in delivered])
+        await asyncio.wait_for(held, 10)
+        assert not alarms.is_active("buffer_full")
+        huge = RecordDraft("ST10", RecordKind.CONTEXT, {"n": -1, "pad": "t" * 400_000})
+        last = b.append([reading(0), huge])
+        flush = asyncio.create_task(b.flush())
+        # The hold's alarm is posted to the loop after whatever the drop posted: once it is
+        # raised here, a wrongly settled seq would already have released the flush.
+        await eventually(lambda: alarms.is_active("buffer_full"), "the trace record held")
+        await asyncio.sleep(0)
+        assert not flush.done(), f"flush returned {flush.result()} for seq {last} in memory"
+        assert last not in [r.seq for r in await b.read_batch(last - 1, 10)]
+    finally:
+        with pytest.raises(BufferError_, match="never committed nor acknowledged"):
+            await asyncio.wait_for(b.stop(), 20)
+    with pytest.raises(BufferError_):
+        await flush
 
 
 async def test_stop_with_a_full_journal_gives_up_loudly_instead_of_hanging(

@@ -1,0 +1,139 @@
+"""What the rest of the agent may ask of a journal: the ``Journal`` protocol.
+
+The daemon appends and waits for commits, restores station state at start and watches the
+journal's health; sync reads in seq order and deletes what was confirmed. Both depend on this
+protocol, never on a storage engine. ``SqliteBuffer`` (``buffer/sqlite.py``) is today's one
+implementation; ``tests/test_journal.py`` is the suite every implementation passes.
+
+Every member is used from the event loop and none may block it. The promises (invariants 1, 2
+and 4 of the guide) are the same for any implementation:
+
+- ``append`` gives each record the next seq, in call order, and never blocks; the seq is
+  unique forever for this journal (also across restarts and deletes);
+- ``flush`` returns only once every record appended before it is durable;
+- rows leave by ``delete``/``delete_through`` (after confirmation), or, telemetry only,
+  by eviction under storage pressure, counted in ``stats()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kernel.model import RecordDraft
+
+STATS_KEYS = frozenset(
+    {
+        "depth",
+        "committed_seq",
+        "appended",
+        "committed_total",
+        "queued",
+        "telemetry_rows",
+        "telemetry_bytes",
+        "evicted_rows",
+        "evicted_bytes",
+        "evicted_first_seq",
+        "evicted_last_seq",
+        "dropped_readings",
+        "full",
+        "disk_state",
+        "disk_free_bytes",
+    }
+)
+"""Keys every ``Journal.stats()`` holds: the status page, ``edge-agent status`` and the MQTT
+status topic read them. An implementation may add its own (``SqliteBuffer`` adds ``path``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A committed record as sync reads it. ``body`` is the wire JSON, ``seq`` included."""
+
+    seq: int
+    station: str
+    kind: str
+    body: str
+
+
+class Journal(Protocol):
+    """The durable, ordered journal of records, as the daemon and sync use it."""
+
+    @property
+    def committed_seq(self) -> int:
+        """Every seq up to this is committed (or, a reading, given up for room)."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """Committed rows waiting for delivery: a gauge, kept without a query."""
+        ...
+
+    @property
+    def new_data(self) -> asyncio.Event:
+        """Set when a commit adds rows. Made at ``start``: read it anew, do not keep it."""
+        ...
+
+    @property
+    def last_assigned_seq(self) -> int:
+        """The last seq ``append`` gave out (committed or not): what the next append's first
+        seq follows, so a caller can tell which seqs its append got."""
+        ...
+
+    async def start(self) -> None:
+        """Open (or create) the journal; raises ``BufferError_`` if it cannot be used."""
+        ...
+
+    async def stop(self) -> None:
+        """Commit everything appended so far and close. Idempotent."""
+        ...
+
+    def append(self, drafts: Sequence[RecordDraft]) -> int:
+        """Queue records for commit, a seq each, in order; never blocks. Returns the last seq
+        given out. Readings may be refused under storage pressure (no seq, counted)."""
+        ...
+
+    async def flush(self) -> int:
+        """Wait until every record appended before this call is committed; returns
+        ``committed_seq``. This is what an acknowledgement (PLC handshake) waits for."""
+        ...
+
+    async def read_batch(
+        self,
+        after_seq: int,
+        max_records: int,
+        max_bytes: int = 1 << 62,
+        until_seq: int | None = None,
+    ) -> list[StoredRecord]:
+        """Committed records with ``after_seq < seq <= until_seq``, in seq order, bounded by
+        count and bytes, at least one if any is waiting."""
+        ...
+
+    async def delete(self, seqs: Sequence[int]) -> int:
+        """Drop delivered records; returns how many rows went."""
+        ...
+
+    async def delete_through(self, seq: int) -> int:
+        """Drop every record with seq <= ``seq`` (a confirmed watermark); returns how many."""
+        ...
+
+    async def wait_empty(self) -> None:
+        """Return once every committed record has been delivered and deleted."""
+        ...
+
+    async def load_state(
+        self,
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
+        """What the stations knew at the last commit: {station: state}, and per station the
+        most recent serials with their part-record counts (oldest first)."""
+        ...
+
+    async def probe(self) -> None:
+        """A round trip through whatever does the journal's work: the watchdog's liveness
+        check. It does not return while that is stuck."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Gauges and counters, at least ``STATS_KEYS``."""
+        ...
