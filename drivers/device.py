@@ -105,6 +105,12 @@ class DeviceConfig(BaseModel):
         """Cross-field problems, with key paths relative to this device."""
         return []
 
+    def trigger_issue(self, point: str) -> str | None:
+        """Why ``point`` (known to exist) cannot trigger a part: a point that is never read on
+        its own (only by snapshots) never changes, so no part would ever be recorded. None if
+        it can. Default: every point this kind has is reported."""
+        return None
+
     def snapshot_issue(self, points: Sequence[str]) -> tuple[tuple[str | int, ...], str] | None:
         """Why ``points`` (all known to exist) cannot be read as one consistent snapshot for a
         part trigger, as (key path relative to the snapshot section, message); None if they
@@ -150,6 +156,12 @@ class DeviceConfig(BaseModel):
     def commands(self) -> Sequence[str]:
         """Operator commands this device takes (``edge-agent device command``)."""
         return []
+
+    def value_digits(self, point: str) -> int | None:
+        """Significant decimal digits ``point``'s numbers carry: 7 for a 32-bit float source,
+        15 for a 64-bit one (or integer arithmetic through a scale). Displays round to it, so
+        a float32's 6.02 shows as 6.02, not 6.019999980926514. None: the kind cannot tell."""
+        return None
 
     def bus(self) -> BusClaim | None:
         """The shared connection this device is reached through, if any."""

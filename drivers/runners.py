@@ -39,9 +39,12 @@ async def supervise(driver: Driver, session: Session, sink: Sink) -> None:
             except (ConnectError, ReadError) as exc:
                 reraise_swallowed_cancel()
                 status.reads_failed += 1
-                if status.state is not DeviceState.DOWN:
-                    sink(driver.outage(str(exc)))
+                was_down = status.state is DeviceState.DOWN
+                # DOWN first, so what the outage's records trigger (logs, status) sees the
+                # device as down: a dead PLC is device trouble, not a rejected scan.
                 status.set_state(DeviceState.DOWN, str(exc))
+                if not was_down:
+                    sink(driver.outage(str(exc)))
                 await driver.close()
                 status.reconnects += 1
                 if answered[0]:
@@ -120,8 +123,9 @@ async def _poll_connected(
         if delay > 0:
             await asyncio.sleep(delay)
         interval, key = groups[i]
+        started = loop.time()
         observations = await driver.read(key)
-        driver.status.reads_ok += 1
+        driver.status.read_answered(loop.time() - started)
         if not answered[0]:
             answered[0] = True
             _mark_up(driver)

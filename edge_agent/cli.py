@@ -1,4 +1,13 @@
-"""``edge-agent`` command line: run, validate, simulate, demo, buffer salvage."""
+"""``edge-agent`` command line: the entry point, and the commands that run in this process
+(run, validate, config, buffer salvage). The parser is ``edge_agent.cli_args``; the commands
+that talk to a running agent are ``edge_agent.remote`` and ``edge_agent.tail_cli``;
+``simulate`` is ``edge_agent.simulate_cmd``.
+
+Errors a person must act on are one line on stderr and an exit status systemd's restart
+policy can use, never a traceback: 2 for a config or usage error (restarting cannot help;
+the units say ``RestartPreventExitStatus=2``), 75 (EX_TEMPFAIL) when the agent cannot start
+now (a port or journal in use, a path it cannot write): systemd retries.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge_agent.cli_args import build_parser, merge_config
 from edge_agent.logs import setup_logging
 from edge_agent.remote import (
     CONFIG_ENV,
@@ -20,14 +30,16 @@ from edge_agent.remote import (
     context_command,
     device_command,
     reload_command,
-    socket_options,
     status_command,
 )
-from kernel.errors import ConfigError
+from edge_agent.signals import stop_on_signals
+from kernel.errors import BufferError_, ConfigError, StartupError
 
 log = logging.getLogger("edge_agent")
 
-CONFIG_HELP = f"the agent's config file (default: ${CONFIG_ENV})"
+EXIT_STARTUP = 75
+"""The agent cannot start now (sysexits' EX_TEMPFAIL): systemd's Restart=on-failure retries."""
+
 OPTIONAL_MODULES = ("asyncua", "evdev", "epcpy", "cv2", "zxingcpp")
 """What the extras bring (opcua, keyboard, rfid, camera), as ``--version`` reports them."""
 
@@ -83,156 +95,25 @@ class _Version(argparse.Action):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="edge-agent",
-        description="Line-side traceability agent: PLC values bound to serials and lots, "
-        "buffered in SQLite, forwarded over MQTT.",
-        epilog=f"Commands that take a config file read ${CONFIG_ENV} when none is given. "
-        "Relative paths in a config file are taken from the file's folder.",
-    )
-    parser.add_argument(
-        "--version",
-        action=_Version,
-        default=argparse.SUPPRESS,
-        help="print the version, Python's and the optional modules installed, and exit",
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run", help="run the agent with a config file")
-    p.add_argument("config", nargs="?", help=CONFIG_HELP)
-
-    p = sub.add_parser("validate", help="check config files; exit 2 listing every problem")
-    p.add_argument("config", nargs="*", help=CONFIG_HELP)
-
-    p = sub.add_parser(
-        "simulate",
-        help="run simulated station PLCs (Modbus TCP; Modbus RTU with --rtu; OPC UA with "
-        "--opcua)",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5020)
-    p.add_argument(
-        "--rtu",
-        metavar="DIR",
-        help="serve the stations over Modbus RTU on a simulated RS-485 line instead: a pty "
-        "pair whose agent end is DIR/ttyAGENT (19200 baud 8N1: a pty cannot keep a parity bit)",
-    )
-    p.add_argument(
-        "--opcua",
-        action="store_true",
-        help="serve the stations as variables of an OPC UA server on --host:--port instead "
-        "(namespace urn:edge-agent:sim:stations, nodes ns=<i>;s=ST10.part_serial ...; "
-        "security None)",
-    )
-    p.add_argument(
-        "--report-updates",
-        type=float,
-        metavar="SECONDS",
-        help=argparse.SUPPRESS,  # for benchmarks.opcua: 'updates <unix time> <count>' lines
-    )
-    p.add_argument("--stations", type=int, default=1, help="stations = unit ids 1..N")
-    p.add_argument("--cycle-time", type=float, default=2.0, help="seconds per part")
-    p.add_argument(
-        "--handshake",
-        action="store_true",
-        help="hold each finished part until the agent writes data_taken (coil 3)",
-    )
-    p.add_argument(
-        "--print-config", action="store_true", help="print a matching agent config (YAML) and exit"
-    )
-
-    p = sub.add_parser("demo", help="simulator + agent + broker, with a live view of what flows")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds; 0 runs until Ctrl-C")
-    p.add_argument("--stations", type=int, default=3)
-    p.add_argument("--cycle-time", type=float, default=2.0)
-    p.add_argument("--poll-interval", type=float, default=0.1)
-    p.add_argument(
-        "--broker",
-        choices=("auto", "mosquitto", "embedded"),
-        default="auto",
-        help="auto: Mosquitto if installed, else the embedded amqtt broker",
-    )
-
-    p = sub.add_parser("device", help="commands to a running agent's devices")
-    dsub = p.add_subparsers(dest="device_command", required=True)
-    dp = dsub.add_parser(
-        "command",
-        help="send a device an operator command: a scale's zero or tare, a reader's trigger",
-    )
-    socket_options(dp)
-    dp.add_argument("--device", required=True, help="device name from the config")
-    dp.add_argument("name", metavar="COMMAND", help="zero, tare, trigger, ... (what it takes)")
-
-    p = sub.add_parser("context", help="show or set a running agent's station context")
-    csub = p.add_subparsers(dest="context_command", required=True)
-    for name, help_ in (
-        ("set", "set context keys of a station, e.g. work_order=WO-7 (empty value clears)"),
-        ("show", "print every station's current context"),
-    ):
-        cp = csub.add_parser(name, help=help_)
-        socket_options(cp)
-        if name == "set":
-            cp.add_argument("--station", required=True)
-            cp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
-
-    p = sub.add_parser(
-        "status",
-        help="a running agent's state: devices, journal, uplink, alarms "
-        "(exit 3 while an alarm is active)",
-    )
-    socket_options(p)
-    p.add_argument("--json", action="store_true", help="the whole status as JSON")
-
-    p = sub.add_parser(
-        "reload",
-        help="make a running agent re-read its config file (same as SIGHUP); "
-        "an invalid file is rejected and the running config kept",
-    )
-    socket_options(p)
-
-    p = sub.add_parser("config", help="config tools: schema, probe, validate")
-    gsub = p.add_subparsers(dest="config_command", required=True)
-    gsub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
-    gp = gsub.add_parser(
-        "probe", help="connect to each device, read every point once, print what came back"
-    )
-    gp.add_argument("config", nargs="?", help=CONFIG_HELP)
-    gp.add_argument("--device", help="probe only this device")
-    gp.add_argument("--json", action="store_true", help="JSON instead of a table")
-    gp = gsub.add_parser("validate", help="same as `edge-agent validate`")
-    gp.add_argument("config", nargs="*", help=CONFIG_HELP)
-    gp = gsub.add_parser(
-        "browse",
-        help="list what a device offers to read (OPC UA: the variables below a node), or "
-        "print them as points: entries to paste into the config",
-    )
-    gp.add_argument("config", nargs="?", help=CONFIG_HELP)
-    gp.add_argument("--device", required=True, help="the device to browse")
-    gp.add_argument("--from", dest="start", help="start here (OPC UA: a NodeId, nsu= form)")
-    gp.add_argument("--depth", type=int, default=6, help="levels to walk down (default 6)")
-    gp.add_argument("--yaml", action="store_true", help="print points: entries for the config")
-
-    from trace_store import cli as trace_store_cli  # the central store: trace-store, trace
-
-    trace_store_cli.register(sub)
-
-    p = sub.add_parser("buffer", help="journal tools (the agent must be stopped)")
-    bsub = p.add_subparsers(dest="buffer_command", required=True)
-    bp = bsub.add_parser(
-        "salvage",
-        help="copy the readable records of a damaged journal (set aside at start) into the "
-        "live journal as new records; safe to run twice",
-    )
-    bp.add_argument("-c", "--config", help=CONFIG_HELP)
-    bp.add_argument("damaged", help="the damaged journal, e.g. data/buffer.db.damaged-<time>")
-
+    parser = build_parser(_Version)
     args = parser.parse_args(argv)
+    merge_config(args, parser)
     _config_from_env(args, parser)
     setup_logging(args.log_level, args.log_format)
+    try:
+        return _dispatch(args, parser)
+    except StartupError as exc:
+        print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "buffer":
         return _salvage(args.config, args.damaged)
+    from trace_store import cli as trace_store_cli
+
     if args.command in trace_store_cli.COMMANDS:
         return trace_store_cli.dispatch(args)
     if args.command == "context":
@@ -241,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return device_command(args)
     if args.command == "status":
         return status_command(args)
+    if args.command == "tail":
+        from edge_agent.tail_cli import tail_command
+
+        return tail_command(args)
     if args.command == "reload":
         return reload_command(args)
     if args.command == "config":
@@ -250,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "simulate":
-        return _simulate(args)
+        from edge_agent.simulate_cmd import simulate_command
+
+        return simulate_command(args)
     if args.command == "demo":
         from edge_agent.demo import run_demo
 
@@ -261,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cycle_time=args.cycle_time,
                 poll_interval=args.poll_interval,
                 broker=args.broker,
+                dir=args.dir,
             )
         )
     parser.error(f"unknown command {args.command}")
@@ -269,16 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _config_from_env(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """A command that needs a config file and was given none takes $EDGE_AGENT_CONFIG.
-    (The control commands only look for their socket: :func:`_socket`.)"""
+    (The control commands only look for their socket: :func:`edge_agent.remote._socket`.)"""
     takes = args.command in ("run", "validate", "buffer") or (
-        args.command == "config" and args.config_command != "schema"
+        args.command == "config" and args.config_command not in ("schema", "init")
     )
     if not takes or args.config:
         return
     path = os.environ.get(CONFIG_ENV)
     if not path:
-        what = "-c/--config" if args.command == "buffer" else "a config file"
-        parser.error(f"give {what}, or set {CONFIG_ENV}")
+        parser.error(f"give a config file (-c FILE), or set {CONFIG_ENV}")
     args.config = [path] if isinstance(args.config, list) else path
 
 
@@ -331,6 +218,8 @@ def _config(args: argparse.Namespace) -> int:
         return 0
     if args.config_command == "validate":
         return _validate(args.config)
+    if args.config_command == "init":
+        return _init(args)
     import json
 
     from edge_agent.config import load_config
@@ -359,12 +248,6 @@ def _config(args: argparse.Namespace) -> int:
     return exit_code(probes)
 
 
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-
 def _run(path: str) -> int:
     from edge_agent.config import load_config
     from edge_agent.daemon import Agent
@@ -375,9 +258,11 @@ def _run(path: str) -> int:
         _print_issues(exc)
         return EXIT_CONFIG
 
+    outcome: list[bool] = []  # whether the agent got as far as running
+
     async def main() -> None:
         stop = asyncio.Event()
-        _stop_on_signals(stop)
+        stop_on_signals(stop)
         agent = Agent(cfg, config_path=path)
         reloads: set[asyncio.Task[object]] = set()
 
@@ -387,121 +272,61 @@ def _run(path: str) -> int:
             task.add_done_callback(reloads.discard)
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-        await agent.run(stop)
+        try:
+            await agent.run(stop)
+        finally:
+            outcome.append(agent.started.is_set())
 
-    asyncio.run(main())
+    from edge_agent.control import ControlError
+
+    try:
+        asyncio.run(main())
+    except (ControlError, StartupError) as exc:
+        # Another agent on the same socket or journal, a port in use: one line, and a status
+        # that makes systemd try again later.
+        print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except BufferError_ as exc:
+        if not any(outcome):
+            print(
+                f"edge-agent: cannot start: {exc} (buffer.path must be writable by this user)",
+                file=sys.stderr,
+            )
+            return EXIT_STARTUP
+        # The journal failed while running (already logged as CRITICAL with its cause); what
+        # was committed is safe, and a restart reopens it.
+        print(f"edge-agent: stopped: the journal failed: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-async def _report_updates(server: Any, every: float) -> None:
-    """The changes the OPC UA simulator has made so far, with the time: the OPC UA benchmark
-    counts what was offered in a window against what arrived with source times in it."""
-    import time
+def _init(args: argparse.Namespace) -> int:
+    """``edge-agent config init``: the starter config, printed or written with its schema."""
+    from edge_agent.schema import schema_text
+    from edge_agent.starter import SCHEMA_FILE, host_agent_id, init_text
 
-    while True:
-        print(f"updates {time.time():.6f} {server.updates}", flush=True)
-        await asyncio.sleep(every)
-
-
-RTU_AGENT_END = "ttyAGENT"
-"""The agent's end of ``simulate --rtu DIR``'s simulated line."""
-RTU_SIMULATED_PARITY = "N"
-"""Linux ptys drop the parity bit and refuse to be set again with one, so the simulated line
-runs 8N1; a real RS-485 adapter runs the Modbus default 8E1."""
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from simulators.modbus_server import ModbusStationServer
-    from simulators.scenario import demo_config, station_name
-    from simulators.station import REGISTER_MAP, StationModel
-
-    if args.print_config:
-        import yaml
-
-        cfg = demo_config(
-            modbus_port=args.port,
-            modbus_host=args.host,
-            mqtt_port=1883,
-            buffer_path="data/buffer.db",
-            stations=args.stations,
-            handshake=args.handshake,
-            rtu_port=None if args.rtu is None else str(Path(args.rtu) / RTU_AGENT_END),
-            opcua_endpoint=f"opc.tcp://{args.host}:{args.port}/" if args.opcua else None,
-        )
-        for device in cfg["devices"]:
-            if args.rtu is not None:
-                device["parity"] = RTU_SIMULATED_PARITY
-        hs = " --handshake" if args.handshake else ""
-        where = f"--rtu {args.rtu}" if args.rtu is not None else f"--port {args.port}"
-        where += " --opcua" if args.opcua else ""
-        print(f"# Agent config for `edge-agent simulate {where} --stations {args.stations}{hs}`")
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    text = init_text(
+        agent_id=args.id or host_agent_id(),
+        site=args.site,
+        line=args.line,
+        service=args.service,
+    )
+    if not args.output:
+        sys.stdout.write(text)
         return 0
-
-    models = [
-        StationModel(
-            unit_id=i + 1,
-            serial_prefix=f"S{i + 1}-",
-            cycle_time=args.cycle_time,
-            handshake=args.handshake,
-        )
-        for i in range(args.stations)
-    ]
-
-    if args.rtu is not None:
-        Path(args.rtu).mkdir(parents=True, exist_ok=True)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        _stop_on_signals(stop)
-        async with contextlib.AsyncExitStack() as stack:
-            names = ", ".join(station_name(i) for i in range(args.stations))
-            if args.opcua:
-                from simulators.opcua_server import OpcUaStationServer
-
-                # asyncua's server logs every node and session at INFO.
-                logging.getLogger("asyncua").setLevel(logging.WARNING)
-
-                opcua = OpcUaStationServer(models, host=args.host, port=args.port)
-                await stack.enter_async_context(opcua)
-                if args.report_updates:
-                    report = asyncio.create_task(_report_updates(opcua, args.report_updates))
-                    stack.callback(report.cancel)
-                where = f"on {opcua.endpoint} (ns={opcua.namespace_index}, {opcua.namespace_uri})"
-            elif args.rtu is None:
-                server = ModbusStationServer(models, host=args.host, port=args.port)
-                await stack.enter_async_context(server)
-                where = f"on {args.host}:{server.port}"
-            else:
-                from simulators.modbus_rtu_server import ModbusRtuStationServer
-                from simulators.serial_link import NullModem
-
-                line = NullModem(args.rtu, RTU_AGENT_END, "ttyPLC")
-                await stack.enter_async_context(line)
-                rtu = ModbusRtuStationServer(models, line.b_path, parity=RTU_SIMULATED_PARITY)
-                await stack.enter_async_context(rtu)
-                where = f"on the RS-485 line {line.a_path} (19200 baud 8N1)"
-            print(f"simulated station PLC(s) {where}, unit ids 1..{args.stations} ({names})")
-            if args.opcua:
-                print(
-                    "variables <station>.<point> for every point below, plus the booleans "
-                    "running, cycle_complete, data_ready and data_taken (the only writable "
-                    "one).  Ctrl-C to stop.",
-                    flush=True,
-                )
-            print("holding registers (input registers mirror them):")
-            for name, (addr, kind, order, count, unit, scale) in REGISTER_MAP.items():
-                extra = f" x{scale}" if scale != 1.0 else ""
-                print(f"  {addr:>3}  {name:<14} {kind:<8} {order} {count} reg {unit or ''}{extra}")
-            print(
-                "coils: 0 running, 1 cycle_complete, 2 data_ready, 3 data_taken (the only "
-                "writable address).  Ctrl-C to stop.",
-                flush=True,
-            )
-            await stop.wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    target = Path(args.output)
+    if target.exists() and not args.force:
+        print(f"{target} exists; give --force to overwrite it", file=sys.stderr)
+        return 1
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        (target.parent / SCHEMA_FILE).write_text(schema_text())
+    except OSError as exc:
+        print(f"cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {target} and {target.parent / SCHEMA_FILE}")
+    print(f"check it: edge-agent validate {target}")
     return 0
 
 

@@ -8,6 +8,11 @@ one JSON object per line each way. Requests: ``{"op": "context.set", "station": 
 ``{"op": "reload"}`` and ``{"op": "status"}``. Replies: ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "..."}``. A ``context.set`` is answered only once its records are
 committed, so the operator's "done" means the change is durable.
+
+A handler may answer with a :class:`Stream` instead (``{"op": "tail", ...}``): its head line,
+then its lines as they come, until the client disconnects; the connection then closes. A
+stream is paced by the client (each chunk waits for the socket to take it); what the agent
+does meanwhile is the stream's source's business (``edge_agent.tail`` bounds it).
 """
 
 from __future__ import annotations
@@ -17,14 +22,29 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
+MAX_LINE = 32 << 20
+"""Longest line a client of a stream reads (one record: a scan's detail, a part's values)."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A reply that goes on: ``head`` (one JSON object, ``{"ok": true, ...}``) first, then each
+    chunk ``body`` yields (complete JSON lines), until the client disconnects or ``body``
+    ends. ``body`` is closed (``aclose``) either way."""
+
+    head: dict[str, Any]
+    body: AsyncGenerator[bytes, None]
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | Stream]]
 
 
 class ControlError(Exception):
@@ -38,8 +58,11 @@ class ControlServer:
         self.path = Path(path)
         self.handler = handler
         self._server: asyncio.Server | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        self._stopping = asyncio.Event()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             # A socket file left by an agent that was killed is stale; one that answers
@@ -64,6 +87,10 @@ class ControlServer:
         if server is None:
             return
         server.close()
+        # Streams never end by themselves, and since Python 3.12 wait_closed waits for them.
+        self._stopping.set()
+        if self._streams:
+            await asyncio.wait(list(self._streams))
         await server.wait_closed()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -78,6 +105,9 @@ class ControlServer:
                     reply = await self.handler(request)
                 except (ValueError, TypeError) as exc:
                     reply = {"ok": False, "error": str(exc)}
+                if isinstance(reply, Stream):
+                    await self._stream(reply, reader, writer)
+                    return
                 writer.write(json.dumps(reply, default=dict).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
@@ -86,6 +116,46 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _stream(
+        self, stream: Stream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Send ``stream`` until the client leaves (EOF on its side, or a failed write)."""
+        me = asyncio.current_task()
+        if me is not None:
+            self._streams.add(me)
+
+        async def pump() -> None:
+            async for chunk in stream.body:
+                writer.write(chunk)
+                await writer.drain()
+
+        async def client_gone() -> None:
+            # Whatever the client sends now is read and ignored, so it cannot pile up.
+            while await reader.read(4096):
+                pass
+
+        try:
+            writer.write(json.dumps(stream.head, default=dict).encode() + b"\n")
+            await writer.drain()
+            tasks = [
+                asyncio.create_task(pump(), name="control-stream"),
+                asyncio.create_task(client_gone(), name="control-stream-eof"),
+                asyncio.create_task(self._stopping.wait(), name="control-stream-stop"),
+            ]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await stream.body.aclose()
+            if writer.transport.get_write_buffer_size():
+                # A client that stopped reading would keep close() waiting for ever.
+                writer.transport.abort()
+            if me is not None:
+                self._streams.discard(me)
 
 
 async def request(

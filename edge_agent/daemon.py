@@ -11,29 +11,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from buffer.sqlite import SqliteBuffer
+from buffer import Journal, SqliteBuffer
 from drivers.base import Driver
 from drivers.bus import Buses
 from drivers.registry import DriverContext, MissingExtra, create_driver
+from edge_agent.actions import ActionRunner
 from edge_agent.binder import (
-    Acknowledge,
-    Action,
     Binder,
     BindingRules,
-    Capture,
     ContextRejected,
-    TriggerRead,
-    WriteTaken,
 )
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.control import ControlServer
+from edge_agent.control import ControlServer, Stream
+from edge_agent.events import EventLog
 from edge_agent.stats import AgentStats
+from edge_agent.summary import SummaryLog
 from edge_agent.systemd import Health, Notifier, Supervisor, watchdog_interval
+from edge_agent.tail import TailHub
 from kernel.alarms import Alarms
 from kernel.backoff import backoff_delay
 from kernel.errors import BufferError_, ConfigError, DeviceError
@@ -41,12 +40,13 @@ from kernel.model import (
     TELEMETRY_KINDS,
     DeviceState,
     Observation,
-    Quality,
     RecordDraft,
-    RecordKind,
     Value,
 )
 from sync.mqtt import MqttSync
+
+if TYPE_CHECKING:
+    from edge_agent.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,13 @@ class Agent:
         self.drain_timeout = drain_timeout
         self.binder = Binder(BindingRules.from_config(cfg))
         self.alarms = Alarms()
-        self.buffer = SqliteBuffer.from_config(
+        self.tail = TailHub(lambda: self.cfg)  # `edge-agent tail`: records once committed
+        self.buffer: Journal = SqliteBuffer.from_config(
             cfg.buffer,
             alarms=self.alarms,
             config_path=config_path,
             max_serials=self.binder.rules.max_serials,
+            on_commit=self.tail.committed,
         )
         # Devices that share a wire (RS-485 units, an RTU gateway) share one bus object, also
         # across reloads.
@@ -99,7 +101,16 @@ class Agent:
         self._device_tasks: dict[str, asyncio.Task[None]] = {}
         self._reload_lock = asyncio.Lock()
         self.control = ControlServer(cfg.control.socket, self._control)
-        self._actions: set[asyncio.Task[None]] = set()
+        self.metrics: MetricsServer | None = None
+        if cfg.metrics.enabled:
+            # Imported only when enabled: prometheus_client is ~50 ms of every start-up.
+            from edge_agent.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, cfg.metrics)
+        self.actions = ActionRunner(
+            lambda name: self._by_name[name], self.binder, self._emit, self.buffer
+        )
+        self.events = EventLog(self._device_down)
         self.sync = self._new_sync(cfg)
         self._sync_task: asyncio.Task[None] | None = None
         self.stats = AgentStats()
@@ -131,13 +142,14 @@ class Agent:
         step = self.binder.feed(batch)
         self.stats.observations += len(batch)
         self._emit(step.drafts)
-        self._act(step.actions)
+        self.actions.start(step.actions)
 
     def _emit(self, drafts: list[RecordDraft]) -> None:
         if not drafts:
             return
+        before = self.buffer.last_assigned_seq
         try:
-            self.buffer.append(drafts)
+            last = self.buffer.append(drafts)
         except BufferError_ as exc:
             # Without a journal nothing can be kept safely: stop acquiring, loudly.
             if self.fatal is None:
@@ -146,156 +158,15 @@ class Agent:
                 if self._stop is not None:
                     self._stop.set()
             raise
+        self.tail.appended(drafts, before, last)
         for d in drafts:
             self.stats.count(d)
             if d.kind not in TELEMETRY_KINDS:
-                self._note(d)
+                self.events.note(d)
 
-    def _note(self, d: RecordDraft) -> None:
-        """One log line per event worth a person's attention; readings never log."""
-        b = d.body
-        extra = {"station": d.station, "serial": b.get("serial") or b["ctx"].get("serial")}
-        if d.kind is RecordKind.PART:
-            if b["quality"] != "good":
-                log.warning(
-                    "station %s: part record %s: %s",
-                    d.station,
-                    b["quality"],
-                    b.get("error"),
-                    extra=extra,
-                )
-        elif d.kind is RecordKind.SCAN:
-            if b["status"] != "rejected":
-                return
-            log.warning(
-                "station %s: scan rejected: %s (%r)",
-                d.station,
-                b.get("error"),
-                b.get("text"),
-                extra=extra,
-            )
-        elif d.kind is RecordKind.GAP:
-            log.warning(
-                "station %s: part counter went from %s to %s: %s part(s) without a record",
-                d.station,
-                b["previous"],
-                b["counter"],
-                b["missed"] if b["missed"] is not None else "unknown (counter reset)",
-                extra=extra,
-            )
-        elif d.kind is RecordKind.UNOBSERVED:
-            log.warning(
-                "station %s: device %s: changes of %s since %s may be missing: %s",
-                d.station,
-                b["device"],
-                ", ".join(b["points"]),
-                b["since"] or "their previous value",
-                b["reason"],
-                extra=extra,
-            )
-
-    def _act(self, actions: Sequence[Action]) -> None:
-        for action in actions:
-            coro: Coroutine[Any, Any, None]
-            if isinstance(action, Capture):
-                coro = self._capture(action)
-            elif isinstance(action, WriteTaken):
-                coro = self._write(action)
-            elif isinstance(action, Acknowledge):
-                coro = self._acknowledge(action)
-            else:
-                coro = self._trigger_read(action)
-            task = asyncio.create_task(coro, name=f"{type(action).__name__}:{action.station}")
-            self._actions.add(task)
-            task.add_done_callback(self._actions.discard)
-
-    async def _capture(self, cap: Capture) -> None:
-        """Read a part's snapshot and record it; in a handshake, say "taken" only once the
-        part record is committed (invariant 1)."""
-        snapshot: list[Observation] | None = None
-        error: str | None = None
-        # The other devices (a scale) are read at the same time, each in its own request.
-        also = asyncio.gather(*(self._read_also(device, points) for device, points in cap.also))
-        try:
-            snapshot = await self._by_name[cap.device].read_points(cap.points)
-        except DeviceError as exc:
-            error = str(exc)
-            if cap.handshake:
-                log.warning(
-                    "station %s: snapshot read failed, will read again while the PLC "
-                    "holds data ready: %s",
-                    cap.station,
-                    error,
-                    extra={"station": cap.station},
-                )
-        finally:
-            extra = [o for observations in await also for o in observations]
-        if extra:
-            snapshot = [*(snapshot or ()), *extra]
-        step = self.binder.complete(cap, snapshot, error)
-        writes = [a for a in step.actions if isinstance(a, WriteTaken)]
-        try:
-            self._emit(step.drafts)
-            if writes:
-                await self.buffer.flush()
-        except BufferError_:
-            return  # _emit has stopped the agent; the PLC keeps its data (no "taken")
-        for w in writes:
-            await self._write(w)
-
-    async def _read_also(self, device: str, points: tuple[str, ...]) -> list[Observation]:
-        """A part's points on another device; one that cannot be read makes only its own
-        points bad, with the reason."""
-        try:
-            return await self._by_name[device].read_points(points)
-        except DeviceError as exc:
-            return [Observation(device, p, None, Quality.BAD, error=str(exc)) for p in points]
-
-    async def _write(self, w: WriteTaken) -> None:
-        try:
-            await self._by_name[w.device].write(w.point, w.value)
-        except DeviceError as exc:
-            log.warning(
-                "station %s: handshake write %s=%s failed: %s",
-                w.station,
-                w.point,
-                w.value,
-                exc,
-                extra={"station": w.station},
-            )
-            if w.value:
-                self.binder.handshake_failed(w.station)
-
-    async def _acknowledge(self, ack: Acknowledge) -> None:
-        """The reader's good-read / bad-read answer, once the scan's record is committed: the
-        operator's beep means "recorded" (invariant 1, as for the handshake)."""
-        try:
-            await self.buffer.flush()
-        except BufferError_:
-            return  # not committed: no answer, the operator scans again
-        try:
-            await self._by_name[ack.device].acknowledge(ack.point, ack.accepted)
-        except DeviceError as exc:
-            log.warning(
-                "station %s: the %s answer to %s's scan was not sent: %s",
-                ack.station,
-                "good-read" if ack.accepted else "bad-read",
-                ack.device,
-                exc,
-                extra={"station": ack.station, "device": ack.device},
-            )
-
-    async def _trigger_read(self, trig: TriggerRead) -> None:
-        try:
-            await self._by_name[trig.device].trigger_read()
-        except DeviceError as exc:
-            log.warning(
-                "station %s: reader %s not triggered: %s",
-                trig.station,
-                trig.device,
-                exc,
-                extra={"station": trig.station, "device": trig.device},
-            )
+    def _device_down(self, name: str) -> bool:
+        driver = self._by_name.get(name)
+        return driver is not None and driver.status.state is DeviceState.DOWN
 
     async def command(self, device: str, name: str) -> str:
         """An operator's command to a device (``edge-agent device command``)."""
@@ -316,10 +187,12 @@ class Agent:
         self._emit(step.drafts)
         return await self.buffer.flush()
 
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any] | Stream:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.snapshot()}
+        if op == "tail":
+            return self.tail.open(request)
         if op == "reload":
             return await self.reload()
         if op == "context.set":
@@ -356,6 +229,12 @@ class Agent:
             saved, parts = await self.buffer.load_state()
             self._emit(self.binder.restore(saved, parts, ts=time.time()).drafts)
             await self.control.start()
+            if self.metrics is not None:
+                try:
+                    await self.metrics.start()  # StartupError when its port is taken
+                except BaseException:
+                    await self.control.stop()
+                    raise
         except BaseException:
             await self.buffer.stop()
             raise
@@ -374,16 +253,30 @@ class Agent:
             supervisor = asyncio.create_task(
                 Supervisor(notifier, self._health(), watchdog_interval()).run(), name="systemd"
             )
+            summary = asyncio.create_task(
+                SummaryLog(
+                    self.cfg.agent.summary_interval,
+                    self.stats,
+                    self.buffer,
+                    lambda: self.sync.status,
+                ).run(),
+                name="summary",
+            )
             try:
                 await stop.wait()
             finally:
                 supervisor.cancel()  # says STOPPING=1 before the (bounded) shutdown work
-                await asyncio.gather(supervisor, return_exceptions=True)
+                summary.cancel()
+                await asyncio.gather(supervisor, summary, return_exceptions=True)
                 notifier.close()
                 await self.control.stop()
+                if self.metrics is not None:
+                    await self.metrics.stop()
                 async with self._reload_lock:  # a reload half done would restart devices
                     await self._stop_devices(list(self._device_tasks))
-                await self._finish_actions()
+                await self.actions.finish(
+                    2 * max(dev.request_timeout() for dev in self.cfg.devices)
+                )
                 if self.fatal is None:
                     try:
                         async with asyncio.timeout(STOP_FLUSH_TIMEOUT):
@@ -451,8 +344,8 @@ class Agent:
         A valid one is applied in place: the journal, its seq and the stations' contexts
         carry on; only devices whose settings changed are restarted (added ones started,
         removed ones stopped); sync is restarted only if the ``mqtt`` section changed.
-        Identity, journal and control socket cannot move under a running agent: changing
-        them is refused with the reason (restart the agent to apply them).
+        Identity, journal, control socket and metrics endpoint cannot move under a running
+        agent: changing them is refused with the reason (restart the agent to apply them).
         """
         async with self._reload_lock:
             if self.config_path is None:
@@ -473,7 +366,7 @@ class Agent:
             old = self.cfg
             fixed = [
                 name
-                for name in ("agent", "buffer", "control")
+                for name in ("agent", "buffer", "control", "metrics")
                 if getattr(old, name) != getattr(new, name)
             ]
             if fixed:
@@ -519,18 +412,6 @@ class Agent:
                 "removed": removed,
                 "sync_restarted": sync_restarted,
             }
-
-    async def _finish_actions(self) -> None:
-        """Let captures in flight end (each is bounded by its device's timeout), so a part
-        whose trigger was seen is recorded; a handshake part cut short is captured again
-        after the restart, because the PLC still holds its data."""
-        if not self._actions:
-            return
-        limit = 2 * max(dev.request_timeout() for dev in self.cfg.devices)
-        _, pending = await asyncio.wait(set(self._actions), timeout=limit)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _drain(self) -> None:
         """Give sync a short moment to deliver what is committed; whatever is left stays
@@ -579,6 +460,8 @@ class Agent:
             "buffer_depth": self.buffer.depth,
             "stations": {st: dict(ctx) for st, ctx in self.binder.contexts.items()},
             "devices": {d.name: d.status.state.value for d in self.drivers},
+            # Which station(s) each device serves, so status can list devices by station.
+            "device_stations": {d.name: self.cfg.device_stations(d) for d in self.cfg.devices},
             # Frames a camera could not decode in time (dropped, never queued): only non-zero.
             "dropped": {d.name: d.status.dropped for d in self.drivers if d.status.dropped},
             "sync": {

@@ -8,6 +8,8 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+from datetime import datetime
 from typing import Any
 
 from kernel.errors import ConfigError
@@ -132,7 +134,6 @@ def context_command(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def status_command(args: argparse.Namespace) -> int:
     import json
 
@@ -146,7 +147,11 @@ def status_command(args: argparse.Namespace) -> int:
     else:
         buf, sync = status["buffer"], status["sync"]
         print(f"agent {status['agent']}: last seq {status['committed_seq']}")
-        print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
+        if "device_stations" in status:
+            for line in station_lines(status, time.time()):
+                print(line)
+        else:  # an agent from before per-station status
+            print("devices: " + ", ".join(f"{d} {s}" for d, s in status["devices"].items()))
         if status.get("dropped"):
             dropped = ", ".join(f"{d} {n}" for d, n in status["dropped"].items())
             print(f"frames dropped (decoding slower than the camera): {dropped}")
@@ -170,3 +175,59 @@ def status_command(args: argparse.Namespace) -> int:
         for alarm in status["alarms"]:
             print(f"ALARM {alarm['code']}: {alarm['message']}")
     return EXIT_ALARM if status["alarms"] else 0
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0, round(seconds))} s ago"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min ago"
+    if seconds < 172800:
+        return f"{round(seconds / 3600)} h ago"
+    return f"{round(seconds / 86400)} d ago"
+
+
+def _last_part(last: dict[str, Any] | None, now: float) -> str:
+    if last is None:
+        return "last part -"
+    try:
+        when = _ago(now - datetime.fromisoformat(last["ts"]).timestamp())
+    except (TypeError, ValueError):
+        when = str(last["ts"])
+    result = (last["result"] or "unknown").upper()
+    quality = "" if last["quality"] == "good" else f" {last['quality']}"
+    why = f": {last['error']}" if last.get("error") and last["quality"] == "bad" else ""
+    return f"last part {result}{quality} ({last['serial'] or 'no serial'}, {when}){why}"
+
+
+def station_lines(status: dict[str, Any], now: float) -> list[str]:
+    """Per station: its context, last part and counts, then its devices with their state:
+
+    ``ST10  serial S1-0042  lot L00001  last part OK (S1-0041, 12 s ago)  parts 41, NOK 2,
+    rejected scans 0`` (one line), then ``      devices: press1 up, scanner1 down``."""
+    per_device: dict[str, list[str]] = {}
+    for device, stations in status["device_stations"].items():
+        for st in stations:
+            per_device.setdefault(st, []).append(device)
+    stats = status.get("station_stats", {})
+    width = max((len(st) for st in status["stations"]), default=0)
+    out = []
+    for st, ctx in status["stations"].items():
+        counts = stats.get(st) or {}
+        others = "".join(
+            f"  {k} {v}" for k, v in ctx.items() if k not in ("serial", "lot") and v is not None
+        )
+        line = (
+            f"{st:<{width}}  serial {ctx.get('serial') or '-'}  lot {ctx.get('lot') or '-'}"
+            f"{others}  {_last_part(counts.get('last_part'), now)}  "
+            f"parts {counts.get('parts', 0)}, NOK {counts.get('nok', 0)}, "
+            f"rejected scans {counts.get('rejected_scans', 0)}"
+        )
+        if counts.get("gaps"):
+            line += f", gaps {counts['gaps']} ({counts.get('missed_parts', 0)} parts missed)"
+        out.append(line)
+        devices = per_device.get(st, [])
+        if devices:
+            states = ", ".join(f"{d} {status['devices'].get(d, '?')}" for d in devices)
+            out.append(f"{'':<{width}}  devices: {states}")
+    return out

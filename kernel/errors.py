@@ -76,3 +76,8 @@ class StartupError(EdgeAgentError):
     already in use, a path the service user cannot write, a journal another agent holds.
     The CLI prints the message as one line and exits with ``EXIT_STARTUP`` (no traceback);
     the message says what and where, e.g. ``metrics: 127.0.0.1:9464 is already in use``."""
+
+
+class JournalInUse(BufferError_, StartupError):
+    """Another process holds the journal's lock: another agent with the same ``buffer.path``,
+    or ``edge-agent buffer salvage`` running."""

@@ -38,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from buffer.sqlite import SqliteBuffer, StoredRecord
+from buffer.journal import Journal, StoredRecord
 from kernel.alarms import Alarms
 from kernel.backoff import backoff_delay
 from kernel.errors import SyncError
@@ -430,7 +430,7 @@ class _Deleter:
     while a delete runs. A delete is never cancelled half-way: the buffer adjusts ``depth``
     after the job returns."""
 
-    def __init__(self, buffer: SqliteBuffer, status: SyncStatus) -> None:
+    def __init__(self, buffer: Journal, status: SyncStatus) -> None:
         self._buffer = buffer
         self._status = status
         self._pending: list[int] = []
@@ -516,7 +516,7 @@ class MqttSync:
         agent_id: str,
         site: str,
         line: str,
-        buffer: SqliteBuffer,
+        buffer: Journal,
         alarms: Alarms | None = None,
     ) -> None:
         problems = [
@@ -539,6 +539,7 @@ class MqttSync:
         self._deleter = _Deleter(buffer, self.status)
         self._session: _Session | None = None
         self._link: _Link | None = None
+        self._refused_first: int | None = None  # first seq of the last refused message
         self._stations: dict[str, tuple[str, str]] = {}  # station -> (topic, envelope head)
         self._down_since: float | None = None  # monotonic; set once the outage is logged
         self._down_failures = 0  # failed attempts in the current outage
@@ -753,6 +754,10 @@ class MqttSync:
     # ---- confirmations ------------------------------------------------------------------
 
     def _acked(self, seqs: list[int]) -> None:
+        if self._refused_first is not None and self._refused_first in seqs:
+            # The message the broker refused went through this time (ACL fixed).
+            self._refused_first = None
+            self.alarms.clear("publish_refused", "the broker accepts the refused records now")
         if self._session is not None:
             self.status.inflight = len(self._session.inflight)
         if self.config.confirm == "puback":
@@ -764,6 +769,7 @@ class MqttSync:
         """MQTT 5: the broker refused a message (e.g. not authorized). Its rows stay; the
         connection is dropped so everything is sent again after the backoff."""
         self.status.refused_messages += 1
+        self._refused_first = seqs[0]
         self.alarms.raise_(
             "publish_refused",
             f"broker refused records {seqs[0]}..{seqs[-1]}: {reason}; they stay in the journal",

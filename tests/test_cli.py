@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -30,7 +32,11 @@ def test_simulate_print_config_is_a_valid_config() -> None:
     cfg = parse_config(out, "printed.yaml")
     assert [d.port for d in cfg.devices] == [5999, 5999]
     assert [s.name for s in cfg.stations] == ["ST10", "ST20"]
-    assert yaml.safe_load(out)["stations"][0]["context"]["serial"]["point"] == "part_serial"
+    assert cfg.stations[0].context["serial"] is not None
+    assert cfg.stations[0].context["serial"].point == "part_serial"
+    assert yaml.safe_load(out)["templates"]["stations"]["station"]["context"]["serial"] == {
+        "point": "part_serial"
+    }
 
 
 @pytest.mark.parametrize(
@@ -73,7 +79,7 @@ async def test_simulate_serves_the_register_map() -> None:
         assert await asyncio.to_thread(proc.wait, 20) == 0
 
 
-def test_demo_runs_and_loses_nothing(tmp_path: Path) -> None:
+def test_demo_runs_loses_nothing_and_keeps_what_its_commands_query(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*CLI, "demo", "--duration", "3", "--stations", "2", "--cycle-time", "0.5"],
         capture_output=True,
@@ -86,7 +92,23 @@ def test_demo_runs_and_loses_nothing(tmp_path: Path) -> None:
     assert "serial S1-" in proc.stdout
     assert "serial S2-" in proc.stdout
     assert "nothing lost." in proc.stdout
-    assert list(tmp_path.iterdir()) == [], "the demo leaves nothing behind"
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("edge-agent-demo-")
+    assert {"demo.yaml", "buffer.db", "trace.db"} <= {p.name for p in folder.iterdir()}
+    # The commands it prints at the end work, as printed, from where it ran.
+    commands = [
+        shlex.split(line.strip())
+        for line in proc.stdout.split("To query it:\n", 1)[1].splitlines()
+        if line.strip().startswith("edge-agent ")
+    ]
+    assert [c[1] for c in commands] == ["trace", "trace", "validate"]
+    for command in commands:
+        ran = subprocess.run(
+            [*CLI, *command[1:]], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert ran.returncode == 0, (command, ran.stdout, ran.stderr)
+        if command[1:3] == ["trace", "lot"]:
+            assert re.search(r"^S[12]-0000000\d ", ran.stdout, re.M), ran.stdout
 
 
 def test_config_schema_prints_the_committed_schema() -> None:

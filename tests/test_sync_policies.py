@@ -428,3 +428,29 @@ async def test_mqtt5_refused_messages_stay_in_the_journal(
         assert await buffer.count() == 10
     finally:
         broker.close()
+
+
+async def test_a_refusal_alarm_clears_once_the_broker_accepts_the_records(
+    buffer: SqliteBuffer, tmp_path: Path
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\n")
+    broker = Mosquitto(tmp_path / "mosquitto", extra=f"acl_file {acl}\n")
+    broker.start()
+    try:
+        await append(buffer, 10)
+        # No status message first: the records are what the broker refuses (reason 0x87).
+        sync = new_sync(buffer, broker.port, protocol="5", backoff_initial=0.05, status=False)
+        async with running(sync):
+            await eventually(
+                lambda: sync.alarms.is_active("publish_refused"), timeout=20, what="the alarm"
+            )
+            assert await buffer.count() == 10
+            # The plant fixes the ACL: the records go out and the alarm clears by itself.
+            acl.write_text("topic readwrite #\n")
+            await asyncio.to_thread(broker.stop)
+            await asyncio.to_thread(broker.start)
+            await eventually(lambda: buffer.depth == 0, timeout=20, what="the records sent")
+            assert not sync.alarms.is_active("publish_refused")
+    finally:
+        broker.close()

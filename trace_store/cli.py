@@ -22,6 +22,9 @@ COMMANDS = frozenset({"trace-store", "trace"})
 EXIT_FOUND = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
+EXIT_STARTUP = 75
+"""The store cannot start now (sysexits' EX_TEMPFAIL, as the agent): a port in use;
+systemd's Restart=on-failure retries."""
 
 ENV_DB = "TRACE_STORE_DB"
 ENV_USERNAME = "TRACE_STORE_MQTT_USERNAME"
@@ -87,6 +90,12 @@ def register(sub: Any) -> None:
         "below them to close (confirm: store, in_order agents); beyond, messages are dropped "
         f"and the agent resends them (default {DEFAULT_MAX_HELD_RECORDS})",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (ingest by kind, rejected "
+        "by reason, held records, per-agent lag; docs/metrics.md), e.g. 127.0.0.1:9465",
+    )
 
     t = sub.add_parser("trace", help="recall queries on a trace store database")
     tsub = t.add_subparsers(dest="trace_command", required=True)
@@ -96,9 +105,14 @@ def register(sub: Any) -> None:
         ("materials", "SERIAL", "backward: every lot and component in a serial, recursively"),
     ):
         q = tsub.add_parser(name, help=help_)
-        q.add_argument("id", metavar=metavar)
+        q.add_argument("id", metavar=metavar, help=f"the {metavar.lower()} to trace")
         _db_option(q)
-        q.add_argument("--format", choices=("table", "json", "csv"), default="table")
+        q.add_argument(
+            "--format",
+            choices=("table", "json", "csv"),
+            default="table",
+            help="table (default) for people, json or csv for other tools",
+        )
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -152,6 +166,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _run_store(args: argparse.Namespace) -> int:
+    from kernel.errors import StartupError
     from trace_store.service import TraceStore
     from trace_store.storage import StorageError
 
@@ -165,6 +180,19 @@ def _run_store(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     store = TraceStore(config)
+    metrics = None
+    if args.metrics is not None:
+        from trace_store.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer(store, args.metrics)
+            metrics.start()  # before anything connects: a taken port is a start-up error
+        except ValueError as exc:
+            print(f"trace-store: --metrics: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except StartupError as exc:
+            print(f"trace-store: cannot start: {exc}", file=sys.stderr)
+            return EXIT_STARTUP
     try:
         store.run(stop)
     except (StorageError, ValueError) as exc:  # at start-up: nothing was connected
@@ -173,6 +201,9 @@ def _run_store(args: argparse.Namespace) -> int:
     except Exception:
         log.critical("trace store stopped on an error", exc_info=True)
         return 1
+    finally:
+        if metrics is not None:
+            metrics.stop()
     log.info("trace store stopped: %s", store.stats())
     return 0
 

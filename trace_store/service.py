@@ -93,6 +93,26 @@ class _Inbound:
     payload: bytes
 
 
+@dataclass(slots=True)
+class AgentIngest:
+    """What the store has seen of one agent (guarded by the store's lock)."""
+
+    received_seq: int = 0  # highest seq of an accepted message (or the stored watermark)
+    last_arrival: float | None = None  # wall clock of its last accepted message, this run
+    held: int = 0  # records held now, waiting for a gap below them
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """One agent as ``agent_stats`` shows it."""
+
+    received_seq: int
+    watermark: int  # committed in the database
+    confirmed: int  # acknowledged by the broker as the retained confirmation
+    held_records: int
+    last_arrival: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Up:
     link: _Link
@@ -441,6 +461,8 @@ class TraceStore:
             0,
         )
         self._rejected: dict[str, int] = {}
+        self._kinds: dict[str, int] = {}  # records of accepted messages by kind, on arrival
+        self._agents: dict[str, AgentIngest] = {}
         self._ready = threading.Event()
         self._stop_writer = threading.Event()
         self._stop_link = threading.Event()
@@ -574,11 +596,11 @@ class TraceStore:
 
     def stats(self) -> dict[str, Any]:
         """Counters since start: messages (acknowledged, held ones included), accepted,
-        rejected (total and ``by_reason``), records (of accepted messages, on arrival),
-        inserted, duplicates (records stored already: conflicts, held copies, records the
-        watermark had passed), batches (transactions), confirmations (acknowledged by the
-        broker), storage_failures, connections (successful), disconnects (failed attempts and
-        lost connections), held_dropped (messages that would have exceeded
+        rejected (total and ``by_reason``), records (of accepted messages, on arrival;
+        ``by_kind``), inserted, duplicates (records stored already: conflicts, held copies,
+        records the watermark had passed), batches (transactions), confirmations
+        (acknowledged by the broker), storage_failures, connections (successful), disconnects
+        (failed attempts and lost connections), held_dropped (messages that would have exceeded
         ``max_held_records``, or released by a batch the database refused). And one gauge:
         held_records (records held now, every agent)."""
         with self._lock:
@@ -587,7 +609,22 @@ class TraceStore:
     def _stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self._counters)
         out["by_reason"] = dict(self._rejected)
+        out["by_kind"] = dict(self._kinds)
         return out
+
+    def agent_stats(self) -> dict[str, AgentView]:
+        """Per agent known to this store: what arrived and what is confirmed (metrics)."""
+        with self._lock:
+            return {
+                agent: AgentView(
+                    received_seq=seen.received_seq,
+                    watermark=self._committed.get(agent, 0),
+                    confirmed=self._published.get(agent, 0),
+                    held_records=seen.held,
+                    last_arrival=seen.last_arrival,
+                )
+                for agent, seen in self._agents.items()
+            }
 
     @property
     def failed(self) -> BaseException | None:
@@ -691,6 +728,8 @@ class TraceStore:
         with self._lock:
             for a in agents.values():
                 self._committed[a.agent] = max(self._committed.get(a.agent, 0), a.watermark)
+                seen = self._agents.setdefault(a.agent, AgentIngest())
+                seen.received_seq = max(seen.received_seq, a.watermark)
             self._lock.notify_all()
 
     def _writer_main(self) -> None:
@@ -896,6 +935,8 @@ class TraceStore:
         self._sites.update(selection.touched)
         self._pending.update(plan.watermarks)
         accepted = len(checked) - len(batch.rejected)
+        kinds, arrived = _arrivals(checked)
+        now = time.time()
         with self._lock:
             c = self._counters
             c["batches"] += written
@@ -909,6 +950,14 @@ class TraceStore:
             c["held_dropped"] += len(dropped)
             for row in batch.rejected:
                 self._rejected[row.reason] = self._rejected.get(row.reason, 0) + 1
+            for kind, n in kinds.items():
+                self._kinds[kind] = self._kinds.get(kind, 0) + n
+            for agent, last in arrived.items():
+                seen = self._agents.setdefault(agent, AgentIngest())
+                seen.received_seq = max(seen.received_seq, last)
+                seen.last_arrival = now
+            for agent in involved:
+                self._agents.setdefault(agent, AgentIngest()).held = self._held.records_of(agent)
             for agent, w in plan.watermarks.items():
                 self._committed[agent] = w
             self._lock.notify_all()
@@ -932,6 +981,8 @@ class TraceStore:
         with self._lock:
             self._counters["held_records"] = self._held.records
             self._counters["held_dropped"] += dropped
+            for agent in selection.released:
+                self._agents.setdefault(agent, AgentIngest()).held = self._held.records_of(agent)
             self._lock.notify_all()
 
     def _log_holding(self, had: dict[str, int], dropped: list[Held]) -> None:
@@ -1065,6 +1116,20 @@ class TraceStore:
             self._counters["confirmations"] += 1
             self._published[agent] = max(self._published.get(agent, 0), seq)
             self._lock.notify_all()
+
+
+def _arrivals(
+    checked: list[tuple[_Inbound, Accepted | Rejection]],
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Records by kind and the highest seq per agent, of a batch's accepted messages."""
+    kinds: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for _, result in checked:
+        if isinstance(result, Accepted):
+            for row in result.rows:
+                kinds[row.kind] = kinds.get(row.kind, 0) + 1
+            last[result.agent] = max(last.get(result.agent, 0), result.last_seq)
+    return kinds, last
 
 
 def _rejected_row(message: _Inbound, rejection: Rejection, now: str) -> RejectedMessage:

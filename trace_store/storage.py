@@ -98,6 +98,29 @@ class StoredEdge:
     unit: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AgentFreshness:
+    """How current the store is for one agent (the workbench's Lines page)."""
+
+    agent: str
+    site: str
+    line: str
+    watermark: int
+    watermark_at: str  # when the store last wrote the agent's row (its watermark moved)
+    last_seq: int | None  # the newest record stored, None when none
+    last_ts: str | None
+    last_station: str | None
+    last_received: str | None
+
+    @property
+    def ahead(self) -> int:
+        """Records stored above the watermark: a gap below them is still open."""
+        return 0 if self.last_seq is None else max(0, self.last_seq - self.watermark)
+
+
+RECORD_COLUMNS = "agent, seq, site, line, station, kind, ts, serial, body, received_at"
+
+
 def utc_now() -> str:
     """``2026-11-21T10:15:02.123456Z``, the wire format's timestamp form."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -230,17 +253,116 @@ class Storage(ABC):
     def records_of_serial(self, serial: str) -> list[StoredRecord]:
         with self._transaction():
             rows = self._execute(
-                "SELECT agent, seq, site, line, station, kind, ts, serial, body, received_at "
-                "FROM records WHERE serial = ? ORDER BY agent, seq",
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE serial = ? ORDER BY agent, seq",
                 (serial,),
             )
         return [_record(r) for r in rows]
 
+    def parts_of(self, serials: Sequence[str]) -> list[StoredRecord]:
+        """The part records of ``serials`` (index ``records_serial_kind``: only part rows are
+        read, never a serial's thousands of readings), by agent and seq."""
+        out: list[StoredRecord] = []
+        with self._transaction():
+            for chunk in _chunks(sorted(set(serials))):
+                marks = ", ".join("?" * len(chunk))
+                rows = self._execute(
+                    f"SELECT {RECORD_COLUMNS} FROM records "
+                    f"WHERE serial IN ({marks}) AND kind = 'part' ORDER BY agent, seq",
+                    list(chunk),
+                )
+                out.extend(_record(r) for r in rows)
+        return out
+
+    def records_at(
+        self,
+        station: str,
+        kind: str,
+        since: str,
+        until: str,
+        *,
+        after: tuple[str, str, int] | None = None,
+        limit: int = 1000,
+        line: str | None = None,
+    ) -> list[StoredRecord]:
+        """One page of ``kind`` records of ``station`` with ``since <= ts < until``, ordered by
+        (ts, agent, seq); ``after`` is the previous page's last (ts, agent, seq). Index
+        ``records_station_kind_ts`` gives both the range and the order: a page costs its own
+        rows, however long the window."""
+        sql = (
+            f"SELECT {RECORD_COLUMNS} FROM records "
+            "WHERE station = ? AND kind = ? AND ts >= ? AND ts < ?"
+        )
+        params: list[Any] = [station, kind, since, until]
+        if after is not None:
+            sql += " AND (ts, agent, seq) > (?, ?, ?)"
+            params += list(after)
+        if line is not None:
+            sql += " AND line = ?"
+            params.append(line)
+        sql += " ORDER BY ts, agent, seq LIMIT ?"
+        params.append(limit)
+        with self._transaction():
+            rows = self._execute(sql, params)
+        return [_record(r) for r in rows]
+
+    def stations(self) -> list[tuple[str, str, str]]:
+        """Every (station, site, line) that has part records, the line being the one of the
+        station's latest part. A loose index scan: one index probe per station, not a scan
+        of the table."""
+        out: list[tuple[str, str, str]] = []
+        with self._transaction():
+            names = self._execute(
+                "WITH RECURSIVE s(name) AS ("
+                "SELECT MIN(station) FROM records WHERE kind = 'part' "
+                "UNION ALL SELECT (SELECT MIN(station) FROM records "
+                "WHERE station > s.name AND kind = 'part') FROM s WHERE s.name IS NOT NULL) "
+                "SELECT name FROM s WHERE name IS NOT NULL"
+            )
+            for (name,) in names:
+                rows = self._execute(
+                    "SELECT site, line FROM records WHERE station = ? AND kind = 'part' "
+                    "ORDER BY ts DESC LIMIT 1",
+                    (name,),
+                )
+                if rows:
+                    out.append((name, rows[0][0], rows[0][1]))
+        return out
+
+    def freshness(self) -> list[AgentFreshness]:
+        """Per agent: its watermark, when the store last moved it, and its newest stored
+        record (the primary key's last entry: one probe per agent)."""
+        out: list[AgentFreshness] = []
+        with self._transaction():
+            agents = self._execute(
+                "SELECT agent, site, line, watermark, updated_at FROM agents ORDER BY site, "
+                "line, agent"
+            )
+            for agent, site, line, watermark, updated_at in agents:
+                last = self._execute(
+                    "SELECT seq, ts, station, received_at FROM records WHERE agent = ? "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (agent,),
+                )
+                seq, ts, station, received = last[0] if last else (None, None, None, None)
+                out.append(
+                    AgentFreshness(
+                        agent,
+                        site,
+                        line,
+                        int(watermark),
+                        updated_at,
+                        None if seq is None else int(seq),
+                        ts,
+                        station,
+                        received,
+                    )
+                )
+        return out
+
     def record(self, agent: str, seq: int) -> StoredRecord | None:
         with self._transaction():
             rows = self._execute(
-                "SELECT agent, seq, site, line, station, kind, ts, serial, body, received_at "
-                "FROM records WHERE agent = ? AND seq = ?",
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE agent = ? AND seq = ?",
                 (agent, seq),
             )
         return _record(rows[0]) if rows else None
@@ -349,6 +471,12 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
             received_at TEXT NOT NULL,
             PRIMARY KEY (agent, seq))""",
         "CREATE INDEX IF NOT EXISTS records_serial ON records (serial) WHERE serial IS NOT NULL",
+        # The workbench's lookups (docs/workbench.md, "Query plans"): a serial's part records
+        # without its readings; a station's parts in a time window, in page order.
+        "CREATE INDEX IF NOT EXISTS records_serial_kind ON records (serial, kind) "
+        "WHERE serial IS NOT NULL",
+        "CREATE INDEX IF NOT EXISTS records_station_kind_ts ON records "
+        "(station, kind, ts, agent, seq)",
         f"""CREATE TABLE IF NOT EXISTS genealogy (
             agent TEXT NOT NULL,
             seq {integer} NOT NULL,

@@ -326,6 +326,14 @@ class ModbusDevice(DeviceConfig):
             out.insert(0, (("poll_interval",), _overrun(self.poll_interval, self.timeout)))
         return out
 
+    def trigger_issue(self, point: str) -> str | None:
+        if any(p.name == point and p.report is Report.SNAPSHOT for p in self.points):
+            return (
+                f"{point!r} has report: snapshot, so it is never read on its own and cannot "
+                "trigger a part: give it report: on_change"
+            )
+        return None
+
     def named_points(self) -> list[ModbusPoint]:
         return self.points
 
@@ -348,6 +356,16 @@ class ModbusDevice(DeviceConfig):
     def write_issue(self, point: str) -> str | None:
         p = self.point(point)
         return None if p is None else p.write_issue()
+
+    def value_digits(self, point: str) -> int | None:
+        p = self.point(point)
+        if p is None:
+            return None
+        if p.type is DataType.FLOAT32:
+            return 7
+        if p.type is DataType.FLOAT64 or p.scale != 1.0 or p.offset != 0.0:
+            return 15
+        return None
 
     def request_timeout(self) -> float:
         return self.timeout

@@ -326,6 +326,14 @@ class OpcUaDevice(DeviceConfig):
         out.extend(backoff_issues(self.backoff_initial, self.backoff_max))
         return out
 
+    def trigger_issue(self, point: str) -> str | None:
+        if any(p.name == point and p.report is OpcUaReport.SNAPSHOT for p in self.points):
+            return (
+                f"{point!r} has report: snapshot, so it is never read on its own and cannot "
+                "trigger a part: give it report: on_change"
+            )
+        return None
+
     def named_points(self) -> list[OpcUaPoint]:
         return self.points
 

@@ -182,6 +182,10 @@ def _part_issues(
 ) -> list[Issue]:
     trig, snap = part.trigger, part.snapshot
     out = _point_issue(cfg, (*path, "trigger"), trig.device, trig.point, devices)
+    if not out:
+        why = cfg.devices[devices[trig.device]].trigger_issue(trig.point)
+        if why is not None:
+            out.append(((*path, "trigger", "point"), why))
     snap_issues = _point_issue(cfg, (*path, "snapshot"), snap.device, None, devices)
     out.extend(snap_issues)
     if snap_issues:

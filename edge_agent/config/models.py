@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from buffer.config import BufferConfig
 from drivers import registry
@@ -18,13 +18,15 @@ from drivers.device import DeviceConfig
 from edge_agent.config.refs import with_station_device
 from edge_agent.scan import ScanRule
 from kernel.names import Issue, Name
+from kernel.net import parse_listen
 from sync.config import MqttConfig
 
 WELL_KNOWN_CONTEXT = ("serial", "lot", "work_order", "product", "operator")
 
 
 class AgentIdentity(BaseModel):
-    """Who this agent is. Topics and record keys carry it, so it must be unique per plant."""
+    """Who this agent is (topics and record keys carry it, so it must be unique per plant),
+    and how often it sums up its work in the log."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,6 +36,13 @@ class AgentIdentity(BaseModel):
     line: Name = Field(description="Production line, e.g. 'line3'.", examples=["line3"])
     id: Name = Field(
         description="This agent's id, unique among the plant's agents.", examples=["line3-pc1"]
+    )
+    summary_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between two summary lines in the log (parts, NOK, readings, "
+        "scans, journal depth, oldest unconfirmed record, uplink); 0: none.",
+        examples=[300, 3600, 0],
     )
 
 
@@ -247,6 +256,34 @@ class ControlConfig(BaseModel):
     )
 
 
+class MetricsConfig(BaseModel):
+    """The Prometheus endpoint (docs/metrics.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        default=False,
+        description="Serve GET /metrics. Enable it on a line PC; off by default so that several "
+        "agents on one machine (and test runs) do not compete for one port.",
+    )
+    listen: str = Field(
+        default="127.0.0.1:9464",
+        description="HOST:PORT to listen on ([::1]:9464 for IPv6). The default answers local "
+        "scrapers only; 0.0.0.0:9464 lets a central Prometheus scrape the PC directly.",
+        examples=["127.0.0.1:9464", "0.0.0.0:9464"],
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, text: str) -> str:
+        parse_listen(text)  # its ValueError names what is wrong
+        return text
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) of ``listen``."""
+        return parse_listen(self.listen)
+
+
 class Templates(BaseModel):
     """Partial device and station entries, reused by `template: <name>` in an entry."""
 
@@ -286,6 +323,10 @@ class AgentConfig(BaseModel):
     control: ControlConfig = Field(
         default_factory=ControlConfig, description="Local control socket."
     )
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig,
+        description="Prometheus endpoint: per device, journal, uplink and station metrics.",
+    )
     templates: Templates = Field(
         default_factory=Templates,
         description="Reuse: a device or station entry with `template: NAME` takes every key of "
@@ -309,6 +350,11 @@ class AgentConfig(BaseModel):
     def station_of(self, device: DeviceConfig, point_name: str) -> str:
         """The station a point's readings are bound to (validated to exist)."""
         return device.point_station(point_name) or self.stations[0].name
+
+    def device_stations(self, device: DeviceConfig) -> list[str]:
+        """The stations a device's points are bound to, in config order."""
+        points = device.point_names() or [""]  # no points: the device's own station
+        return list(dict.fromkeys(self.station_of(device, p) for p in points))
 
 
 _built: dict[int, type[AgentConfig]] = {}

@@ -1,0 +1,150 @@
+"""What the binder asks the agent to do beside recording: read a part's snapshot at its
+trigger, write a PLC handshake's "taken", answer a reader good-read/bad-read, trigger a
+reader. Each runs as its own task, so a slow device never holds up binding; what must wait
+for a commit (invariant 1: "taken" and the reader's beep mean "recorded") flushes first."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from buffer import Journal
+from drivers.base import Driver
+from edge_agent.binder import Acknowledge, Action, Binder, Capture, TriggerRead, WriteTaken
+from kernel.errors import BufferError_, DeviceError
+from kernel.model import Observation, Quality, RecordDraft
+
+log = logging.getLogger("edge_agent.daemon")
+
+
+class ActionRunner:
+    """Runs the binder's actions against the devices; owned by the event loop."""
+
+    def __init__(
+        self,
+        driver: Callable[[str], Driver],
+        binder: Binder,
+        emit: Callable[[list[RecordDraft]], None],
+        journal: Journal,
+    ) -> None:
+        self._driver = driver
+        self.binder = binder
+        self._emit = emit
+        self.buffer = journal
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            coro: Coroutine[Any, Any, None]
+            if isinstance(action, Capture):
+                coro = self._capture(action)
+            elif isinstance(action, WriteTaken):
+                coro = self._write(action)
+            elif isinstance(action, Acknowledge):
+                coro = self._acknowledge(action)
+            else:
+                coro = self._trigger_read(action)
+            task = asyncio.create_task(coro, name=f"{type(action).__name__}:{action.station}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _capture(self, cap: Capture) -> None:
+        """Read a part's snapshot and record it; in a handshake, say "taken" only once the
+        part record is committed (invariant 1)."""
+        snapshot: list[Observation] | None = None
+        error: str | None = None
+        # The other devices (a scale) are read at the same time, each in its own request.
+        also = asyncio.gather(*(self._read_also(device, points) for device, points in cap.also))
+        try:
+            snapshot = await self._driver(cap.device).read_points(cap.points)
+        except DeviceError as exc:
+            error = str(exc)
+            if cap.handshake:
+                log.warning(
+                    "station %s: snapshot read failed, will read again while the PLC "
+                    "holds data ready: %s",
+                    cap.station,
+                    error,
+                    extra={"station": cap.station},
+                )
+        finally:
+            extra = [o for observations in await also for o in observations]
+        if extra:
+            snapshot = [*(snapshot or ()), *extra]
+        step = self.binder.complete(cap, snapshot, error)
+        writes = [a for a in step.actions if isinstance(a, WriteTaken)]
+        try:
+            self._emit(step.drafts)
+            if writes:
+                await self.buffer.flush()
+        except BufferError_:
+            return  # _emit has stopped the agent; the PLC keeps its data (no "taken")
+        for w in writes:
+            await self._write(w)
+
+    async def _read_also(self, device: str, points: tuple[str, ...]) -> list[Observation]:
+        """A part's points on another device; one that cannot be read makes only its own
+        points bad, with the reason."""
+        try:
+            return await self._driver(device).read_points(points)
+        except DeviceError as exc:
+            return [Observation(device, p, None, Quality.BAD, error=str(exc)) for p in points]
+
+    async def _write(self, w: WriteTaken) -> None:
+        try:
+            await self._driver(w.device).write(w.point, w.value)
+        except DeviceError as exc:
+            log.warning(
+                "station %s: handshake write %s=%s failed: %s",
+                w.station,
+                w.point,
+                w.value,
+                exc,
+                extra={"station": w.station},
+            )
+            if w.value:
+                self.binder.handshake_failed(w.station)
+
+    async def _acknowledge(self, ack: Acknowledge) -> None:
+        """The reader's good-read / bad-read answer, once the scan's record is committed: the
+        operator's beep means "recorded" (invariant 1, as for the handshake)."""
+        try:
+            await self.buffer.flush()
+        except BufferError_:
+            return  # not committed: no answer, the operator scans again
+        try:
+            await self._driver(ack.device).acknowledge(ack.point, ack.accepted)
+        except DeviceError as exc:
+            log.warning(
+                "station %s: the %s answer to %s's scan was not sent: %s",
+                ack.station,
+                "good-read" if ack.accepted else "bad-read",
+                ack.device,
+                exc,
+                extra={"station": ack.station, "device": ack.device},
+            )
+
+    async def _trigger_read(self, trig: TriggerRead) -> None:
+        try:
+            await self._driver(trig.device).trigger_read()
+        except DeviceError as exc:
+            log.warning(
+                "station %s: reader %s not triggered: %s",
+                trig.station,
+                trig.device,
+                exc,
+                extra={"station": trig.station, "device": trig.device},
+            )
+
+    async def finish(self, limit: float) -> None:
+        """Let captures in flight end (each is bounded by its device's timeout, ``limit``
+        covers them), so a part whose trigger was seen is recorded; a handshake part cut short
+        is captured again after the restart, because the PLC still holds its data."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=limit)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
