@@ -132,11 +132,13 @@ class SummaryLog:
 
     async def log_once(self) -> dict[str, Any]:
         """Log the line for the interval that ends now; returns its ``summary`` field."""
+        # The journal's answer first: the counts below are taken with no await after them, so
+        # they are the stats at the instant the line is logged.
+        oldest = await self.oldest_unconfirmed()
         now = Totals.of(self._stats)
         counts = now.minus(self._last)
         self._last = now
         depth = self._journal.depth
-        oldest = await self.oldest_unconfirmed()
         up = self._uplink()
         uplink = "connected" if up.connected else f"down ({up.last_error or 'connecting'})"
         scans = f"{counts['scans']:,} scans ({counts['rejected_scans']:,} rejected)"

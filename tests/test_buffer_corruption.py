@@ -255,7 +255,7 @@ def test_salvage_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         cwd=ROOT,
     )
     assert usage.returncode == 2
-    assert "-c/--config" in usage.stderr
+    assert "give a config file (-c FILE)" in usage.stderr
 
     assert salvage_main(str(config), str(moved)) == 0
     assert ", 0 appended, " in capsys.readouterr().out
