@@ -8,6 +8,7 @@ The daemon and sync depend on the ``Journal`` protocol (``journal.py``); ``Sqlit
 - ``writer``: ``JournalThread``, the connection's one owner: batching, each commit's
   transaction, a journal that cannot grow;
 - ``seqs``: opening, where numbering starts, a damaged journal replaced, salvage bookkeeping;
+- ``identity``: the journal's id and its epochs (one per opening), what keeps keys unique;
 - ``schema``: the tables, connection settings, upgrade of old journals;
 - ``retention``: telemetry totals, bounds and eviction, counted and reported;
 - ``disk``: free-space watermarks and the WAL checkpoint;
@@ -15,8 +16,8 @@ The daemon and sync depend on the ``Journal`` protocol (``journal.py``); ``Sqlit
 - ``files`` (lock, damage check, set aside), ``policy`` (bounds and watermarks), ``config``
   (the YAML section), ``salvage`` (the ``edge-agent buffer salvage`` command).
 
-Everything in ``writer``, ``seqs``, ``schema``, ``retention``, ``disk`` and ``state`` runs on
-the journal's thread.
+Everything in ``writer``, ``seqs``, ``identity``, ``schema``, ``retention``, ``disk`` and
+``state`` runs on the journal's thread.
 """
 
 from buffer.journal import Journal, StoredRecord

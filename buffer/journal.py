@@ -9,7 +9,8 @@ Every member is used from the event loop and none may block it. The promises (in
 and 4 of the guide) are the same for any implementation:
 
 - ``append`` gives each record the next seq, in call order, and never blocks; the seq is
-  unique forever for this journal (also across restarts and deletes);
+  unique forever for this journal (also across restarts and deletes), and with the epoch it
+  was appended in (``identity``) unique forever, whatever happens to the file;
 - ``flush`` returns only once every record appended before it is durable;
 - rows leave by ``delete``/``delete_through`` (after confirmation), or, telemetry only,
   by eviction under storage pressure, counted in ``stats()``.
@@ -18,11 +19,51 @@ and 4 of the guide) are the same for any implementation:
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kernel.model import RecordDraft
+
+LEGACY_EPOCH = ""
+"""The epoch of rows journaled by a version without journal identities: they go out without
+an epoch, exactly as that version sent them, so a receiver that has them already knows them
+by ``(agent, seq)`` (docs/delivery.md, "The journal's identity")."""
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """One opening of a journal: the records appended from seq ``first`` until the journal
+    was next opened. ``id`` is drawn at random when the journal is opened (32 hex digits), so
+    ``(agent, epoch, seq)`` is unique forever whatever happens to the file: copied, restored
+    from a backup, replaced."""
+
+    id: str
+    first: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalIdentity:
+    """Who a journal is: ``journal``, the file's own id (made with the file, kept for its
+    life), and its epochs in seq order; the last one is this opening's, where new records go."""
+
+    journal: str
+    epochs: tuple[Epoch, ...]
+
+    @property
+    def epoch(self) -> Epoch:
+        return self.epochs[-1]
+
+    def epoch_of(self, seq: int) -> Epoch:
+        """The epoch a committed seq belongs to (the first one for a seq below all of them)."""
+        i = bisect.bisect_right([e.first for e in self.epochs], seq) - 1
+        return self.epochs[max(i, 0)]
+
+    def end_of(self, epoch: Epoch) -> int | None:
+        """The last seq ``epoch`` can hold (None for the open one: it still grows)."""
+        later = [e.first for e in self.epochs if e.first > epoch.first]
+        return min(later) - 1 if later else None
 
 STATS_KEYS = frozenset(
     {
@@ -132,6 +173,23 @@ class Journal(Protocol):
     async def probe(self) -> None:
         """A round trip through whatever does the journal's work: the watchdog's liveness
         check. It does not return while that is stuck."""
+        ...
+
+    # ---- identity (docs/delivery.md, "The journal's identity") ---------------------------
+
+    @property
+    def identity(self) -> JournalIdentity:
+        """The journal's id and epochs, fixed at ``start`` (and by ``rekey``)."""
+        ...
+
+    async def claim(self, agent: str) -> dict[str, tuple[int, int]]:
+        """Record ``agent`` as the writer of this opening's epoch; returns, for every other
+        agent id whose epochs still hold rows here, (rows, highest seq)."""
+        ...
+
+    async def rekey(self, epoch: str) -> JournalIdentity:
+        """Give the rows of ``epoch`` a new random epoch id (durably): a receiver then takes
+        them as records it never had, never as copies of what it holds under the old key."""
         ...
 
     def stats(self) -> dict[str, Any]:

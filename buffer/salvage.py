@@ -8,7 +8,9 @@ skipped interval is reported: those are the records that may be lost (some of th
 have existed, or were delivered and deleted before the damage).
 
 Each salvaged record is appended with a new seq (seqs keep growing), its body without its old
-``seq`` and with ``"salvaged": {"seq": <old seq>, "journal": "<damaged file name>"}``. The live
+``seq`` and with ``"salvaged": {"seq": <old seq>, "journal": "<damaged file name>", "epoch":
+"<old epoch>"}`` (``epoch``: the journal epoch it was made in, the other half of its key; left
+out when the damaged file's epochs cannot be read). The live
 journal remembers (file name, old seq) of every copy in the same transaction as the copy, so a
 second run, or a run after a crash, copies nothing twice.
 """
@@ -113,6 +115,7 @@ class DamagedJournal:
         # skip, not a row we trust.
         self._db.execute("PRAGMA cell_size_check=ON")
         self._ceiling = self._upper_bound()
+        self._epochs = self._read_epochs()
         self._pos = 0  # every seq <= _pos has been read or skipped
         self._done = False
 
@@ -132,6 +135,30 @@ class DamagedJournal:
                 continue
             if row is not None and row[0] is not None:
                 found = max(found or 0, int(row[0]))
+        return found
+
+    def _read_epochs(self) -> list[tuple[int, str]] | None:
+        """(first seq, epoch id) of the file's epochs, in order; [] for a file of a version
+        before identities (all its rows are of the legacy epoch); None if unreadable."""
+        try:
+            rows = self._db.execute("SELECT first_seq, epoch FROM epochs ORDER BY first_seq")
+            found = [(int(first), str(epoch)) for first, epoch in rows]
+        except sqlite3.OperationalError as exc:
+            return [] if "no such table" in str(exc) else None
+        except (sqlite3.Error, ValueError, TypeError):
+            return None
+        return found or None
+
+    def epoch_of(self, seq: int) -> str | None:
+        """The epoch ``seq`` was made in: ``''`` (legacy), an id, or None if unknown."""
+        if self._epochs is None:
+            return None
+        if not self._epochs:
+            return ""
+        found = None
+        for first, epoch in self._epochs:
+            if first <= seq:
+                found = epoch
         return found
 
     def next_chunk(self, size: int = CHUNK) -> list[Row] | None:
@@ -213,8 +240,9 @@ class DamagedJournal:
             yield chunk
 
 
-def salvaged_draft(row: Row, journal: str) -> RecordDraft | None:
-    """The new record for one old row, or None if the row is not a usable record."""
+def salvaged_draft(row: Row, journal: str, epoch: str | None = None) -> RecordDraft | None:
+    """The new record for one old row, or None if the row is not a usable record. ``epoch``:
+    the epoch the row was made in (None: unknown)."""
     seq, station, kind, body = row
     try:
         data: Any = json.loads(body)
@@ -226,7 +254,10 @@ def salvaged_draft(row: Row, journal: str) -> RecordDraft | None:
     data.pop("seq", None)
     # A record salvaged once already names its original key: keep that, it is the key a
     # receiver may hold.
-    data.setdefault("salvaged", {"seq": seq, "journal": journal})
+    origin: dict[str, Any] = {"seq": seq, "journal": journal}
+    if epoch is not None:
+        origin["epoch"] = epoch
+    data.setdefault("salvaged", origin)
     return RecordDraft(station, record_kind, data)
 
 
@@ -249,7 +280,7 @@ async def salvage(damaged: Path, buffer: SqliteBuffer, *, chunk: int = CHUNK) ->
                 if row[0] in done:
                     report.already += 1
                     continue
-                draft = salvaged_draft(row, name)
+                draft = salvaged_draft(row, name, reader.epoch_of(row[0]))
                 if draft is None:
                     report.unusable.append(row[0])
                     continue

@@ -61,7 +61,20 @@ CREATE TABLE IF NOT EXISTS salvaged (
     new_seq INTEGER NOT NULL,
     PRIMARY KEY (journal, seq)
 ) WITHOUT ROWID;
+-- Every opening of this journal (buffer/identity.py): the records from first_seq on belong to
+-- it until the next one. Its random id is part of each record's key on the wire.
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch     TEXT PRIMARY KEY,  -- 32 hex digits; '' for rows an older version journaled
+    first_seq INTEGER NOT NULL,
+    opened_at TEXT NOT NULL,
+    agent     TEXT               -- the agent id that wrote it (set when the uplink starts)
+);
 """
+
+FORMAT = 2
+"""The journal's format, ``meta.format``: 2 added identities (``meta.journal_id``, ``epochs``);
+a journal without the key is format 1. A version that finds a higher one refuses to open it
+(``buffer/identity.py``): it cannot know what that format's rows mean."""
 
 # No index on ``kind``. A partial index of telemetry was measured: -8% on append+commit and
 # -25% on delete, for every record, to speed up queries that are cheap without it: the running

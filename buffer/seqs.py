@@ -1,5 +1,6 @@
 """Seq and identity: where a journal's numbering starts, and what keeps a record's key
-(agent, seq) unique forever, also when the journal is replaced (invariants 2 and 8).
+(agent, epoch, seq) unique forever, also when the journal is replaced (invariants 2 and 8;
+the epochs themselves are ``buffer/identity.py``).
 
 - At open the next seq follows the highest ever committed: ``meta.last_seq`` (written by the
   writer in the same transaction as the rows, so deleting delivered rows never lets a number
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buffer import files
+from buffer.identity import open_identity
+from buffer.journal import JournalIdentity
 from buffer.policy import TELEMETRY_SQL
 from buffer.schema import Synchronous, configure, connect, set_meta, utc_now
 
@@ -40,6 +43,7 @@ class Opened:
     telemetry_rows: int
     telemetry_bytes: int
     page_size: int
+    identity: JournalIdentity
 
 
 Replaced = tuple[str, files.MovedJournal, int, int]
@@ -73,7 +77,7 @@ def open_journal(
         db.execute("PRAGMA journal_mode=WAL")
     try:
         page_size = configure(db, path, synchronous=synchronous, max_bytes=max_bytes, clock=clock)
-        return db, _opened(db, replaced, page_size, config_path)
+        return db, _opened(db, path, replaced, page_size, config_path)
     except BaseException:
         db.close()
         raise
@@ -84,13 +88,14 @@ def replace_damaged(path: Path, damage: str) -> tuple[files.MovedJournal, int, i
     the first seq of the new journal."""
     last = files.last_readable_seq(path)
     moved = files.move_aside(path)
-    # A receiver keeps records by (agent, seq) and drops a second record with a key it
-    # already holds as a duplicate. The new journal must therefore never hand out a seq
-    # the old one might have published, including seqs on pages we can no longer read.
-    # The last readable seq is a lower bound of those; the clock in microseconds is an
-    # upper bound as long as seqs were handed out slower than a million per second since
-    # the journal began (at 1, or at an earlier such floor). The max survives a clock
-    # that jumped back.
+    # The new file gets its own identity, so its records' keys (agent, epoch, seq) cannot
+    # meet the old one's whatever the seqs. Its seqs still start above anything the old file
+    # might have published (including seqs on pages we can no longer read): a trace store of
+    # the previous version keys records by (agent, seq) only and would drop a reused seq as a
+    # duplicate, and salvaged records (appended here with new seqs) stay in seq order after
+    # everything the old file held. The last readable seq is a lower bound of those seqs; the
+    # clock in microseconds an upper bound as long as seqs were handed out slower than a
+    # million per second since the journal began. The max survives a clock that jumped back.
     floor = max(last + 1, time.time_ns() // 1000)
     log.critical(
         "journal %s is damaged (%s): moved to %s; a new journal starts at seq %d",
@@ -104,6 +109,7 @@ def replace_damaged(path: Path, damage: str) -> tuple[files.MovedJournal, int, i
 
 def _opened(
     db: sqlite3.Connection,
+    path: Path,
     replaced: Replaced | None,
     page_size: int,
     config_path: str | Path | None,
@@ -124,13 +130,15 @@ def _opened(
     rows, size = db.execute(
         f"SELECT count(*), total(size) FROM records WHERE {TELEMETRY_SQL}"
     ).fetchone()
+    identity, identity_alarms = open_identity(db, path, last_seq, fresh=replaced is not None)
     return Opened(
         last_seq,
         int(max_row[1]),
-        damaged_alarms(db, config_path),
+        damaged_alarms(db, config_path) + identity_alarms,
         int(rows),
         int(size),
         page_size,
+        identity,
     )
 
 

@@ -29,10 +29,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from buffer import state
+from buffer import identity, state
 from buffer.disk import DiskState, DiskWatch
 from buffer.handoff import Inbox, Outbox
-from buffer.journal import StoredRecord
+from buffer.journal import JournalIdentity, StoredRecord
 from buffer.policy import DiskUsage, DiskWatermarks, TelemetryBounds
 from buffer.retention import EVICT_CHUNK, REPORT_EVERY, Retention
 from buffer.schema import JOURNAL_SIZE_LIMIT, SCHEMA, Synchronous, utc_now
@@ -129,6 +129,7 @@ class SqliteBuffer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # ---- owned by the event loop ----
+        self._identity: JournalIdentity | None = None
         self.committed_seq = 0
         self.depth = 0  # rows waiting for delivery (committed)
         self.committed_total = 0
@@ -278,6 +279,7 @@ class SqliteBuffer:
             self._thread = None
             raise
         self._inbox.next_seq = info.last_seq + 1
+        self._identity = info.identity
         self.committed_seq = info.last_seq
         self.depth = info.depth
         if info.depth:
@@ -285,8 +287,11 @@ class SqliteBuffer:
         for code, message in info.alarms:
             self._raise_alarm(code, message, logging.CRITICAL)
         log.info(
-            "buffer %s open: last seq %d, %d records waiting (%d telemetry, %d bytes)",
+            "buffer %s open: journal %s epoch %s, last seq %d, %d records waiting "
+            "(%d telemetry, %d bytes)",
             self.path,
+            info.identity.journal,
+            info.identity.epoch.id,
             info.last_seq,
             info.depth,
             self.telemetry_rows,
@@ -462,6 +467,29 @@ class SqliteBuffer:
         """What the stations knew at the last commit: {station: state} and, per station, the
         most recent ``max_serials`` serials with their part-record counts (oldest first)."""
         return await self._submit(functools.partial(state.load, max_serials=self.max_serials))
+
+    # ---- identity (buffer/identity.py) -------------------------------------------------
+
+    @property
+    def identity(self) -> JournalIdentity:
+        """The journal's id and epochs; the last epoch is this opening's."""
+        if self._identity is None:
+            raise BufferError_("buffer is not running")
+        return self._identity
+
+    async def claim(self, agent: str) -> dict[str, tuple[int, int]]:
+        """Record ``agent`` as the writer of this opening's epoch; returns, for every other
+        agent id whose epochs still hold rows, (rows, highest seq)."""
+        epoch = self.identity.epoch.id
+        return await self._submit(functools.partial(identity.claim, epoch=epoch, agent=agent))
+
+    async def rekey(self, epoch: str) -> JournalIdentity:
+        """Give the rows of ``epoch`` a new random epoch id; returns the identity after."""
+        journal = self.identity.journal
+        self._identity = await self._submit(
+            functools.partial(identity.rekey, epoch=epoch, journal=journal)
+        )
+        return self._identity
 
     async def salvaged_seqs(self, journal: str) -> set[int]:
         """Original seqs already copied in from the damaged file named ``journal``."""

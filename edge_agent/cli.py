@@ -138,6 +138,10 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from edge_agent.simulate_cmd import simulate_command
 
         return simulate_command(args)
+    if args.command == "test":
+        from edge_agent.testing.command import test_command
+
+        return test_command(args)
     if args.command == "demo":
         from edge_agent.demo import run_demo
 

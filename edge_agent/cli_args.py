@@ -104,6 +104,7 @@ def build_parser(version_action: type[argparse.Action]) -> argparse.ArgumentPars
     config_arguments(p, many=True)
 
     _simulate(sub)
+    _test(sub)
     _demo(sub)
     _device(sub)
     _context(sub)
@@ -221,6 +222,58 @@ def _simulate(sub: Any) -> None:
         "--print-config",
         action="store_true",
         help="print a matching agent config (YAML, with templates) and exit",
+    )
+
+
+def _test(sub: Any) -> None:
+    p = sub.add_parser(
+        "test",
+        help="run config test cases: each case's device map against simulated devices, the "
+        "real agent and a broker, its expected records checked (docs/testing-configs.md); "
+        "exit 0 all passed, 1 a case failed, 2 a case file has mistakes",
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="case folders (holding case.yaml), *.case.yaml files, or folders searched for them",
+    )
+    p.add_argument(
+        "-k",
+        dest="keyword",
+        action="append",
+        metavar="TEXT",
+        help="run only the cases whose name holds TEXT (repeatable: any of them)",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="cases run at the same time (default: the number of CPUs); each has its own "
+        "ports, serial ports, journal and topics",
+    )
+    p.add_argument(
+        "--junit-xml",
+        metavar="FILE",
+        help="also write the results as JUnit XML, for the pipeline's test view",
+    )
+    p.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default="auto",
+        help="the MQTT broker the agents publish to: auto (default) Mosquitto if installed, "
+        "else the embedded amqtt broker (pip install 'edge-agent[demo]')",
+    )
+    p.add_argument("--list", action="store_true", help="list the cases found and exit")
+    p.add_argument(
+        "--schema",
+        nargs="?",
+        const="case",
+        choices=("case", "scenario"),
+        metavar="KIND",
+        help="print the JSON Schema of case files (KIND case, the default) or of scenario "
+        "files (KIND scenario), for editors, and exit",
     )
 
 

@@ -11,13 +11,12 @@ terminal, a stuck pipe), the records that do not fit are not queued but counted,
 client gets one ``{"kind": "tail.overflow", "skipped": N, "first_seq", "last_seq"}`` line in
 their place, then the records that came after: it stays connected and its memory bounded.
 
-Values are shown as precise as their source is: a float32 point's 6.019999980926514 is sent
-as 6.02: 7 significant digits, or the 8 or 9 a float32 needs to read back as itself (20.015625
-is a float32 that 7 digits would turn into another one, 20.01562). A float64's or a scaled
-integer's 4.0200000000000005 is sent as 4.02 (15 digits). The config says which point is which
-(``DeviceConfig.value_digits``). A float whose point's type is not known (an OPC UA ``Float``
-or ``Double``) is shown as a float32 if it is exactly one (it almost surely came from one),
-else as it is. Everything else is the record as it goes on the wire.
+Values are shown as precise as their source is, by ``kernel.precision`` (the rule the trace
+store's reports use too): a float32 point's 6.019999980926514 is sent as 6.02, a float64's or
+a scaled integer's 4.0200000000000005 as 4.02. The config says which point is which
+(``DeviceConfig.value_digits``); a float whose point's type is not known (an OPC UA ``Float``
+or ``Double``) is shown as a float32 if it is exactly one, else to 15 digits. Everything else
+is the record as it goes on the wire.
 """
 
 from __future__ import annotations
@@ -25,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
-import struct
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.control import Stream
+from kernel import precision
 from kernel.model import TELEMETRY_KINDS, RecordDraft, RecordKind
 
 if TYPE_CHECKING:
@@ -47,38 +45,14 @@ terminal, a pipe into jq) empties it in milliseconds."""
 CHUNK = 64
 """Records encoded per turn of the event loop: a backlog never holds the loop for long."""
 OVERFLOW = "tail.overflow"
-FLOAT32_DIGITS = 7
 KINDS = tuple(k.value for k in RecordKind)
 
 
 # ---- precision ----------------------------------------------------------------------------
 
 
-def _as_float32(x: float) -> float:
-    return float(struct.unpack("f", struct.pack("f", x))[0])
-
-
-def _float32_text(x: float) -> float:
-    """The float32 ``x`` with 7 significant digits, or 8 or 9 if it needs them to read back as
-    itself (9 always do)."""
-    for digits in (FLOAT32_DIGITS, 8):
-        short = float(f"{x:.{digits}g}")
-        if _as_float32(short) == x:
-            return short
-    return float(f"{x:.9g}")
-
-
-def shown(value: Any, digits: int | None) -> Any:
-    """``value`` rounded to the precision of its source (``digits`` significant digits; None:
-    not known). Non-floats, NaN and infinities are returned as they are."""
-    if type(value) is not float or not math.isfinite(value):
-        return value
-    exact32 = abs(value) < 3.4e38 and _as_float32(value) == value
-    if digits is None:
-        return _float32_text(value) if exact32 else value
-    if digits <= FLOAT32_DIGITS and exact32:
-        return _float32_text(value)
-    return float(f"{value:.{digits}g}")
+# The rule is kernel.precision's, shared with the trace store's reports and workbench.
+shown = precision.shown
 
 
 class Precision:

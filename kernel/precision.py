@@ -7,8 +7,8 @@ one). A float64's or a scaled integer's 6.0200000000000005 is 6.02 at 15 digits.
 source type is not known (the trace store has no device config), a float that is exactly a
 float32 almost surely came from one and is shown as one; any other float gets 15 digits.
 
-The same rule lives in ``edge_agent.tail.shown`` (with the config's digits); it is here so
-that the trace store, which imports nothing of the edge, shows numbers the same way.
+The agent's ``tail`` passes the digits its config knows for a point; the trace store, which
+has no device config, passes none. Both show numbers by this one rule.
 """
 
 from __future__ import annotations

@@ -30,6 +30,24 @@ if ! ldconfig -p 2>/dev/null | grep -q libzbar.so.0; then
   $SUDO apt-get install -y -qq libzbar0 >/dev/null
 fi
 
+# The workbench's browser tests drive Debian's Chromium (Playwright uses it; no download).
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# The power-cut tests mount a FUSE filesystem (simulators/powercut/) through libfuse 3.
+if ! command -v fusermount3 >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libfuse3.so.3; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq fuse3 libfuse3-3 >/dev/null
+fi
+
 python -m pip install -q -e '.[test]'
 # epcpy 0.1.8 installs a console script `test` (entry point scripts:test, a module it does not
 # ship) that shadows /usr/bin/test on PATH; remove that one file and nothing else.

@@ -4,17 +4,21 @@ Delivery is at-least-once (invariant 2). A row leaves the journal only after its
 the broker's PUBACK for the message that carried it (``confirm: puback``), or the trace store's
 watermark reaching its seq (``confirm: store``, end to end). Whatever was unconfirmed when a
 connection dies counts as not delivered and is read again from the journal on the next
-connection; in store mode it is also sent again when the watermark stalls. Receivers therefore
-see duplicates and dedupe by (agent, seq); see docs/wire-format.md.
+connection; in store mode it is also sent again when the watermark stalls, and at once when the
+store says it lost its broker session. Receivers therefore see duplicates and dedupe by
+(agent, epoch, seq); see docs/wire-format.md.
+
+Every message names the journal and the epoch its records were made in (``streams.py``):
+with the seq, the record's key, unique forever whatever happens to the journal file. The agent
+watches its own status topic for another agent with its id (``duplicates.py``).
 
 Threads and ownership
 ---------------------
-Every connection attempt gets a fresh paho client (``_Link``), so paho's in-memory outbox of
-a dead connection is dropped with it and never replayed behind our back; the journal is the
-only outbox. The blocking TCP connect runs in a worker thread (``asyncio.to_thread``), the
-network loop in paho's own thread (``loop_start``); paho callbacks only hand events to the
-event loop with ``call_soon_threadsafe``. All state of this module is owned by the event loop.
-paho's automatic reconnect is off: ``MqttSync.run`` reconnects with full-jitter backoff.
+Every connection attempt gets a fresh paho client (``link.Link``), so paho's in-memory outbox
+of a dead connection is dropped with it and never replayed behind our back; the journal is the
+only outbox. All state of this module is owned by the event loop. paho's automatic reconnect
+is off: ``MqttSync.run`` reconnects with full-jitter backoff, probing a broker it cannot reach
+so that one coming back is used at once (``link.wait_to_retry``).
 
 Sync only reads the journal and deletes confirmed rows, so acquisition never waits for it.
 """
@@ -26,44 +30,39 @@ import contextlib
 import json
 import logging
 import socket
-import ssl
-import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from buffer.journal import Journal, StoredRecord
+from buffer.journal import LEGACY_EPOCH, Epoch, Journal
 from kernel.alarms import Alarms
-from kernel.backoff import backoff_delay
-from kernel.errors import SyncError
+from kernel.errors import BufferError_, SyncError
 from sync.config import MqttConfig, invalid_topic_level
+from sync.confirm import Confirmation, parse_confirmation
+from sync.duplicates import HEARTBEAT, DuplicateWatch
+from sync.link import CLOSE_GRACE, Link, Unreachable, wait_to_retry
+from sync.pending import Deleter, Session
+from sync.streams import Streams
+from sync.wire import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    agent_topic,
+    by_station,
+    envelope,
+    envelope_head,
+    status_payload,
+    topic_for,
+)
+
+# Where the benchmarks and older code found them.
+_envelope = envelope
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "MqttSync", "SyncStatus", "agent_topic", "topic_for"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "edge-agent.records"
-SCHEMA_VERSION = 2
-"""2: readings travel as ``kind: readings``, one record per device response. A v1 receiver
-would skip that unknown kind silently (the v1 rule for new kinds); raising ``v`` makes it set
-the messages aside instead. Rows a v1 agent journaled (``kind: reading``) still go out, in v2."""
-CONFIRM_SCHEMA = "edge-agent.confirm"
-STATUS_SCHEMA = "edge-agent.status"
-DELETE_EVERY = 0.25
-"""Seconds between two deletes of delivered rows (confirmations in between are gathered)."""
 RESEND_BACKOFF_MAX = 16
 """The longest wait between two resends without progress, in units of confirm_timeout."""
-CONTROL_SLOTS = 4
-"""paho in-flight slots beyond our window, for status messages (they are not records)."""
-
-CLOSE_GRACE = 2.0
-"""Seconds a clean DISCONNECT may take before the socket is shut down under paho's feet."""
-JOIN_TIMEOUT = 5.0
-"""Seconds to wait for paho's network thread once its socket is closed (it exits at once)."""
+HOST = socket.gethostname()
 
 
 @dataclass
@@ -73,440 +72,25 @@ class SyncStatus:
     connected: bool = False
     since: float = field(default_factory=time.time)  # wall clock of the last up/down change
     published_messages: int = 0  # messages handed to the broker connection
+    published_records: int = 0  # record copies in them (a record sent twice counts twice)
     confirmed_records: int = 0  # records acknowledged by the broker and deleted locally
     last_confirmed_seq: int = 0  # highest seq acknowledged and deleted
     last_error: str | None = None  # why the last connection failed or ended
     reconnects: int = 0  # connection attempts that failed or connections that were lost
     inflight: int = 0  # messages of the current connection waiting for their PUBACK
-    store_watermark: int = 0  # confirm: store: the store's last confirmed seq
-    resends: int = 0  # confirm: store: times the journal was sent again for lack of progress
+    store_watermark: int = 0  # confirm: store: every seq up to it is confirmed by the store
+    resends: int = 0  # confirm: store: times the journal was sent again (stalled, or told to)
     refused_messages: int = 0  # MQTT 5: messages the broker refused with a reason code
-
-
-def topic_for(config: MqttConfig, site: str, line: str, station: str) -> str:
-    """The topic one station's records are published to."""
-    return f"{config.topic_prefix}/{site}/{line}/{station}/records"
-
-
-def agent_topic(config: MqttConfig, site: str, line: str, agent: str, leaf: str) -> str:
-    """An agent's own topics: ``status`` (published by the agent), ``confirmed`` (by the store)."""
-    return f"{config.topic_prefix}/{site}/{line}/{agent}/{leaf}"
-
-
-def status_payload(agent: str, state: str, **extra: Any) -> bytes:
-    body = {"schema": STATUS_SCHEMA, "v": 1, "agent": agent, "state": state, "ts": _now(), **extra}
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
-
-
-def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
-    """The TLS context for ``config.tls``, or None for plain TCP. Raises SyncError naming the
-    file at fault, so a missing or unreadable CA, certificate or key says so at once."""
-    tls = config.tls
-    if tls is None:
-        return None
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise SyncError(f"mqtt.tls.ca_file {tls.ca_file!r} unusable: {exc}") from exc
-    ctx.check_hostname = tls.verify_hostname
-    if tls.cert_file is not None:
-        password = tls.key_password.get_secret_value() if tls.key_password else None
-        try:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file, password=password)
-        except (OSError, ssl.SSLError) as exc:
-            raise SyncError(
-                f"mqtt.tls.cert_file {tls.cert_file!r} / key_file {tls.key_file!r} unusable: {exc}"
-            ) from exc
-    return ctx
-
-
-def _new_client(
-    config: MqttConfig, client_id: str, will: tuple[str, bytes] | None = None
-) -> mqtt.Client:
-    """A fresh paho client for one connection attempt: the one place that turns config into
-    paho settings (protocol, TLS, credentials, Last Will)."""
-    if config.protocol == "5":
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-        )
-    else:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=True,  # our outbox is the journal; the broker keeps nothing for us
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,  # MqttSync.run reconnects, with a fresh client
-        )
-    client.connect_timeout = config.connect_timeout
-    # Our window (plus the status messages') and paho's agree, so paho never queues a record
-    # message behind our back.
-    client.max_inflight_messages_set(config.max_inflight + CONTROL_SLOTS)
-    client.max_queued_messages_set(0)
-    if config.username is not None:
-        password = config.password.get_secret_value() if config.password is not None else None
-        client.username_pw_set(config.username, password)
-    ctx = _tls_context(config)
-    if ctx is not None:
-        client.tls_set_context(ctx)
-    if will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=True)
-    return client
-
-
-class _Link:
-    """One connection attempt: a fresh paho client and the thread running its network loop.
-
-    Paho callbacks run in paho's thread and only post to the event loop. ``lost`` resolves
-    (with a reason) when the connection ends for any reason, ``on_ack(mid, refusal)`` is called
-    on the event loop for every PUBACK of a record message (``refusal`` is the MQTT 5 reason
-    when the broker refused it, else None), ``on_message(topic, payload)`` for every message
-    received on a subscription.
-    """
-
-    def __init__(
-        self,
-        config: MqttConfig,
-        client_id: str,
-        loop: asyncio.AbstractEventLoop,
-        on_ack: Callable[[int, str | None], None],
-        *,
-        will: tuple[str, bytes] | None = None,
-        on_message: Callable[[str, bytes], None] | None = None,
-    ) -> None:
-        self._config = config
-        self._loop = loop
-        self._on_ack = on_ack
-        self._on_message_cb = on_message
-        # Message ids of status messages, acknowledged apart from record messages.
-        self._control: dict[int, asyncio.Future[None]] = {}
-        self.connected: asyncio.Future[None] = loop.create_future()
-        self.lost: asyncio.Future[str] = loop.create_future()
-        self._lock = threading.Lock()  # guards _socket_open/_abandoned across the connect thread
-        self._socket_open = False
-        self._abandoned = False
-        self._sock: socket.socket | None = None
-        self._connect_job: asyncio.Future[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._seen_thread: threading.Thread | None = None
-        self.client = _new_client(config, client_id, will)
-        self.client.on_socket_open = self._on_socket_open
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        if on_message is not None:
-            self.client.on_message = self._on_message
-
-    # ---- event loop side --------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect and wait for a successful CONNACK. Raises SyncError with the reason."""
-        cfg = self._config
-        self._connect_job = asyncio.ensure_future(asyncio.to_thread(self._connect_blocking))
-        # Shielded: a cancelled open() leaves the connect to finish; close() cleans up.
-        await asyncio.shield(self._connect_job)
-        self.client.loop_start()
-        # paho keeps its thread in a private attribute; if the thread already ended (a refusal
-        # can be handled before loop_start returns), its callbacks recorded it.
-        self._thread = self.client._thread or self._seen_thread
-        try:
-            either: set[asyncio.Future[Any]] = {self.connected, self.lost}
-            async with asyncio.timeout(cfg.connect_timeout):
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            raise SyncError(
-                f"no CONNACK from {cfg.host}:{cfg.port} within {cfg.connect_timeout:g} s"
-            ) from None
-        if not self.connected.done():
-            raise SyncError(self.lost.result())
-
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Hand one QoS 1 message to the network thread; returns its message id."""
-        info = self.client.publish(topic, payload, qos=self._config.qos)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise SyncError(f"publish failed: {mqtt.error_string(info.rc)}")
-        return info.mid
-
-    def publish_retained(self, topic: str, payload: bytes) -> asyncio.Future[None]:
-        """Publish a retained QoS 1 status message; the future resolves on its PUBACK."""
-        done: asyncio.Future[None] = self._loop.create_future()
-        info = self.client.publish(topic, payload, qos=1, retain=True)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            done.set_exception(SyncError(f"publish failed: {mqtt.error_string(info.rc)}"))
-        else:
-            # A PUBACK, even one paho sees before publish() returns, reaches _acked through
-            # the event loop, so it finds the id registered here.
-            self._control[info.mid] = done
-        return done
-
-    def subscribe(self, topic: str) -> None:
-        rc, _ = self.client.subscribe(topic, qos=1)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise SyncError(f"subscribe to {topic} failed: {mqtt.error_string(rc)}")
-
-    async def close(self) -> None:
-        """Disconnect and join the network thread. Safe in any state, and when cancelled."""
-        # A TCP connect still running in its worker is not waited for (it may take the whole
-        # connect_timeout): _finish marks the link abandoned and the worker closes its socket.
-        try:
-            if self._thread is not None and not self.lost.done():
-                self.client.disconnect()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_GRACE):
-                        await asyncio.shield(self.lost)
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        """Make sure the socket is closed and paho's thread has ended, without awaiting."""
-        with self._lock:
-            self._abandoned = True  # a connect still running closes its own socket
-            socket_open = self._socket_open
-        if socket_open:
-            thread = self._thread
-            if thread is None:  # connected, but the network loop never started
-                self.client.disconnect()  # writes DISCONNECT and closes the socket in-line
-            else:
-                if thread.is_alive() and not self.lost.done():
-                    # No clean DISCONNECT in time (peer not reading?): a shut-down socket makes
-                    # paho's select return and its loop end.
-                    self._shutdown_socket()
-                thread.join(JOIN_TIMEOUT)
-                if thread.is_alive():
-                    log.error("paho network thread %s did not end", thread.name)
-        # Break the client <-> link reference cycle so the client (and its socket pair)
-        # is released now rather than at the next garbage collection.
-        self.client.on_socket_open = None
-        self.client.on_connect = None
-        self.client.on_disconnect = None
-        self.client.on_publish = None
-        self.client.on_message = None
-
-    def _shutdown_socket(self) -> None:
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def _set_connected(self) -> None:
-        if not self.connected.done() and not self.lost.done():
-            self.connected.set_result(None)
-
-    def _set_lost(self, reason: str) -> None:
-        if not self.lost.done():
-            self.lost.set_result(reason)
-
-    # ---- worker / paho thread side ------------------------------------------------------
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _connect_blocking(self) -> None:
-        cfg = self._config
-        try:
-            if cfg.protocol == "5":
-                self.client.connect(cfg.host, cfg.port, cfg.keepalive, clean_start=True)
-            else:
-                self.client.connect(cfg.host, cfg.port, cfg.keepalive)
-        except ssl.SSLCertVerificationError as exc:
-            raise SyncError(
-                f"TLS to {cfg.host}:{cfg.port}: the broker's certificate is not trusted "
-                f"({exc.verify_message}); check mqtt.tls.ca_file and mqtt.host"
-            ) from exc
-        except ssl.SSLError as exc:
-            raise SyncError(
-                f"TLS to {cfg.host}:{cfg.port} failed: {exc.reason or exc} (a broker that "
-                "requires a client certificate refuses one it does not trust, or none)"
-            ) from exc
-        except (OSError, ValueError) as exc:
-            raise SyncError(f"cannot connect to {cfg.host}:{cfg.port}: {exc}") from exc
-        with self._lock:
-            if not self._abandoned:
-                self._socket_open = True
-                return
-        self.client.disconnect()  # abandoned while connecting: close the socket ourselves
-        raise SyncError("connection abandoned")
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):  # also true for an ssl.SSLSocket
-            # paho does not set it; without it Nagle holds small PUBLISHes for ~40 ms.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._seen_thread = threading.current_thread()
-        if reason_code.is_failure:
-            self._post(self._set_lost, f"broker refused the connection: {reason_code}")
-        else:
-            self._post(self._set_connected)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._seen_thread = threading.current_thread()
-        if flags.is_disconnect_packet_from_server:  # MQTT 5 only
-            self._post(self._set_lost, f"broker disconnected: {reason_code}")
-        else:
-            self._post(self._set_lost, f"connection ended ({reason_code})")
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        refusal = str(reason_code) if reason_code.is_failure else None
-        self._post(self._acked, mid, refusal)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if self._on_message_cb is not None:
-            self._post(self._on_message_cb, message.topic, bytes(message.payload))
-
-    def _acked(self, mid: int, refusal: str | None) -> None:
-        done = self._control.pop(mid, None)
-        if done is None:
-            self._on_ack(mid, refusal)
-        elif not done.done():
-            if refusal is None:
-                done.set_result(None)
-            else:
-                done.set_exception(SyncError(f"broker refused the status message: {refusal}"))
-
-
-class _Session:
-    """Messages of one connection waiting for their PUBACK, keyed by paho message id.
-
-    A fresh client restarts message ids at 1, so each connection has its own table: a late
-    PUBACK of an old connection can never be matched to a message of a new one.
-    """
-
-    def __init__(
-        self,
-        max_inflight: int,
-        on_acked: Callable[[list[int]], None],
-        on_refused: Callable[[list[int], str], None],
-    ) -> None:
-        self.inflight: dict[int, list[int]] = {}
-        self.window = asyncio.Semaphore(max_inflight)
-        self._on_acked = on_acked
-        self._on_refused = on_refused
-
-    def acked(self, mid: int, refusal: str | None) -> None:
-        seqs = self.inflight.pop(mid, None)
-        if seqs is None:
-            log.warning("PUBACK for unknown message id %d", mid)
-            return
-        self.window.release()
-        if refusal is None:
-            self._on_acked(seqs)
-        else:
-            self._on_refused(seqs, refusal)
-
-
-class _Deleter:
-    """Deletes confirmed rows, one journal job at a time, coalescing confirmations that arrive
-    while a delete runs. A delete is never cancelled half-way: the buffer adjusts ``depth``
-    after the job returns."""
-
-    def __init__(self, buffer: Journal, status: SyncStatus) -> None:
-        self._buffer = buffer
-        self._status = status
-        self._pending: list[int] = []
-        self._through = 0  # delete every row with seq <= this (confirm: store)
-        self._done_through = 0
-        self._last_delete = float("-inf")  # loop time the last delete started
-        self._task: asyncio.Task[None] | None = None
-
-    def add(self, seqs: list[int]) -> None:
-        self._pending.extend(seqs)
-        self._kick()
-
-    def add_through(self, seq: int) -> None:
-        if seq > self._through:
-            self._through = seq
-            self._kick()
-
-    def _kick(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain(), name="mqtt-sync-delete")
-
-    async def wait(self) -> None:
-        """Until every confirmation received so far is deleted."""
-        while self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._pending or self._through > self._done_through:
-                # Each delete is a durable commit of its own; a delivered row can wait a
-                # moment, so confirmations are gathered for DELETE_EVERY between two deletes
-                # (at 1k records/s this halves the journal's commits).
-                pause = self._last_delete + DELETE_EVERY - loop.time()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                self._last_delete = loop.time()
-                if self._through > self._done_through:
-                    through = self._through
-                    try:
-                        removed = await self._buffer.delete_through(through)
-                    except Exception as exc:
-                        # The rows stay; the next confirmation deletes them (never a loss).
-                        log.exception("cannot delete records up to seq %d", through)
-                        self._status.last_error = f"delete failed: {exc}"
-                        break
-                    self._done_through = through
-                    self._status.confirmed_records += removed
-                    self._status.last_confirmed_seq = max(self._status.last_confirmed_seq, through)
-                    continue
-                seqs, self._pending = self._pending, []
-                try:
-                    removed = await self._buffer.delete(seqs)
-                except Exception as exc:
-                    # The rows stay and go out again: a duplicate, never a loss.
-                    log.exception("cannot delete %d delivered records", len(seqs))
-                    self._status.last_error = f"delete failed: {exc}"
-                    continue
-                self._status.confirmed_records += removed
-                self._status.last_confirmed_seq = max(self._status.last_confirmed_seq, *seqs)
-        finally:
-            self._task = None
-
-
-class _Rewind(Exception):
-    """The trace store's watermark stalled: send the journal again from it."""
 
 
 class MqttSync:
     """Forwards the journal to an MQTT broker until cancelled.
 
     Records are read in journal batches (in seq order, or live records first with the backlog
-    beside them), grouped by station (order inside a station kept) and published as one
-    envelope per station group to ``<prefix>/<site>/<line>/<station>/records`` with QoS 1. At
-    most ``max_inflight`` messages wait for a PUBACK. Rows are deleted on PUBACK, or in
-    ``confirm: store`` mode once the trace store's watermark covers them.
+    beside them), cut by journal epoch, grouped by station (order inside a station kept) and
+    published as one envelope per group to ``<prefix>/<site>/<line>/<station>/records`` with
+    QoS 1. At most ``max_inflight`` messages wait for a PUBACK. Rows are deleted on PUBACK, or
+    in ``confirm: store`` mode once the trace store's watermarks cover them.
     """
 
     def __init__(
@@ -536,20 +120,29 @@ class MqttSync:
         self.status_topic = agent_topic(config, site, line, agent_id, "status")
         self.confirm_topic = agent_topic(config, site, line, agent_id, "confirmed")
         self._buffer = buffer
-        self._deleter = _Deleter(buffer, self.status)
-        self._session: _Session | None = None
-        self._link: _Link | None = None
+        self._deleter = Deleter(buffer, self.status)
+        self._session: Session | None = None
+        self._link: Link | None = None
         self._refused_first: int | None = None  # first seq of the last refused message
-        self._stations: dict[str, tuple[str, str]] = {}  # station -> (topic, envelope head)
+        # (epoch id, station) -> (topic, envelope head)
+        self._stations: dict[tuple[str, str], tuple[str, str]] = {}
         self._down_since: float | None = None  # monotonic; set once the outage is logged
         self._down_failures = 0  # failed attempts in the current outage
-        # confirm: store. The store's watermark, the highest seq published since the last
-        # (re)start of publishing, and when the watermark last moved (loop time).
-        self._watermark = 0
+        # Made in ``run`` from the journal's identity (the journal is open by then).
+        self._streams: Streams | None = None
+        self._dups: DuplicateWatch | None = None
+        # confirm: store. Where the confirmed prefix ends, the highest seq published since
+        # the last (re)start of publishing, and when the confirmation last moved (loop time).
+        self._confirmed_through = 0
         self._published_high = 0
         self._progress_at = 0.0
         self._progress = asyncio.Event()
         self._stalls = 0  # resends in a row without progress of the watermark
+        self._resend_now = asyncio.Event()  # send again from the watermark without waiting
+        self._resend_reason = ""
+        self._sessions: dict[str, str] = {}  # trace store id -> its broker session, last seen
+        self._rekeying = False
+        self._foreign_through = 0  # highest seq of rows another agent id wrote here
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff; returns only by cancellation (or by a
@@ -557,23 +150,37 @@ class MqttSync:
         connection and joins paho's thread before this returns."""
         loop = asyncio.get_running_loop()
         cfg = self.config
+        identity = self._buffer.identity
+        self._streams = Streams(identity)
+        self._dups = DuplicateWatch(self.agent_id, identity.journal, identity.epoch.id, self.alarms)
+        self._foreign(await self._buffer.claim(self.agent_id))
         attempt = 0
         will = (
-            (self.status_topic, status_payload(self.agent_id, "offline", reason="connection lost"))
+            (
+                self.status_topic,
+                status_payload(self.agent_id, "offline", reason="connection lost", **self._who()),
+            )
             if cfg.status
             else None
         )
-        on_message = self._on_message if cfg.confirm == "store" else None
         self._progress = asyncio.Event()  # of the running loop
+        self._resend_now = asyncio.Event()
         self.alarms.subscribe(self._alarms_changed)
+        heartbeat = asyncio.create_task(self._heartbeat(), name="mqtt-sync-heartbeat")
         try:
             while True:
-                session = _Session(cfg.max_inflight, self._acked, self._refused)
+                session = Session(cfg.max_inflight, self._acked, self._refused)
                 up_at: float | None = None
-                link: _Link | None = None
+                link: Link | None = None
+                unreachable = False
                 try:
-                    link = _Link(
-                        cfg, self.client_id, loop, session.acked, will=will, on_message=on_message
+                    link = Link(
+                        cfg,
+                        self._client_id(),
+                        loop,
+                        session.acked,
+                        will=will,
+                        on_message=self._on_message,
                     )
                     await link.open()
                     up_at = loop.time()
@@ -583,6 +190,7 @@ class MqttSync:
                     reason = await self._pump(link, session)
                 except SyncError as exc:
                     reason = str(exc)
+                    unreachable = isinstance(exc, Unreachable)
                 except asyncio.CancelledError:
                     if link is not None and self._link is link and cfg.status:
                         await self._say_offline(link)
@@ -598,26 +206,48 @@ class MqttSync:
                 if up_at is not None and loop.time() - up_at >= cfg.backoff_max:
                     attempt = 0
                 self._went_down(reason)
-                await asyncio.sleep(backoff_delay(attempt, cfg.backoff_initial, cfg.backoff_max))
+                await wait_to_retry(cfg, attempt, unreachable)
                 attempt += 1
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
             self.alarms.unsubscribe(self._alarms_changed)
             self.status.connected = False
             await self._deleter.wait()
 
+    def _who(self) -> dict[str, str]:
+        """What the status says about this journal and PC (the duplicate-agent check)."""
+        identity = self._buffer.identity
+        return {"journal": identity.journal, "epoch": identity.epoch.id, "host": HOST}
+
+    def _client_id(self) -> str:
+        """Ours, or, once another agent with our id was seen, one of our own: two agents
+        with one client id take each other's connection over endlessly."""
+        dups = self._dups
+        if dups is not None and dups.seen_once and not self.config.client_id:
+            return f"{self.client_id}-{self._buffer.identity.journal[:8]}"
+        return self.client_id
+
     # ---- one connection -------------------------------------------------------------------
 
-    async def _pump(self, link: _Link, session: _Session) -> str:
+    async def _pump(self, link: Link, session: Session) -> str:
         """Publish until the connection is lost; returns the reason."""
         cfg = self.config
         # Let deletes confirmed on the previous connection land first, so the re-read below
         # does not send them again.
         await self._deleter.wait()
+        assert self._dups is not None
+        self._dups.connected()
         if cfg.confirm == "store":
             link.subscribe(self.confirm_topic)  # the retained watermark arrives at once
         if cfg.status:
+            # Before our own status goes out: the retained one we get is the last word of
+            # whoever published before us (duplicates.py).
+            link.subscribe(self.status_topic)
             self._publish_status(link)
         while True:
+            self._resend_now.clear()
             publisher = asyncio.create_task(self._publish(link, session), name="mqtt-sync-publish")
             watchdog = (
                 asyncio.create_task(self._stalled(), name="mqtt-sync-watchdog")
@@ -645,21 +275,28 @@ class MqttSync:
                         if not task.cancelled():
                             task.exception()  # retrieved: raised above or superseded
             self.status.resends += 1
+            if self._resend_now.is_set():
+                log.warning(
+                    "%s: sending the journal again from seq %d",
+                    self._resend_reason,
+                    self._confirmed_through + 1,
+                )
+                continue
             log.warning(
                 "trace store confirmed nothing new for %.0f s (watermark %d, published up to "
                 "%d): sending the journal again from seq %d",
                 cfg.confirm_timeout * min(2**self._stalls, RESEND_BACKOFF_MAX),
-                self._watermark,
+                self._confirmed_through,
                 self._published_high,
-                self._watermark + 1,
+                self._confirmed_through + 1,
             )
             self._stalls += 1
 
-    async def _publish(self, link: _Link, session: _Session) -> None:
+    async def _publish(self, link: Link, session: Session) -> None:
         """Publish the journal: everything unconfirmed on the last connection counts as not
         delivered, so start from the store's watermark (store mode) or the lowest seq left."""
         cfg = self.config
-        start = self._watermark if cfg.confirm == "store" else 0
+        start = self._confirmed_through if cfg.confirm == "store" else 0
         self._published_high = start
         self._progress_at = asyncio.get_running_loop().time()
         if cfg.order == "in_order":
@@ -686,8 +323,8 @@ class MqttSync:
 
     async def _stream(
         self,
-        link: _Link,
-        session: _Session,
+        link: Link,
+        session: Session,
         after: int,
         until: int | None,
         rate: float | None,
@@ -696,31 +333,43 @@ class MqttSync:
         else forever), at most ``rate`` records/s if given."""
         buffer = self._buffer
         cfg = self.config
+        streams = self._streams
+        assert streams is not None
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while until is None or after < until:
             buffer.new_data.clear()
+            committed = buffer.committed_seq
             batch = await buffer.read_batch(
                 after, cfg.batch_max_records, cfg.batch_max_bytes, until_seq=until
             )
+            if cfg.confirm == "store":
+                # Nothing waits between ``after`` and the first row read: the confirmed prefix
+                # may pass voids (evicted telemetry, an epoch's unused tail) without the store.
+                upto = committed if until is None else min(committed, until)
+                streams.settle(after, batch[0].seq if batch else None, upto)
+                self._advanced()
             if not batch:
                 if until is not None:
                     return  # the rest of the backlog was confirmed or evicted meanwhile
                 await buffer.new_data.wait()
                 continue
             last = batch[-1].seq
-            span = (
-                f'"range":{{"after":{after},"last":{last},"count":{len(batch)}}},'
-                f'"confirm":"{cfg.confirm}","order":"{cfg.order}"'
-            )
-            for station, records in _by_station(batch).items():
-                topic, head = self._station(station)
-                await session.window.acquire()
-                mid = link.publish(topic, _envelope(head, records, span))
-                session.inflight[mid] = [r.seq for r in records]
-                self.status.published_messages += 1
-                self.status.inflight = len(session.inflight)
-            if self._published_high <= self._watermark:
+            for part in streams.split(batch, after):
+                span = (
+                    f'"range":{{"after":{part.after},"last":{part.last},'
+                    f'"count":{len(part.records)}}},'
+                    f'"confirm":"{cfg.confirm}","order":"{cfg.order}"'
+                )
+                for station, records in by_station(part.records).items():
+                    topic, head = self._station(part.epoch, station)
+                    await session.window.acquire()
+                    mid = link.publish(topic, envelope(head, records, span))
+                    session.inflight[mid] = [r.seq for r in records]
+                    self.status.published_messages += 1
+                    self.status.published_records += len(records)
+                    self.status.inflight = len(session.inflight)
+            if self._published_high <= self._confirmed_through:
                 # Nothing was waiting for the store: its confirmation clock starts now.
                 self._progress_at = loop.time()
             self._published_high = max(self._published_high, last)
@@ -734,14 +383,14 @@ class MqttSync:
 
     async def _stalled(self) -> None:
         """Return once the store's watermark has not moved for ``confirm_timeout`` while
-        published records wait for it (store mode)."""
+        published records wait for it (store mode), or at once when told to resend."""
         loop = asyncio.get_running_loop()
         # A store that stays down would otherwise get the whole journal every confirm_timeout:
         # each resend without progress doubles the wait, up to RESEND_BACKOFF_MAX times.
-        while True:
+        while not self._resend_now.is_set():
             timeout = self.config.confirm_timeout * min(2**self._stalls, RESEND_BACKOFF_MAX)
             self._progress.clear()
-            if self._published_high <= self._watermark:
+            if self._published_high <= self._confirmed_through:
                 await self._progress.wait()  # set by every publish progress or confirmation
                 continue
             remaining = self._progress_at + timeout - loop.time()
@@ -750,6 +399,14 @@ class MqttSync:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._progress.wait()
+
+    def _resend(self, reason: str) -> None:
+        """Send again from the watermark now (store mode): the watchdog returns at once."""
+        if self.config.confirm != "store":
+            return
+        self._resend_reason = reason
+        self._resend_now.set()
+        self._progress.set()
 
     # ---- confirmations ------------------------------------------------------------------
 
@@ -778,50 +435,191 @@ class MqttSync:
         if link is not None:
             link._set_lost(f"broker refused a message: {reason}")
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic != self.confirm_topic:
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic == self.status_topic:
+            if self._dups is not None:
+                with contextlib.suppress(ValueError):
+                    self._dups.status(json.loads(payload), retained)
+            return
+        if topic != self.confirm_topic or self.config.confirm != "store":
             return
         try:
-            body = json.loads(payload)
-            if body.get("schema") != CONFIRM_SCHEMA or body.get("agent") != self.agent_id:
-                raise ValueError("not a confirmation for this agent")
-            seq = body["seq"]
-            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-                raise ValueError(f"bad seq {seq!r}")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            confirmation = parse_confirmation(payload, self.agent_id)
+        except ValueError as exc:
             log.warning("ignoring message on %s: %s", topic, exc)
             return
-        self._confirm(seq)
+        self._session_seen(confirmation, retained)
+        if confirmation.epochs is None:
+            self._confirm_all(confirmation.seq)
+        else:
+            self._confirm_epochs(confirmation)
 
-    def _confirm(self, seq: int) -> None:
+    def _session_seen(self, confirmation: Confirmation, retained: bool) -> None:
+        """A store that lost its broker session missed what was published meanwhile. If it
+        says so while we are connected, send again now; a confirmation found retained when
+        we subscribed needs nothing: this connection started from the watermark after it."""
+        session = confirmation.session
+        if session is None:
+            return
+        before = self._sessions.get(confirmation.store)
+        self._sessions[confirmation.store] = session
+        if before is not None and before != session and not retained:
+            self._resend(
+                f"trace store {confirmation.store!r} lost its broker session (a broker restart?) "
+                "and missed what was published meanwhile"
+            )
+
+    def _confirm_all(self, seq: int) -> None:
+        """A store of the previous version: one watermark over the whole journal."""
+        assert self._streams is not None
         committed = self._buffer.committed_seq
         if seq > committed:
-            # Never release on it: the store knows a history this journal does not have.
-            self.alarms.raise_(
-                "confirm_ahead",
-                f"trace store confirms seq {seq} but this journal's last seq is {committed}: "
-                "was the journal replaced, or do two agents share the id "
-                f"{self.agent_id!r}? Nothing is released until this is resolved",
-            )
+            self._ahead(seq, committed)
             return
         self.alarms.clear("confirm_ahead")
-        self.status.store_watermark = max(self.status.store_watermark, seq)
-        if seq <= self._watermark:
+        self._streams.confirm_all(seq)
+        self._advanced()
+
+    def _confirm_epochs(self, confirmation: Confirmation) -> None:
+        streams = self._streams
+        assert streams is not None
+        assert confirmation.epochs is not None
+        identity = streams.identity
+        committed = self._buffer.committed_seq
+        ahead = False
+        for epoch in identity.epochs:
+            if epoch.id == LEGACY_EPOCH:
+                seq: int | None = confirmation.seq
+            else:
+                seq = confirmation.epochs.get(epoch.id)
+            if seq is None:
+                continue
+            end = identity.end_of(epoch)
+            if end is None and seq > committed:
+                # This opening's epoch is ours alone: a store ahead of it has another
+                # journal's records under our epoch id. Never release on it.
+                ahead = True
+                self._ahead(seq, committed)
+                continue
+            legacy_end = streams.legacy_end()
+            if epoch.id == LEGACY_EPOCH and legacy_end is not None and seq > legacy_end:
+                if self._confirmed_through < legacy_end:
+                    self._rekey_legacy(seq, legacy_end)
+                continue
+            streams.confirm(epoch.id, seq)
+        if not ahead:
+            self.alarms.clear("confirm_ahead")
+        self._advanced()
+
+    def _ahead(self, seq: int, committed: int) -> None:
+        self.alarms.raise_(
+            "confirm_ahead",
+            f"trace store confirms seq {seq} but this journal's last seq is {committed}: "
+            f"do two agents share the id {self.agent_id!r} (with a store of the previous "
+            "version, also: was the journal replaced)? Nothing is released on it",
+        )
+
+    def _rekey_legacy(self, seq: int, end: int) -> None:
+        """The store holds records without an epoch (from before journals had an identity)
+        up to ``seq``, above this journal's own (``end``): another journal's, under our
+        agent id. Our rows of that time cannot be told apart from those by their keys: send
+        them again as new records under an epoch of their own."""
+        if self._rekeying:
             return
-        self._watermark = seq
+        self._rekeying = True
+
+        async def rekey() -> None:
+            try:
+                identity = await self._buffer.rekey(LEGACY_EPOCH)
+            except BufferError_ as exc:
+                log.error("cannot rename the journal's legacy epoch: %s", exc)
+                return
+            finally:
+                self._rekeying = False
+            assert self._streams is not None
+            self._streams.identity = identity
+            self._streams.forget(LEGACY_EPOCH)
+            log.warning(
+                "the trace store holds records of agent %r without an epoch up to seq %d, "
+                "above this journal's own (up to %d): another journal's. This journal's rows "
+                "of that time are sent again as new records (epoch %s), never taken for those",
+                self.agent_id,
+                seq,
+                end,
+                identity.epochs[0].id,
+            )
+            self._resend("the legacy rows got an epoch of their own")
+
+        asyncio.get_running_loop().create_task(rekey(), name="mqtt-sync-rekey")
+
+    def _advanced(self) -> None:
+        """Recompute the confirmed prefix; delete it and restart the confirmation clock if it
+        moved."""
+        streams = self._streams
+        assert streams is not None
+        through = streams.resume()
+        self.status.store_watermark = max(self.status.store_watermark, through)
+        if through <= self._confirmed_through:
+            return
+        self._confirmed_through = through
         self._stalls = 0
         self._progress_at = asyncio.get_running_loop().time()
         self._progress.set()
-        self._deleter.add_through(seq)
+        self._deleter.add_through(through)
+
+    def _foreign(self, others: dict[str, tuple[int, int]]) -> None:
+        """Rows another agent id wrote are in this journal (a file copied from another PC, or
+        a renamed agent): they go out under our id, kept apart by their epochs."""
+        if not others:
+            return
+        rows = sum(n for n, _ in others.values())
+        self._foreign_through = max(top for _, top in others.values())
+        self.alarms.raise_(
+            "journal_foreign",
+            f"this journal holds {rows} record(s) made by agent(s) "
+            f"{', '.join(repr(a) for a in sorted(others))} (up to seq {self._foreign_through}): "
+            f"they are sent as agent {self.agent_id!r}'s, kept apart from that agent's own by "
+            "their journal epochs. Nothing is lost. If this journal was copied from another PC "
+            "by mistake: stop the agent, move the journal aside, start it again, and send the "
+            "copy's records from the PC they belong to",
+            level=logging.WARNING,
+        )
+
+    async def _heartbeat(self) -> None:
+        """While another agent with our id is about: keep telling it we are here, and notice
+        when it is gone. And notice when the rows of another agent id are all delivered."""
+        dups = self._dups
+        assert dups is not None
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            dups.expire()
+            link = self._link
+            if dups.active and link is not None and link.connected.done() and self.config.status:
+                with contextlib.suppress(SyncError):
+                    self._publish_status(link)
+            if self.alarms.is_active("journal_foreign"):
+                with contextlib.suppress(BufferError_):
+                    left = await self._buffer.read_batch(0, 1, until_seq=self._foreign_through)
+                    if not left:
+                        self.alarms.clear(
+                            "journal_foreign", "the other agent's records are all delivered"
+                        )
 
     # ---- status -----------------------------------------------------------------------
 
-    def _publish_status(self, link: _Link) -> None:
+    def _publish_status(self, link: Link) -> None:
         alarms = [a.as_dict() for a in self.alarms.active()]
         done = link.publish_retained(
-            self.status_topic, status_payload(self.agent_id, "online", alarms=alarms)
+            self.status_topic,
+            status_payload(self.agent_id, "online", alarms=alarms, **self._who()),
         )
-        done.add_done_callback(_log_status_failure)
+        done.add_done_callback(self._status_done)
+
+    def _status_done(self, done: asyncio.Future[None]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            _log_status_failure(done)
+        elif self._dups is not None:
+            self._dups.acknowledged()
 
     def _alarms_changed(self) -> None:
         link = self._link
@@ -829,32 +627,30 @@ class MqttSync:
             with contextlib.suppress(SyncError):
                 self._publish_status(link)
 
-    async def _say_offline(self, link: _Link) -> None:
+    async def _say_offline(self, link: Link) -> None:
         """Before a clean disconnect (which suppresses the Last Will): say so ourselves."""
         if link.lost.done():
             return
         try:
             done = link.publish_retained(
-                self.status_topic, status_payload(self.agent_id, "offline", reason="stopped")
+                self.status_topic,
+                status_payload(self.agent_id, "offline", reason="stopped", **self._who()),
             )
             async with asyncio.timeout(CLOSE_GRACE):
                 await done
         except (SyncError, TimeoutError) as exc:
             log.warning("could not publish the offline status: %s", exc)
 
-    def _station(self, station: str) -> tuple[str, str]:
-        known = self._stations.get(station)
+    def _station(self, epoch: Epoch, station: str) -> tuple[str, str]:
+        known = self._stations.get((epoch.id, station))
         if known is None:
             why = invalid_topic_level(station)
             if why:  # station names are validated by the config; this is a bug upstream
                 raise SyncError(f"station name unusable as a topic level: {why}")
-            head = (
-                f'{{"schema":"{SCHEMA}","v":{SCHEMA_VERSION},"agent":{json.dumps(self.agent_id)},'
-                f'"site":{json.dumps(self.site)},"line":{json.dumps(self.line)},'
-                f'"station":{json.dumps(station)},'
-            )
+            journal = self._buffer.identity.journal
+            head = envelope_head(self.agent_id, journal, epoch, self.site, self.line, station)
             known = (topic_for(self.config, self.site, self.line, station), head)
-            self._stations[station] = known
+            self._stations[(epoch.id, station)] = known
         return known
 
     # ---- transitions, logged once each ----------------------------------------------------
@@ -901,19 +697,3 @@ class MqttSync:
 def _log_status_failure(done: asyncio.Future[None]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.warning("status message not delivered: %s", done.exception())
-
-
-def _by_station(batch: Sequence[StoredRecord]) -> dict[str, list[StoredRecord]]:
-    """Group records by station, keeping seq order inside each group."""
-    groups: dict[str, list[StoredRecord]] = {}
-    for record in batch:
-        groups.setdefault(record.station, []).append(record)
-    return groups
-
-
-def _envelope(head: str, records: Sequence[StoredRecord], span: str) -> bytes:
-    """The message JSON, concatenated: bodies are already wire JSON and are not re-parsed."""
-    return (
-        f'{head}"first_seq":{records[0].seq},"last_seq":{records[-1].seq},'
-        f'"count":{len(records)},"records":[{",".join(r.body for r in records)}],{span}}}'
-    ).encode()

@@ -130,9 +130,14 @@ async def test_salvage_copies_every_readable_record_once(tmp_path: Path) -> None
         copied = await b.read_batch(0, 10_000)
         assert [r.seq for r in copied] == list(range(floor, floor + report.read))
         originals = [s for s in range(1, 3001) if s not in lost]
+        # The epoch the records were made in is the other half of their key: with it a
+        # receiver recognizes the ones it has (docs/wire-format.md, "Salvaged records").
+        epoch = json.loads(copied[0].body)["salvaged"]["epoch"]
+        assert len(epoch) == 32
+        assert epoch != b.identity.epoch.id
         for r, old in zip(copied, originals, strict=True):
             body = json.loads(r.body)
-            assert body["salvaged"] == {"seq": old, "journal": moved.name}
+            assert body["salvaged"] == {"seq": old, "journal": moved.name, "epoch": epoch}
             assert body["seq"] == r.seq
             assert body["n"] == old - 1
             assert r.kind == record(old - 1).kind.value

@@ -4,7 +4,7 @@ Mosquitto runs with the page's own config block (paths and port swapped for the 
 its ACL file as written, accounts made with mosquitto_passwd for every user the ACL names.
 MQTT 5 clients then see each refused publish as a reason code (and a refused read as a
 message never delivered): an agent may publish its own stations' records and status and read
-its own confirmations, and nothing of another agent's; it cannot confirm; the trace store
+its own confirmations and status, and nothing of another agent's; it cannot confirm; the trace store
 reads every record and confirms; nobody gets in without an account.
 """
 
@@ -272,6 +272,18 @@ def test_each_agent_publishes_its_own_topics_only(broker: Broker, clients: list[
     assert not store.publish(mine, b"seq 2").is_failure
     assert agent.received(mine, b"seq 2")
     assert agent.messages == [(mine, b"seq 2")]
+
+    # Each agent reads its own status (a second agent with its id shows there), not others'.
+    own_status = "trace/plant-lyon/line3/line3-pc1/status"
+    other_status = "trace/plant-lyon/line4/line4-pc1/status"
+    assert agent.subscribe(own_status).value == 1
+    agent.subscribe(other_status)
+    line4 = connected(clients, port, "line4-pc1")
+    assert not line4.publish(other_status, b"line4 online").is_failure
+    assert not agent.publish(own_status, b"line3 online").is_failure
+    assert agent.received(own_status, b"line3 online")
+    assert (other_status, b"line4 online") not in agent.messages
+    agent.messages.clear()
 
     # Monitoring reads statuses and nothing else.
     monitor = connected(clients, port, "monitor")

@@ -32,6 +32,7 @@ from trace_store.service import TraceStore
 from trace_store.storage import Batch, Storage, open_storage
 
 AGENT = "line3-pc1"
+STREAM = (AGENT, "")  # its legacy epoch: what a message without an epoch belongs to
 SITE = "plant-a"
 LINE = "line-3"
 PREFIX = "trace"
@@ -102,6 +103,12 @@ def envelope(
 
 def topic(station: str = "op10", site: str = SITE, line: str = LINE) -> str:
     return f"{PREFIX}/{site}/{line}/{station}/records"
+
+
+def salvaged_copy(seq: int, original: int, journal: str, **fields: Any) -> dict[str, Any]:
+    """Record ``original`` as ``edge-agent buffer salvage`` copies it: the same body under a
+    new seq, marked with where it came from."""
+    return {**body(original), "seq": seq, "salvaged": {"seq": original, "journal": journal, **fields}}
 
 
 def readings(seqs: Any, station: str = "op10") -> list[dict[str, Any]]:
@@ -477,12 +484,12 @@ def test_config_lists_every_problem() -> None:
 
 
 def entry(after: int, last: int, count: int, station: str, first: int, n: int) -> RangeEntry:
-    return RangeEntry(AGENT, Range(after, last, count), (station, first), n)
+    return RangeEntry(STREAM, Range(after, last, count), (station, first), n)
 
 
 def commit(tracker: RangeTracker, *entries: RangeEntry) -> int:
     tracker.apply(tracker.plan(entries))
-    return tracker.watermark(AGENT)
+    return tracker.watermark(STREAM)
 
 
 def test_a_range_completes_when_its_messages_add_up() -> None:
@@ -490,7 +497,7 @@ def test_a_range_completes_when_its_messages_add_up() -> None:
     assert commit(t, entry(0, 10, 10, "op10", 1, 6)) == 0
     assert commit(t, entry(0, 10, 10, "op10", 1, 6)) == 0  # the same message again
     assert commit(t, entry(0, 10, 10, "op20", 2, 4)) == 10
-    assert t.pending(AGENT) == 0  # forgotten once at or below W
+    assert t.pending(STREAM) == 0  # forgotten once at or below W
 
 
 def test_out_of_order_ranges_wait_for_the_gap() -> None:
@@ -526,13 +533,13 @@ def test_same_interval_with_another_count_is_another_read() -> None:
 
 
 def test_plan_changes_nothing_until_applied() -> None:
-    t = RangeTracker({AGENT: 5})
+    t = RangeTracker({STREAM: 5})
     plan = t.plan([entry(5, 9, 4, "op10", 6, 4)])
-    assert plan.watermarks == {AGENT: 9}
-    assert t.watermark(AGENT) == 5
-    assert t.pending(AGENT) == 0
+    assert plan.watermarks == {STREAM: 9}
+    assert t.watermark(STREAM) == 5
+    assert t.pending(STREAM) == 0
     t.apply(plan)
-    assert t.watermark(AGENT) == 9
+    assert t.watermark(STREAM) == 9
 
 
 def test_within_one_batch_a_message_counts_once() -> None:
@@ -547,7 +554,7 @@ def test_a_draft_knows_the_watermark_after_every_entry() -> None:
     rnd = random.Random(7)
     for _ in range(300):
         start = rnd.randrange(0, 5)
-        tracker = RangeTracker({AGENT: start})
+        tracker = RangeTracker({STREAM: start})
         if rnd.random() < 0.5:  # some progress committed already
             tracker.apply(tracker.plan([entry(12, 20, 8, "op10", 13, 8)]))
         entries: list[RangeEntry] = []
@@ -563,8 +570,8 @@ def test_a_draft_knows_the_watermark_after_every_entry() -> None:
         draft = tracker.draft()
         for k, e in enumerate(entries, 1):
             draft.add(e)
-            assert draft.watermark(AGENT) == tracker.plan(entries[:k]).watermark(
-                AGENT, tracker.watermark(AGENT)
+            assert draft.watermark(STREAM) == tracker.plan(entries[:k]).watermark(
+                STREAM, tracker.watermark(STREAM)
             ), entries[:k]
         assert draft.plan().watermarks == tracker.plan(entries).watermarks
 
@@ -578,13 +585,13 @@ def test_held_messages_sort_by_range_dedupe_and_respect_the_bound() -> None:
     assert held.add(held.wrap(message(6, [7, 8])))
     assert held.add(held.wrap(message(3, [4, 5, 6])))
     assert held.add(held.wrap(message(3, [4, 5, 6])))  # the same read again: held once
-    assert (held.records_of(AGENT), held.records) == (5, 5)
+    assert (held.records_of(STREAM), held.records) == (5, 5)
     assert not held.add(held.wrap(message(8, [9])))  # a 6th record: over the bound
-    assert [h.range.after for h in held.pending(AGENT)] == [3, 6]
-    assert [h.range.after for h in held.remove_first(AGENT, 1)] == [3]
+    assert [h.range.after for h in held.pending(STREAM)] == [3, 6]
+    assert [h.range.after for h in held.remove_first(STREAM, 1)] == [3]
     assert held.records == 2
-    held.remove_first(AGENT, 1)
-    assert AGENT not in held
+    held.remove_first(STREAM, 1)
+    assert STREAM not in held
     assert held.records == 0
 
 
@@ -620,8 +627,8 @@ def test_salvaged_records_are_stored_under_their_original_seq(storage: Storage) 
     salvaged = accepted(
         envelope(
             [
-                body(40, salvaged={"seq": 5, "journal": "buffer.db.damaged"}),  # have it
-                body(41, salvaged={"seq": 6, "journal": "buffer.db.damaged"}),  # new
+                salvaged_copy(40, 5, "buffer.db.damaged"),  # have it
+                salvaged_copy(41, 6, "buffer.db.damaged"),  # new
             ]
         )
     )
@@ -840,8 +847,8 @@ def test_store_is_idempotent_through_the_broker(
     publisher.publish(topic(), message)  # the agent resent it (a lost PUBACK)
     salvaged = envelope(
         [
-            body(4, salvaged={"seq": 2, "journal": "old.db"}),
-            body(5, salvaged={"seq": 90, "journal": "old.db"}),
+            salvaged_copy(4, 2, "old.db"),
+            salvaged_copy(5, 90, "old.db"),
         ]
     )
     publisher.publish(topic(), salvaged)
@@ -1076,10 +1083,13 @@ def test_confirmation_is_retained_and_survives_restarts(
         "schema": "edge-agent.confirm",
         "v": 1,
         "agent": AGENT,
-        "seq": 10,
+        "seq": 10,  # the legacy epoch's: these messages carry no epoch
+        "epochs": {},
+        "session": mine["session"],
         "store": "test",
         "ts": mine["ts"],
     }
+    assert len(mine["session"]) == 16
     assert len(mine["ts"]) == 27
     assert mine["ts"].endswith("Z")
     assert got[f"{PREFIX}/{SITE}/line-4/line4-pc1/confirmed"]["seq"] == 2

@@ -7,6 +7,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -72,26 +73,46 @@ def test_trace_serial_table(trace_db: str, capsys: pytest.CaptureFixture[str]) -
     )
     assert lines[2].startswith("op10  (plant-a/line-3, agent line3-pc1)")
     assert "  2026-11-21T10:00:02.000000Z  2    context   serial = SA-1 (was -)" in out
-    assert "3    readings  press10: force=20.5 kN, stroke=- (bad: no response within 1.0s)" in out
+    # Readings are summed up per station visit unless asked for (10 Hz would flood it).
+    assert (
+        "3    readings  1 record(s): press10: force 20.5 kN, stroke - (1 bad) "
+        "(--kind readings lists them)"
+    ) in out
     assert "result ok, quality good, force=20.6 kN [18..22.5], cycle 2.0 s, counter 1" in out
     assert "used as a component in:" in out
     assert "  FG-1    op30     plant-a/line-3  line3-pc1  9    2026-11-21T10:00:09.000000Z" in out
+
+    code, out, _ = run(capsys, "trace", "serial", "SA-1", "--db", trace_db, "--kind", "readings")
+    assert code == 0
+    assert "3    readings  press10: force=20.5 kN, stroke=- (bad: no response within 1.0s)" in out
+    assert " part " not in out
+    assert " context " not in out
+    code, out, _ = run(
+        capsys, "trace", "serial", "SA-1", "--db", trace_db, "--kind", "part", "--kind", "context"
+    )
+    assert [line.split()[2] for line in out.splitlines()[4:6]] == ["context", "part"]
+    assert "readings" not in out
+    code, _, err = run(capsys, "trace", "serial", "SA-1", "--db", trace_db, "--kind", "gap")
+    assert code == 1
+    assert "no gap records for serial 'SA-1'" in err
 
 
 def test_trace_lot_is_the_recall_list(trace_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "trace", "lot", "L-STEEL", "--db", trace_db)
     assert code == 0
     assert out.splitlines()[0] == (
-        "lot L-STEEL: 5 serial(s) affected (3 consumed it directly, 2 through components)"
+        "lot L-STEEL: 5 serial(s) affected (3 consumed it directly, 2 through components); "
+        "1 NOK, 2 OK, 2 no part record"
     )
-    rows = [line.split()[:4] for line in out.splitlines()[2:]]
+    rows = [line.split()[:6] for line in out.splitlines()[2:]]
     assert rows == [
-        ["SA-1", "1", "L-STEEL", "part"],  # "part ctx.lot"
-        ["SA-2", "1", "L-STEEL", "part"],
-        ["SA-3", "1", "L-STEEL", "consumption"],
-        ["FG-1", "2", "SA-1", "component"],
-        ["FG-2", "2", "SA-2", "component"],
+        ["SA-1", "1", "L-STEEL", "part", "ctx.lot", "OK"],
+        ["SA-2", "1", "L-STEEL", "part", "ctx.lot", "NOK"],
+        ["SA-3", "1", "L-STEEL", "consumption", "-", "op20"],
+        ["FG-1", "2", "SA-1", "component", "OK", "op30"],
+        ["FG-2", "2", "SA-2", "component", "-", "op30"],
     ]
+    assert out.splitlines()[2].endswith("FG-1")  # consumed into
 
     code, out, _ = run(capsys, "trace", "lot", "L-STEEL", "--db", trace_db, "--format", "json")
     doc = json.loads(out)
@@ -114,16 +135,24 @@ def test_trace_lot_is_the_recall_list(trace_db: str, capsys: pytest.CaptureFixtu
         "agent": AGENT,
         "seq": 7,
         "ts": None,
-        "product": None,
+        "consumed_product": None,
         "quantity": 1.5,
         "unit": "kg",
+        "product": None,
+        "result": None,
+        "work_order": None,
+        "consumed_into": [],
     }
+    assert (doc["serials"][1]["result"], doc["serials"][1]["consumed_into"]) == ("nok", ["FG-2"])
 
     code, out, _ = run(capsys, "trace", "lot", "L-STEEL", "--db", trace_db, "--format", "csv")
-    rows_csv = list(csv.DictReader(io.StringIO(out)))
+    assert out.startswith("\ufeff")  # UTF-8 with a BOM: Excel reads it as UTF-8
+    rows_csv = list(csv.DictReader(io.StringIO(out[1:])))
     assert [r["serial"] for r in rows_csv] == ["SA-1", "SA-2", "SA-3", "FG-1", "FG-2"]
+    assert [r["result"] for r in rows_csv] == ["ok", "nok", "", "ok", ""]
     assert rows_csv[3]["via"] == "SA-1"
     assert rows_csv[3]["station"] == "op30"
+    assert rows_csv[0]["consumed_into"] == "FG-1"
 
 
 def test_trace_materials_goes_back_through_components(
@@ -138,7 +167,7 @@ def test_trace_materials_goes_back_through_components(
         ["2", "lot", "L-STEEL", "SA-1", "part"],
     ]
     code, out, _ = run(capsys, "trace", "materials", "FG-1", "--db", trace_db, "--format", "csv")
-    rows = list(csv.DictReader(io.StringIO(out)))
+    rows = list(csv.DictReader(io.StringIO(out.removeprefix("\ufeff"))))
     assert [(r["kind"], r["id"], r["quantity"], r["unit"]) for r in rows] == [
         ("component", "SA-1", "1.0", "pcs"),
         ("lot", "L-GLUE", "3.0", "g"),
@@ -161,13 +190,19 @@ def test_trace_serial_json_and_csv(trace_db: str, capsys: pytest.CaptureFixture[
     assert [u["serial"] for u in doc["used_in"]] == ["FG-2"]
 
     code, out, _ = run(capsys, "trace", "serial", "SA-2", "--db", trace_db, "--format", "csv")
-    rows = list(csv.DictReader(io.StringIO(out)))
+    rows = list(csv.DictReader(io.StringIO(out.removeprefix("\ufeff"))))
     assert [(r["station"], r["seq"], r["kind"]) for r in rows] == [
         ("op10", "5", "context"),
         ("op10", "6", "part"),
     ]
     assert "force=23.1 kN [18..22.5] NOK" in rows[1]["details"]
-    assert json.loads(rows[1]["body"])["counter"] == 2
+    # One column per value, the number alone in it (no JSON in a cell).
+    assert (rows[1]["counter"], rows[1]["force [kN]"], rows[1]["out_of_limits"]) == (
+        "2",
+        "23.1",
+        "force",
+    )
+    assert "body" not in rows[1]
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
@@ -212,7 +247,8 @@ def test_the_edge_agent_command_runs_the_queries(trace_db: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert [r["serial"] for r in csv.DictReader(io.StringIO(done.stdout))] == ["FG-1"]
+    stdout = done.stdout.removeprefix("\ufeff")
+    assert [r["serial"] for r in csv.DictReader(io.StringIO(stdout))] == ["FG-1"]
     done = subprocess.run(
         [*CLI, "trace", "serial", "NOPE", "--db", trace_db],
         capture_output=True,
@@ -375,3 +411,82 @@ def test_store_process_killed_mid_stream_loses_and_duplicates_nothing(
     with open_storage(db) as storage:
         assert storage.seqs(AGENT) == list(range(1, total + 1))
         assert storage.agents()[AGENT].watermark == total
+
+
+# ---- numbers and spreadsheets ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def noisy_db(tmp_path: Path) -> str:
+    """A serial whose values carry float noise: a scaled integer's 6.0200000000000005 and a
+    float32's 20.046875 (exactly representable, so shown as the float32 it is)."""
+    from tests.test_trace_store import body
+
+    path = str(tmp_path / "noisy.db")
+    ctx = {"serial": "N-1", "lot": "L-9", "product": "P-77", "work_order": "WO-3"}
+    records = [
+        body(1, "context", key="serial", value="N-1", previous=None, ctx=ctx),
+        body(2, values={"pressure": 6.0200000000000005, "temp": 181.27000000000001}, ctx=ctx,
+             units={"pressure": "bar"}),
+        body(3, values={"pressure": 6.49, "temp": 181.5}, ctx=ctx, units={"pressure": "bar"}),
+        body(4, "part", serial="N-1", result="ok", quality="good", counter=7, cycle_time=2.5,
+             values={"force": {"value": 20.046875, "unit": "kN", "min": 18, "max": 22.5,
+                               "ok": True, "quality": "good"},
+                     "depth": {"value": 0.30000000000000004, "unit": "mm", "quality": "good"}},
+             ctx=ctx),
+    ]  # fmt: skip
+    with open_storage(path) as storage:
+        write(storage, accepted(envelope(records)))
+    return path
+
+
+def test_values_are_rounded_to_their_precision(
+    noisy_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "trace", "serial", "N-1", "--db", noisy_db)
+    assert code == 0
+    assert "2 record(s) until 2026-11-21T10:00:03.000000Z: press10: pressure 6.02..6.49 bar" in out
+    assert "force=20.046875 kN [18..22.5], depth=0.3 mm" in out
+    assert not re.search(r"\d\.\d*0000\d", re.sub(r"\d\d:\d\d\.\d+Z", "", out))  # no noise
+    code, out, _ = run(capsys, "trace", "serial", "N-1", "--db", noisy_db, "--kind", "readings")
+    assert "pressure=6.02 bar, temp=181.27" in out
+    code, out, _ = run(capsys, "trace", "serial", "N-1", "--db", noisy_db, "--format", "json")
+    doc = json.loads(out)
+    [part] = [r for r in doc["stations"][0]["records"] if r["kind"] == "part"]
+    assert part["body"]["values"]["depth"]["value"] == 0.3
+    assert doc["stations"][0]["readings"]["points"][0]["min"] == 6.02
+    code, out, _ = run(
+        capsys, "trace", "serial", "N-1", "--db", noisy_db, "--format", "csv", "--kind", "readings"
+    )
+    rows = list(csv.DictReader(io.StringIO(out.removeprefix("\ufeff"))))
+    assert [r["pressure [bar]"] for r in rows] == ["6.02", "6.49"]
+    code, out, _ = run(capsys, "trace", "lot", "L-9", "--db", noisy_db)
+    assert "N-1     1      L-9  part ctx.lot  OK      P-77     WO-3" in out  # product, order
+
+
+def test_xlsx_needs_a_file_and_holds_numbers_as_numbers(
+    noisy_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    code, _, err = run(capsys, "trace", "lot", "L-9", "--db", noisy_db, "--format", "xlsx")
+    assert code == 2
+    assert "-o FILE" in err
+    target = tmp_path / "serial.xlsx"
+    code, out, _ = run(
+        capsys, "trace", "serial", "N-1", "--db", noisy_db, "--format", "xlsx", "-o", str(target)
+    )
+    assert (code, out) == (0, "")
+    sheet = openpyxl.load_workbook(target, read_only=True).active
+    header, *rows = [list(r) for r in sheet.iter_rows(values_only=True)]
+    part = dict(zip(header, rows[-1], strict=True))
+    assert (part["kind"], part["counter"], part["force [kN]"], part["depth [mm]"]) == (
+        "part",
+        7,
+        20.046875,
+        0.3,
+    )
+    target = tmp_path / "lot.csv"
+    code, out, _ = run(capsys, "trace", "lot", "L-9", "--db", noisy_db, "--format", "csv", "-o",
+                       str(target))  # fmt: skip
+    assert (code, out) == (0, "")
+    assert target.read_bytes().startswith(b"\xef\xbb\xbfserial,product,result")

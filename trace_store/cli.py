@@ -18,7 +18,13 @@ from trace_store.config import DEFAULT_MAX_HELD_RECORDS, DEFAULT_MAX_MESSAGE_BYT
 
 log = logging.getLogger("trace_store")
 
-COMMANDS = frozenset({"trace-store", "trace"})
+COMMANDS = frozenset({"trace-store", "trace", "workbench"})
+TRACE_FORMATS = ("table", "json", "csv", "xlsx")
+RECORD_KINDS = (
+    "readings", "reading", "context", "context_restored", "scan", "consumption", "part", "gap",
+    "unobserved",
+)  # fmt: skip
+"""The kinds of docs/wire-format.md (``kernel.model.RecordKind``)."""
 EXIT_FOUND = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -91,6 +97,14 @@ def register(sub: Any) -> None:
         f"and the agent resends them (default {DEFAULT_MAX_HELD_RECORDS})",
     )
     p.add_argument(
+        "--summary-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="log a summary line (records stored, rejected by reason, held, each agent's lag) "
+        "every SECONDS (default 300; 0: never)",
+    )
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (ingest by kind, rejected "
@@ -109,15 +123,41 @@ def register(sub: Any) -> None:
         _db_option(q)
         q.add_argument(
             "--format",
-            choices=("table", "json", "csv"),
+            choices=TRACE_FORMATS,
             default="table",
-            help="table (default) for people, json or csv for other tools",
+            help="table (default) for people, json for other tools, csv or xlsx for "
+            "spreadsheets (one row per item, one column per value; xlsx needs -o and "
+            "pip install 'edge-agent[web]')",
         )
+        q.add_argument(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="write to FILE instead of standard output (required for xlsx)",
+        )
+        if name == "serial":
+            q.add_argument(
+                "--kind",
+                action="append",
+                dest="kinds",
+                choices=RECORD_KINDS,
+                metavar="KIND",
+                help="only records of this kind (repeat the option); readings are listed one "
+                "by one only when asked for, otherwise summed up per station visit. Kinds: "
+                + ", ".join(RECORD_KINDS),
+            )
+    from trace_store.web.command import register as register_workbench
+
+    register_workbench(sub)
 
 
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "trace-store":
         return _run_store(args)
+    if args.command == "workbench":
+        from trace_store.web.command import run as run_workbench
+
+        return run_workbench(args)
     return _query(args)
 
 
@@ -193,6 +233,12 @@ def _run_store(args: argparse.Namespace) -> int:
         except StartupError as exc:
             print(f"trace-store: cannot start: {exc}", file=sys.stderr)
             return EXIT_STARTUP
+    summary = None
+    if args.summary_interval > 0:
+        from trace_store.summary import StoreSummary
+
+        summary = StoreSummary(store, args.summary_interval)
+        summary.start()
     try:
         store.run(stop)
     except (StorageError, ValueError) as exc:  # at start-up: nothing was connected
@@ -202,6 +248,8 @@ def _run_store(args: argparse.Namespace) -> int:
         log.critical("trace store stopped on an error", exc_info=True)
         return 1
     finally:
+        if summary is not None:
+            summary.stop()
         if metrics is not None:
             metrics.stop()
     log.info("trace store stopped: %s", store.stats())
@@ -217,9 +265,13 @@ def _query(args: argparse.Namespace) -> int:
         trace_materials,
         trace_serial,
     )
-    from trace_store.report import nothing_found, render
+    from trace_store.report import nothing_found
     from trace_store.storage import StorageError, open_storage
 
+    if args.format == "xlsx" and not args.output:
+        print("trace: --format xlsx writes a file: give it with -o FILE", file=sys.stderr)
+        return EXIT_USAGE
+    kinds = frozenset(getattr(args, "kinds", None) or ()) or None
     try:
         storage = open_storage(args.db, read_only=True)
     except StorageError as exc:
@@ -230,7 +282,7 @@ def _query(args: argparse.Namespace) -> int:
         if args.trace_command == "serial":
             trace = trace_serial(storage, args.id)
         elif args.trace_command == "lot":
-            trace = trace_lot(storage, args.id)
+            trace = trace_lot(storage, args.id, details=True)
         else:
             trace = trace_materials(storage, args.id)
     except StorageError as exc:
@@ -238,10 +290,53 @@ def _query(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     finally:
         storage.close()
-    if not trace.found:
-        if args.format != "table":  # an empty document still parses
-            sys.stdout.write(render(trace, args.format))
-        print(nothing_found(trace), file=sys.stderr)
+    found = trace.found
+    if isinstance(trace, SerialTrace) and kinds:
+        found = any(r.kind in kinds for v in trace.visits for r in v.records)
+    if not found and args.format == "table":
+        print(nothing_found(trace, kinds), file=sys.stderr)
         return EXIT_NOT_FOUND
-    sys.stdout.write(render(trace, args.format))
+    try:
+        _write(trace, args.format, kinds, args.output)  # an empty document still parses
+    except ImportError:
+        print("trace: xlsx needs XlsxWriter: pip install 'edge-agent[web]'", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"trace: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not found:
+        print(nothing_found(trace, kinds), file=sys.stderr)
+        return EXIT_NOT_FOUND
     return EXIT_FOUND
+
+
+def _write(trace: Any, fmt: str, kinds: frozenset[str] | None, output: str | None) -> None:
+    from trace_store import export
+    from trace_store.queries import LotTrace, SerialTrace
+    from trace_store.report import render
+
+    if fmt in ("table", "json"):
+        text = render(trace, fmt, kinds)
+    else:
+        if isinstance(trace, SerialTrace):
+            table = export.serial_table(trace, kinds)
+        elif isinstance(trace, LotTrace):
+            table = export.lot_table(trace)
+        else:
+            table = export.materials_table(trace)
+        if fmt == "xlsx":
+            assert output is not None
+            export.write_xlsx(table, output)
+            return
+        if output is None:
+            export.write_csv(table, sys.stdout)
+            return
+        # newline="": the CSV's own CRLF line ends stay as they are.
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            export.write_csv(table, f)
+        return
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -15,6 +15,7 @@ original values: it is stored as JSON text, where both are escaped.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeGuard
@@ -26,6 +27,14 @@ VERSIONS = frozenset({1, VERSION})
 none, so one parser takes both; agents not yet upgraded keep sending v1."""
 MAX_SEQ = 2**63 - 1  # PostgreSQL BIGINT; a larger seq could not be stored
 MAX_LEVEL_CHARS = 128  # agent/site/line/station: generous, but bounded (they key tables)
+LEGACY_EPOCH = ""
+"""The epoch of messages without one: agents of the previous version, and the rows a journal
+of that version held when it was upgraded. Their key is (agent, seq) as it always was."""
+IDENTITY = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+"""A journal or epoch id: the agent sends 32 hex digits; other publishers may use a UUID."""
+
+Stream = tuple[str, str]
+"""(agent, epoch): the unit that has its own seqs, ranges and watermark."""
 
 
 class Reason(StrEnum):
@@ -90,8 +99,8 @@ class Range:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One record as stored. ``seq`` is the storage key: ``salvaged.seq`` for a salvaged
-    record, the record's own seq otherwise."""
+    """One record as stored, keyed by (agent, epoch, seq): ``salvaged``'s epoch and seq for a
+    salvaged record (see ``_storage_key``), the message's epoch and the record's seq otherwise."""
 
     agent: str
     seq: int
@@ -102,6 +111,7 @@ class Row:
     ts: str
     serial: str | None
     body: str
+    epoch: str = LEGACY_EPOCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +133,7 @@ class Edge:
     product: str | None = None
     quantity: float | None = None
     unit: str | None = None
+    epoch: str = LEGACY_EPOCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,21 @@ class Accepted:
     # neither and are puback / in_order. Any other value is kept as is (and never held).
     confirm: str = "puback"
     order: str = "in_order"
+    # The journal identity (docs/wire-format.md, "Journal identity"); absent from agents of
+    # the previous version: the legacy epoch, whose seqs start at 1.
+    epoch: str = LEGACY_EPOCH
+    epoch_first: int = 1
+    journal: str | None = None
+
+    @property
+    def stream(self) -> Stream:
+        """Whose seqs, ranges and watermark this message's records belong to."""
+        return (self.agent, self.epoch)
+
+    @property
+    def floor(self) -> int:
+        """Every seq up to this is not of the epoch: where its watermark starts."""
+        return self.epoch_first - 1
 
     @property
     def message_id(self) -> tuple[str, int]:
@@ -260,6 +286,11 @@ def _check(
             Reason.COUNT_MISMATCH, f"count {count} but {len(records)} records in the message"
         )
     rng = _range(doc.get("range"), first_seq, last_seq, count)
+    journal, epoch, epoch_first = _identity(doc)
+    if first_seq < epoch_first:
+        raise _Invalid(
+            Reason.SEQ_BOUNDS, f"first_seq {first_seq} below its epoch's first seq {epoch_first}"
+        )
 
     rows: list[Row] = []
     edges: list[Edge] = []
@@ -288,12 +319,23 @@ def _check(
         ctx = record.get("ctx")
         if ctx is not None and not isinstance(ctx, dict):
             raise _Invalid(Reason.BAD_RECORD, f"record seq {seq}: ctx {_short(ctx)}")
-        key = _storage_key(record, seq)
+        key_epoch, key = _storage_key(record, seq, epoch)
         serial = _serial_of(record, ctx)
         rows.append(
-            Row(agent, key, site, line, station, _clean(kind), _clean(ts), serial, _dump(record))
+            Row(
+                agent,
+                key,
+                site,
+                line,
+                station,
+                _clean(kind),
+                _clean(ts),
+                serial,
+                _dump(record),
+                key_epoch,
+            )
         )
-        edges.extend(_edges(record, kind, ctx, agent, key, site, line, station, ts))
+        edges.extend(_edges(record, kind, ctx, agent, (key_epoch, key), site, line, station, ts))
     if records[0]["seq"] != first_seq or records[-1]["seq"] != last_seq:
         raise _Invalid(
             Reason.SEQ_BOUNDS,
@@ -313,7 +355,28 @@ def _check(
         tuple(edges),
         confirm=_mode(doc, "confirm", "puback"),
         order=_mode(doc, "order", "in_order"),
+        epoch=epoch,
+        epoch_first=epoch_first,
+        journal=journal,
     )
+
+
+def _identity(doc: dict[str, Any]) -> tuple[str | None, str, int]:
+    """(journal, epoch, epoch_first) of a message; the legacy epoch when it names none."""
+    journal = doc.get("journal")
+    if journal is not None and not (isinstance(journal, str) and IDENTITY.match(journal)):
+        raise _Invalid(Reason.BAD_ENVELOPE, f"journal: expected an id, got {_short(journal)}")
+    epoch = doc.get("epoch", LEGACY_EPOCH)
+    if epoch == LEGACY_EPOCH:
+        return journal, LEGACY_EPOCH, 1
+    if not isinstance(epoch, str) or not IDENTITY.match(epoch):
+        raise _Invalid(Reason.BAD_ENVELOPE, f"epoch: expected an id, got {_short(epoch)}")
+    first = doc.get("epoch_first")
+    if not _is_int(first) or not 1 <= first <= MAX_SEQ:
+        raise _Invalid(
+            Reason.BAD_ENVELOPE, f"epoch_first: expected a seq with the epoch, got {_short(first)}"
+        )
+    return journal, epoch, first
 
 
 def _mode(doc: dict[str, Any], name: str, default: str) -> str:
@@ -344,15 +407,25 @@ def _range(value: Any, first_seq: int, last_seq: int, count: int) -> Range | Non
     return Range(after, last, total)
 
 
-def _storage_key(record: dict[str, Any], seq: int) -> int:
-    """A salvaged record is the record ``(agent, salvaged.seq)``; see "Salvaged records"."""
+def _storage_key(record: dict[str, Any], seq: int, epoch: str) -> tuple[str, int]:
+    """(epoch, seq) the record is stored under. A salvaged record is the record it was in the
+    damaged journal (wire format, "Salvaged records"): ``salvaged.epoch`` and ``salvaged.seq``.
+    Without ``salvaged.epoch`` a message of the legacy epoch means the legacy epoch (what an
+    agent of the previous version salvaged); a message with an epoch means the salvage could
+    not tell, and the record keeps its own key: at worst stored twice, never dropped."""
     salvaged = record.get("salvaged")
     if salvaged is None:
-        return seq
+        return epoch, seq
     original = salvaged.get("seq") if isinstance(salvaged, dict) else None
     if not _is_int(original) or not 1 <= original <= MAX_SEQ:
         raise _Invalid(Reason.BAD_RECORD, f"record seq {seq}: salvaged {_short(salvaged)}")
-    return original
+    assert isinstance(salvaged, dict)
+    if "epoch" not in salvaged:
+        return (LEGACY_EPOCH, original) if epoch == LEGACY_EPOCH else (epoch, seq)
+    was = salvaged["epoch"]
+    if was != LEGACY_EPOCH and not (isinstance(was, str) and IDENTITY.match(was)):
+        raise _Invalid(Reason.BAD_RECORD, f"record seq {seq}: salvaged {_short(salvaged)}")
+    return was, original
 
 
 def _serial_of(record: dict[str, Any], ctx: dict[str, Any] | None) -> str | None:
@@ -370,7 +443,7 @@ def _edges(
     kind: str,
     ctx: dict[str, Any] | None,
     agent: str,
-    key: int,
+    key: tuple[str, int],
     site: str,
     line: str,
     station: str,
@@ -381,9 +454,23 @@ def _edges(
         return []  # a consumption or part without a serial links nothing
     parent = _clean(serial)
     when = _clean(ts)
+    epoch, seq = key
 
     def edge(child_kind: str, child: str, how: str, **extra: Any) -> Edge:
-        return Edge(agent, key, parent, child_kind, child, how, site, line, station, when, **extra)
+        return Edge(
+            agent,
+            seq,
+            parent,
+            child_kind,
+            child,
+            how,
+            site,
+            line,
+            station,
+            when,
+            **extra,
+            epoch=epoch,
+        )
 
     out: list[Edge] = []
     if kind == "consumption":

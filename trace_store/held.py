@@ -20,7 +20,7 @@ from bisect import insort
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from trace_store.envelope import Accepted, Range
+from trace_store.envelope import Accepted, Range, Stream
 
 HeldKey = tuple[Range, tuple[str, int]]
 """A held message's identity: its range and its identity in it (station, first_seq). A
@@ -58,29 +58,30 @@ class _Agent:
 
 
 class HeldMessages:
-    """Per agent, the held messages in order of ``after``, at most ``max_records`` records."""
+    """Per stream (agent, epoch: the unit with its own seqs and watermark), the held messages
+    in order of ``after``, at most ``max_records`` records."""
 
     def __init__(self, max_records: int) -> None:
         self.max_records = max_records
-        self._agents: dict[str, _Agent] = {}
+        self._agents: dict[Stream, _Agent] = {}
         self._arrivals = 0
         self.records = 0  # over every agent
 
-    def __contains__(self, agent: str) -> bool:
+    def __contains__(self, agent: Stream) -> bool:
         return agent in self._agents
 
-    def agents(self) -> Iterator[str]:
+    def agents(self) -> Iterator[Stream]:
         return iter(self._agents)
 
-    def holds(self, agent: str, key: HeldKey) -> bool:
+    def holds(self, agent: Stream, key: HeldKey) -> bool:
         state = self._agents.get(agent)
         return state is not None and key in state.keys
 
-    def records_of(self, agent: str) -> int:
+    def records_of(self, agent: Stream) -> int:
         state = self._agents.get(agent)
         return state.records if state is not None else 0
 
-    def pending(self, agent: str) -> Sequence[Held]:
+    def pending(self, agent: Stream) -> Sequence[Held]:
         """The agent's held messages in order of ``after``; do not change it."""
         state = self._agents.get(agent)
         return state.items if state is not None else ()
@@ -93,7 +94,7 @@ class HeldMessages:
     def add(self, held: Held) -> bool:
         """Hold ``held``; False (and nothing held) if its agent would exceed the bound. A
         message already held is not held twice (True: it is held)."""
-        agent = held.message.agent
+        agent = held.message.stream
         state = self._agents.get(agent)
         if state is not None and held.key in state.keys:
             return True
@@ -107,7 +108,7 @@ class HeldMessages:
         self.records += held.records
         return True
 
-    def remove_first(self, agent: str, n: int) -> list[Held]:
+    def remove_first(self, agent: Stream, n: int) -> list[Held]:
         """Drop (and return) the agent's first ``n`` held messages: a commit released them,
         or they are below the watermark."""
         state = self._agents.get(agent)

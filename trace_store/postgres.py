@@ -67,6 +67,13 @@ class PostgresStorage(Storage):
     def location(self) -> str:
         return self._location
 
+    def _rekey(self, table: str, create: str, columns: str, key: str) -> None:
+        # PostgreSQL changes a primary key in place (a new column with a constant default
+        # costs no rewrite; the key's index is built again).
+        self._execute(f"ALTER TABLE {table} ADD COLUMN epoch TEXT NOT NULL DEFAULT ''")
+        self._execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+        self._execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")
+
     def close(self) -> None:
         self._conn.close()
 

@@ -7,15 +7,21 @@
 - ``trace_materials`` (backward): every lot and component built into a serial, recursively
   through its components.
 
-Ordering: within one agent records are in ``seq`` order, the only order the wire format
-promises; timestamps only order what different agents recorded (a serial that crossed lines).
+Ordering: within one agent's journal epoch records are in ``seq`` order, the only order the
+wire format promises; timestamps only order different streams (another agent: a serial that
+crossed lines; another journal epoch of the same agent).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from trace_store.storage import Storage, StoredEdge, StoredRecord
+from trace_store.storage import CHUNK, Storage, StoredEdge, StoredRecord
+
+READINGS_KINDS = frozenset({"readings", "reading"})
+"""Continuous telemetry: collapsed into a summary per station visit unless asked for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +70,30 @@ class Affected:
 
 
 @dataclass(frozen=True, slots=True)
+class PartSummary:
+    """What a serial's part records say, for lists: the latest one (by time) gives the
+    result, its station and time; product and work order come from the context of the
+    latest part record that had them (a station context key, e.g. ``product`` set by a
+    label scan)."""
+
+    serial: str
+    result: str | None
+    station: str
+    ts: str
+    product: str | None
+    work_order: str | None
+    parts: int  # part records of the serial, every station
+    nok: int  # of which NOK
+
+
+@dataclass(frozen=True, slots=True)
 class LotTrace:
     lot: str
     serials: tuple[Affected, ...]
+    # Filled by ``trace_lot(..., details=True)``: each serial's part summary, and the serials
+    # it was consumed into as a component.
+    parts: dict[str, PartSummary] = field(default_factory=dict)
+    used_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -101,11 +128,15 @@ class MaterialsTrace:
 
 
 def trace_serial(storage: Storage, serial: str) -> SerialTrace:
-    records = storage.records_of_serial(serial)  # by agent, then seq
-    first_ts: dict[str, str] = {}
+    records = storage.records_of_serial(serial)
+    # Seq orders records within one journal epoch only (two journal files of one agent, or two
+    # openings of one file, number from overlapping seqs): each (agent, epoch) stream is in seq
+    # order, and streams are ordered by their first record's time.
+    records.sort(key=lambda r: (r.agent, r.epoch, r.seq))
+    first_ts: dict[tuple[str, str], str] = {}
     for record in records:
-        first_ts.setdefault(record.agent, record.ts)  # the agent's first record, by seq
-    records.sort(key=lambda r: (first_ts[r.agent], r.agent, r.seq))
+        first_ts.setdefault((record.agent, record.epoch), record.ts)
+    records.sort(key=lambda r: (first_ts[(r.agent, r.epoch)], r.agent, r.epoch, r.seq))
     visits: list[StationVisit] = []
     run: list[StoredRecord] = []
     for record in records:
@@ -118,21 +149,93 @@ def trace_serial(storage: Storage, serial: str) -> SerialTrace:
     return SerialTrace(serial, tuple(visits), tuple(storage.edges_to("component", [serial])))
 
 
-def trace_lot(storage: Storage, lot: str) -> LotTrace:
+def trace_lot(storage: Storage, lot: str, *, details: bool = False) -> LotTrace:
+    """The recall list; with ``details`` also every serial's part summary and where it was
+    consumed (two indexed queries per 500 serials)."""
+    serials = _forward(storage, storage.edges_to("lot", [lot]))
+    if not details:
+        return LotTrace(lot, serials)
+    parts: dict[str, PartSummary] = {}
+    used: dict[str, tuple[str, ...]] = {}
+    for chunk in chunks([a.serial for a in serials]):
+        parts.update(part_summaries(storage, chunk))
+        used.update(used_in(storage, chunk))
+    return LotTrace(lot, serials, parts, used)
+
+
+def trace_forward(storage: Storage, serial: str) -> tuple[Affected, ...]:
+    """Every serial ``serial`` went into as a component, and what those went into."""
+    return _forward(storage, storage.edges_to("component", [serial]), exclude=serial)
+
+
+def _forward(
+    storage: Storage, edges: list[StoredEdge], exclude: str | None = None
+) -> tuple[Affected, ...]:
     found: dict[str, Affected] = {}
-    edges = storage.edges_to("lot", [lot])
     depth = 1
     while edges:
         reached: list[str] = []
         for edge in edges:  # by time: the first edge to reach a serial explains it
-            if edge.parent not in found:
+            if edge.parent not in found and edge.parent != exclude:
                 found[edge.parent] = Affected(edge.parent, depth, edge)
                 reached.append(edge.parent)
         if not reached:
             break
         edges = storage.edges_to("component", reached)
         depth += 1
-    return LotTrace(lot, tuple(found.values()))
+    return tuple(found.values())
+
+
+def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSummary]:
+    """Each serial's ``PartSummary``; serials without a part record are left out."""
+    by_serial: dict[str, list[StoredRecord]] = {}
+    for record in storage.parts_of(serials):
+        if record.serial is not None:
+            by_serial.setdefault(record.serial, []).append(record)
+    return {serial: summarize_parts(serial, records) for serial, records in by_serial.items()}
+
+
+def summarize_parts(serial: str, records: Sequence[StoredRecord]) -> PartSummary:
+    ordered = sorted(records, key=lambda r: (r.ts, r.agent, r.seq))
+    last = ordered[-1]
+    product = work_order = None
+    for record in ordered:
+        ctx = record.body.get("ctx")
+        if isinstance(ctx, dict):
+            product = _text(ctx.get("product")) or product
+            work_order = _text(ctx.get("work_order")) or work_order
+    result = last.body.get("result")
+    return PartSummary(
+        serial,
+        result if isinstance(result, str) else None,
+        last.station,
+        last.ts,
+        product,
+        work_order,
+        len(ordered),
+        sum(1 for r in ordered if r.body.get("result") == "nok"),
+    )
+
+
+def used_in(storage: Storage, serials: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """For each serial consumed as a component, the serials it went into (by time)."""
+    out: dict[str, list[str]] = {}
+    for edge in storage.edges_to("component", serials):
+        into = out.setdefault(edge.child, [])
+        if edge.parent not in into:
+            into.append(edge.parent)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
 
 
 def trace_materials(storage: Storage, serial: str) -> MaterialsTrace:
@@ -160,3 +263,85 @@ def trace_materials(storage: Storage, serial: str) -> MaterialsTrace:
 def _visit(run: list[StoredRecord]) -> StationVisit:
     first = run[0]
     return StationVisit(first.station, first.site, first.line, first.agent, tuple(run))
+
+
+# ---- readings, collapsed ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PointStats:
+    """One point's values in a run of readings: numbers give min and max, anything else only
+    counts; ``bad`` counts values without a good quality."""
+
+    device: str
+    point: str
+    unit: str | None = None
+    count: int = 0
+    bad: int = 0
+    low: float | int | None = None  # an int stays an int: a counter is not shown as 17.0
+    high: float | int | None = None
+    last: Any = None
+
+    def add(self, value: Any, quality: Any) -> None:
+        self.count += 1
+        if quality not in (None, "good") or value is None:
+            self.bad += 1
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            self.low = value if self.low is None else min(self.low, value)
+            self.high = value if self.high is None else max(self.high, value)
+        if value is not None:
+            self.last = value
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsSummary:
+    records: int
+    first_ts: str
+    last_ts: str
+    first_seq: int
+    last_seq: int
+    points: tuple[PointStats, ...]
+
+
+def readings_summary(records: Sequence[StoredRecord]) -> ReadingsSummary | None:
+    """Count and min/max per device point of the ``readings`` (and v1 ``reading``) records
+    among ``records``; None when there are none."""
+    runs = [r for r in records if r.kind in READINGS_KINDS]
+    if not runs:
+        return None
+    points: dict[tuple[str, str], PointStats] = {}
+    for record in runs:
+        for device, point, value, quality, unit in reading_values(record):
+            stats = points.get((device, point))
+            if stats is None:
+                stats = points[(device, point)] = PointStats(device, point)
+            stats.unit = stats.unit or unit
+            stats.add(value, quality)
+    return ReadingsSummary(
+        len(runs),
+        runs[0].ts,
+        runs[-1].ts,
+        runs[0].seq,
+        runs[-1].seq,
+        tuple(points.values()),
+    )
+
+
+def reading_values(record: StoredRecord) -> Iterator[tuple[str, str, Any, Any, str | None]]:
+    """(device, point, value, quality, unit) of each value in a readings or reading record."""
+    b = record.body
+    device = str(b.get("device"))
+    if record.kind == "reading":
+        unit = b.get("unit")
+        yield device, str(b.get("point")), b.get("value"), b.get("quality"), _text(unit)
+        return
+    values = b.get("values")
+    if not isinstance(values, dict):
+        return
+    units, quality = (_mapping(b.get(k)) for k in ("units", "quality"))
+    for point, value in values.items():
+        yield device, str(point), value, quality.get(point), _text(units.get(point))
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -1,9 +1,11 @@
-"""Per-agent watermarks from the ranges messages carry (docs/wire-format.md, "Ranges" and
-"Confirmation protocol").
+"""Per-stream watermarks from the ranges messages carry (docs/wire-format.md, "Ranges" and
+"Confirmation protocol"). A stream is (agent, epoch): each epoch of a journal numbers its own
+records, so each has its own ranges and watermark (the legacy epoch ``''`` is what an agent of
+the previous version sends).
 
 A range ``(after, last, count)`` says: the agent holds exactly ``count`` records with seqs in
 ``(after, last]``. The store has the whole range once distinct messages carrying it (message
-identity: station + first_seq) add up to ``count`` records. The watermark ``W`` of an agent
+identity: station + first_seq) add up to ``count`` records. The watermark ``W`` of a stream
 then moves to ``last`` whenever a complete range has ``after <= W < last``: every seq up to
 ``W`` is committed or void, and the agent may delete it.
 
@@ -27,12 +29,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from trace_store.envelope import Range
+from trace_store.envelope import Range, Stream
 
 log = logging.getLogger(__name__)
 
 MAX_RANGES_PER_AGENT = 4096
-"""Incomplete ranges remembered per agent. Beyond, the oldest are forgotten: that only delays
+"""Incomplete ranges remembered per stream. Beyond, the oldest are forgotten: that only delays
 the watermark (the agent resends after its confirm timeout), it never moves it wrongly."""
 
 
@@ -40,7 +42,7 @@ the watermark (the agent resends after its confirm timeout), it never moves it w
 class RangeEntry:
     """One message carrying a range, as committed (or about to be)."""
 
-    agent: str
+    stream: Stream
     range: Range
     message_id: tuple[str, int]
     records: int
@@ -63,32 +65,35 @@ class _Agent:
 class Plan:
     """What a batch changes: new messages per range, and the watermarks that move."""
 
-    additions: dict[str, dict[Range, dict[tuple[str, int], int]]]
-    watermarks: dict[str, int]  # only the agents whose watermark moves
+    additions: dict[Stream, dict[Range, dict[tuple[str, int], int]]]
+    watermarks: dict[Stream, int]  # only the streams whose watermark moves
 
-    def watermark(self, agent: str, current: int) -> int:
-        return self.watermarks.get(agent, current)
+    def watermark(self, stream: Stream, current: int) -> int:
+        return self.watermarks.get(stream, current)
 
 
 class RangeTracker:
-    """Ranges and watermarks of every agent. Owned by one thread (the store's writer)."""
+    """Ranges and watermarks of every stream. Owned by one thread (the store's writer)."""
 
     def __init__(
-        self, watermarks: Mapping[str, int], max_ranges: int = MAX_RANGES_PER_AGENT
+        self, watermarks: Mapping[Stream, int], max_ranges: int = MAX_RANGES_PER_AGENT
     ) -> None:
-        self._agents = {agent: _Agent(w) for agent, w in watermarks.items()}
+        self._agents = {stream: _Agent(w) for stream, w in watermarks.items()}
         self._max_ranges = max_ranges
 
-    def watermark(self, agent: str) -> int:
-        known = self._agents.get(agent)
+    def watermark(self, stream: Stream) -> int:
+        known = self._agents.get(stream)
         return known.watermark if known is not None else 0
 
-    def watermarks(self) -> dict[str, int]:
-        return {agent: state.watermark for agent, state in self._agents.items()}
+    def watermarks(self) -> dict[Stream, int]:
+        return {stream: state.watermark for stream, state in self._agents.items()}
 
-    def pending(self, agent: str) -> int:
-        """Ranges of ``agent`` still held in memory (incomplete, or complete above a gap)."""
-        known = self._agents.get(agent)
+    def known(self, stream: Stream) -> bool:
+        return stream in self._agents
+
+    def pending(self, stream: Stream) -> int:
+        """Ranges of ``stream`` still held in memory (incomplete, or complete above a gap)."""
+        known = self._agents.get(stream)
         return len(known.ranges) if known is not None else 0
 
     def plan(self, entries: Iterable[RangeEntry]) -> Plan:
@@ -105,8 +110,8 @@ class RangeTracker:
 
     def apply(self, plan: Plan) -> None:
         """Make ``plan`` real: call only once the records it counts are committed."""
-        for agent, ranges in plan.additions.items():
-            state = self._agents.setdefault(agent, _Agent(0))
+        for stream, ranges in plan.additions.items():
+            state = self._agents.setdefault(stream, _Agent(0))
             for rng, messages in ranges.items():
                 progress = state.ranges.setdefault(rng, _Progress())
                 for message_id, records in messages.items():
@@ -119,19 +124,19 @@ class RangeTracker:
                     # Distinct messages claim more records than the range holds: the agent
                     # contradicts itself. Never complete such a range.
                     log.error(
-                        "agent %s: range (%d, %d] of %d records received %d; ignored",
-                        agent,
+                        "agent %s epoch %r: range (%d, %d] of %d records received %d; ignored",
+                        *stream,
                         rng.after,
                         rng.last,
                         rng.count,
                         progress.received,
                     )
                     state.complete.discard(rng)
-        for agent, w in plan.watermarks.items():
-            state = self._agents.setdefault(agent, _Agent(0))
+        for stream, w in plan.watermarks.items():
+            state = self._agents.setdefault(stream, _Agent(0))
             state.watermark = max(state.watermark, w)
-        for agent in plan.additions.keys() | plan.watermarks.keys():
-            self._prune(self._agents[agent])
+        for stream in plan.additions.keys() | plan.watermarks.keys():
+            self._prune(self._agents[stream])
 
     def _prune(self, state: _Agent) -> None:
         w = state.watermark
@@ -148,7 +153,7 @@ class RangeTracker:
 
 @dataclass(slots=True)
 class _Running:
-    """One agent in a draft: the watermark so far, and the complete ranges above it."""
+    """One stream in a draft: the watermark so far, and the complete ranges above it."""
 
     watermark: int
     above: list[tuple[int, int, int]]  # heap of complete ranges (after, last, count)
@@ -156,7 +161,7 @@ class _Running:
 
 
 class Draft:
-    """A plan being built entry by entry. ``watermark(agent)`` is where the entries added so
+    """A plan being built entry by entry. ``watermark(stream)`` is where the entries added so
     far would move it, kept up to date in O(log n) per entry: the store asks it after every
     held message it releases, so recomputing from scratch would be quadratic in a batch.
 
@@ -165,23 +170,33 @@ class Draft:
 
     def __init__(self, tracker: RangeTracker) -> None:
         self._tracker = tracker
-        self._additions: dict[str, dict[Range, dict[tuple[str, int], int]]] = {}
-        self._running: dict[str, _Running] = {}
+        self._additions: dict[Stream, dict[Range, dict[tuple[str, int], int]]] = {}
+        self._running: dict[Stream, _Running] = {}
+        self._floors: dict[Stream, int] = {}
 
-    def watermark(self, agent: str) -> int:
-        running = self._running.get(agent)
-        return running.watermark if running is not None else self._tracker.watermark(agent)
+    def start(self, stream: Stream, floor: int) -> None:
+        """Every seq up to ``floor`` is not of this stream (an epoch begins above it): its
+        watermark starts there. A fact the agent states, kept with the batch's plan."""
+        running = self._agent(stream)
+        if floor > running.watermark:
+            running.watermark = floor
+            self._floors[stream] = floor
+            self._advance(running)
+
+    def watermark(self, stream: Stream) -> int:
+        running = self._running.get(stream)
+        return running.watermark if running is not None else self._tracker.watermark(stream)
 
     def add(self, entry: RangeEntry) -> None:
-        agent, rng = entry.agent, entry.range
-        running = self._agent(agent)
+        stream, rng = entry.stream, entry.range
+        running = self._agent(stream)
         if rng.last <= running.watermark:
             return  # a resend of something already covered
-        known = self._tracker._agents.get(agent)
+        known = self._tracker._agents.get(stream)
         progress = known.ranges.get(rng) if known is not None else None
         if progress is not None and entry.message_id in progress.messages:
             return  # a duplicate of a committed message
-        new = self._additions.setdefault(agent, {}).setdefault(rng, {})
+        new = self._additions.setdefault(stream, {}).setdefault(rng, {})
         if entry.message_id in new:
             return  # a duplicate within the batch
         new[entry.message_id] = entry.records
@@ -195,33 +210,33 @@ class Draft:
         """The batch's effect, recomputed from the final counts: a range whose messages add
         up to more than its count (an agent contradicting itself) never moves ``W``, even if
         it looked complete while the draft was being built."""
-        watermarks: dict[str, int] = {}
-        for agent, ranges in self._additions.items():
-            known = self._tracker._agents.get(agent)
+        watermarks: dict[Stream, int] = {}
+        for stream in self._additions.keys() | self._floors.keys():
+            known = self._tracker._agents.get(stream)
             w = known.watermark if known is not None else 0
             complete = set(known.complete) if known is not None else set()
-            received = self._running[agent].received
-            for rng in ranges:
+            received = self._running[stream].received
+            for rng in self._additions.get(stream, {}):
                 if received[rng] == rng.count:
                     complete.add(rng)
                 else:
                     complete.discard(rng)
-            moved = _advance(w, complete)
+            moved = _advance(max(w, self._floors.get(stream, 0)), complete)
             if moved > w:
-                watermarks[agent] = moved
+                watermarks[stream] = moved
         return Plan(self._additions, watermarks)
 
-    def _agent(self, agent: str) -> _Running:
-        running = self._running.get(agent)
+    def _agent(self, stream: Stream) -> _Running:
+        running = self._running.get(stream)
         if running is None:
-            known = self._tracker._agents.get(agent)
+            known = self._tracker._agents.get(stream)
             if known is None:
                 running = _Running(0, [])
             else:
                 above = [(r.after, r.last, r.count) for r in known.complete]
                 heapq.heapify(above)
                 running = _Running(known.watermark, above)
-            self._running[agent] = running
+            self._running[stream] = running
         return running
 
     def _advance(self, running: _Running) -> None:

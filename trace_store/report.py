@@ -1,15 +1,32 @@
 """Query results as text: ``table`` for people, ``json`` for programs, ``csv`` for
-spreadsheets (one row per item)."""
+spreadsheets (one row per item, one column per value: ``trace_store.export``, which also
+writes XLSX).
+
+Numbers are shown as precise as their source is (``kernel.precision``): a float64's
+6.0200000000000005 is 6.02. ``trace serial`` lists continuous telemetry (``readings``)
+collapsed, one summary per station visit (count, min..max per value), unless ``kinds`` asks
+for them.
+"""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from trace_store.queries import LotTrace, MaterialsTrace, SerialTrace
+from kernel.precision import shown
+from kernel.precision import text as number_text
+from trace_store.export import csv_chunks, how, lot_table, materials_table, serial_table
+from trace_store.queries import (
+    READINGS_KINDS,
+    LotTrace,
+    MaterialsTrace,
+    ReadingsSummary,
+    SerialTrace,
+    StationVisit,
+    readings_summary,
+)
 from trace_store.storage import StoredEdge, StoredRecord
 
 FORMATS = ("table", "json", "csv")
@@ -17,22 +34,41 @@ FORMATS = ("table", "json", "csv")
 Trace = SerialTrace | LotTrace | MaterialsTrace
 
 
-def render(trace: Trace, fmt: str) -> str:
+def render(trace: Trace, fmt: str, kinds: frozenset[str] | None = None) -> str:
+    """``trace`` in ``fmt``; ``kinds`` (serial only) keeps the records of these kinds, and
+    lists readings one by one when it names them."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     if isinstance(trace, SerialTrace):
-        return {"table": _serial_table, "json": _serial_json, "csv": _serial_csv}[fmt](trace)
+        if fmt == "table":
+            return _serial_table(trace, kinds)
+        if fmt == "json":
+            return _serial_json(trace, kinds)
+        return "".join(csv_chunks(serial_table(trace, kinds)))
     if isinstance(trace, LotTrace):
-        return {"table": _lot_table, "json": _lot_json, "csv": _lot_csv}[fmt](trace)
-    return {"table": _materials_table, "json": _materials_json, "csv": _materials_csv}[fmt](trace)
+        if fmt == "csv":
+            return "".join(csv_chunks(lot_table(trace)))
+        return {"table": _lot_table, "json": _lot_json}[fmt](trace)
+    if fmt == "csv":
+        return "".join(csv_chunks(materials_table(trace)))
+    return {"table": _materials_table, "json": _materials_json}[fmt](trace)
 
 
-def nothing_found(trace: Trace) -> str:
+def nothing_found(trace: Trace, kinds: frozenset[str] | None = None) -> str:
     if isinstance(trace, SerialTrace):
+        if kinds and trace.found:
+            return f"no {'/'.join(sorted(kinds))} records for serial {trace.serial!r}"
         return f"no records for serial {trace.serial!r}"
     if isinstance(trace, LotTrace):
         return f"no serial consumed lot {trace.lot!r}"
     return f"no lots or components recorded for serial {trace.serial!r}"
+
+
+def shown_records(visit: StationVisit, kinds: frozenset[str] | None) -> list[StoredRecord]:
+    """The visit's records a report lists: those of ``kinds``, or everything but readings."""
+    if kinds:
+        return [r for r in visit.records if r.kind in kinds]
+    return [r for r in visit.records if r.kind not in READINGS_KINDS]
 
 
 # ---- one record in one line ------------------------------------------------------------------
@@ -149,17 +185,50 @@ def _v(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return number_text(value)
     return str(value)
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(_rounded(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float in it rounded to its precision (for JSON output)."""
+    if isinstance(value, float):
+        return shown(value)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def readings_text(summary: ReadingsSummary) -> str:
+    """A station visit's readings in one line: count, time span, min..max per value."""
+    by_device: dict[str, list[str]] = {}
+    for p in summary.points:
+        if p.low is None:
+            text = f"{p.point} {_v(p.last)}"
+        elif p.low == p.high:
+            text = f"{p.point} {_v(p.low)}"
+        else:
+            text = f"{p.point} {_v(p.low)}..{_v(p.high)}"
+        if p.unit and p.low is not None:
+            text += f" {p.unit}"
+        if p.bad:
+            text += f" ({p.bad} bad)"
+        by_device.setdefault(p.device, []).append(text)
+    values = "; ".join(f"{d}: {', '.join(t)}" for d, t in by_device.items())
+    span = "" if summary.records == 1 else f" until {summary.last_ts}"
+    return f"{summary.records} record(s){span}: {values} (--kind readings lists them)"
 
 
 # ---- serial --------------------------------------------------------------------------------
 
 
-def _serial_table(trace: SerialTrace) -> str:
+def _serial_table(trace: SerialTrace, kinds: frozenset[str] | None) -> str:
     out = io.StringIO()
     if trace.visits:
         stations = len({(v.agent, v.station) for v in trace.visits})
@@ -169,12 +238,26 @@ def _serial_table(trace: SerialTrace) -> str:
         )
     else:
         out.write(f"serial {trace.serial}: no records of its own\n")
+    collapse = not kinds or not (kinds & READINGS_KINDS)
     for visit in trace.visits:
+        listed = shown_records(visit, kinds)
+        collapsed = readings_summary(visit.records) if collapse and not kinds else None
+        if not listed and collapsed is None:
+            continue
         out.write(
             f"\n{visit.station}  ({visit.site}/{visit.line}, agent {visit.agent})  "
             f"{visit.first_ts} .. {visit.last_ts}\n"
         )
-        rows = [(r.ts, str(r.seq), r.kind, summary(r)) for r in visit.records]
+        rows = [(r.ts, str(r.seq), r.kind, summary(r)) for r in listed]
+        if collapsed is not None:
+            row = (
+                collapsed.first_ts,
+                str(collapsed.first_seq),
+                "readings",
+                readings_text(collapsed),
+            )
+            at = next((i for i, r in enumerate(listed) if r.seq > collapsed.first_seq), len(rows))
+            rows.insert(at, row)
         out.write(_table(("time", "seq", "kind", "details"), rows, indent="  "))
     if trace.used_in:
         out.write("\nused as a component in:\n")
@@ -186,38 +269,56 @@ def _serial_table(trace: SerialTrace) -> str:
     return out.getvalue()
 
 
-def _serial_json(trace: SerialTrace) -> str:
+def _serial_json(trace: SerialTrace, kinds: frozenset[str] | None) -> str:
+    stations = []
+    for v in trace.visits:
+        entry: dict[str, Any] = {
+            "station": v.station,
+            "site": v.site,
+            "line": v.line,
+            "agent": v.agent,
+            "first_ts": v.first_ts,
+            "last_ts": v.last_ts,
+            "records": [_record_json(r) for r in shown_records(v, kinds)],
+        }
+        collapsed = readings_summary(v.records) if not kinds else None
+        if collapsed is not None:
+            entry["readings"] = _readings_json(collapsed)
+        if entry["records"] or "readings" in entry:
+            stations.append(entry)
     doc = {
         "serial": trace.serial,
         "records": trace.records,
-        "stations": [
-            {
-                "station": v.station,
-                "site": v.site,
-                "line": v.line,
-                "agent": v.agent,
-                "first_ts": v.first_ts,
-                "last_ts": v.last_ts,
-                "records": [_record_json(r) for r in v.records],
-            }
-            for v in trace.visits
-        ],
+        "stations": stations,
         "used_in": [_edge_json(e) | {"serial": e.parent} for e in trace.used_in],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
 
-def _serial_csv(trace: SerialTrace) -> str:
-    rows: list[Sequence[Any]] = [
-        (r.station, r.site, r.line, r.agent, r.seq, r.ts, r.kind, summary(r), _compact(r.body))
-        for v in trace.visits
-        for r in v.records
-    ]
-    return _csv(("station", "site", "line", "agent", "seq", "ts", "kind", "details", "body"), rows)
+def _readings_json(summary: ReadingsSummary) -> dict[str, Any]:
+    return {
+        "records": summary.records,
+        "first_ts": summary.first_ts,
+        "last_ts": summary.last_ts,
+        "first_seq": summary.first_seq,
+        "last_seq": summary.last_seq,
+        "points": [
+            {
+                "device": p.device,
+                "point": p.point,
+                "unit": p.unit,
+                "count": p.count,
+                "bad": p.bad,
+                "min": _rounded(p.low),
+                "max": _rounded(p.high),
+            }
+            for p in summary.points
+        ],
+    }
 
 
 def _record_json(r: StoredRecord) -> dict[str, Any]:
-    return {"agent": r.agent, "seq": r.seq, "kind": r.kind, "ts": r.ts, "body": r.body}
+    return {"agent": r.agent, "seq": r.seq, "kind": r.kind, "ts": r.ts, "body": _rounded(r.body)}
 
 
 # ---- lot -----------------------------------------------------------------------------------
@@ -225,65 +326,72 @@ def _record_json(r: StoredRecord) -> dict[str, Any]:
 
 def _lot_table(trace: LotTrace) -> str:
     direct = sum(1 for a in trace.serials if a.depth == 1)
+    results = _result_counts(trace)
     header = (
         f"lot {trace.lot}: {len(trace.serials)} serial(s) affected "
-        f"({direct} consumed it directly, {len(trace.serials) - direct} through components)\n"
+        f"({direct} consumed it directly, {len(trace.serials) - direct} through components)"
+        + (f"; {results}" if results else "")
+        + "\n"
     )
-    rows = [
-        (
-            a.serial,
-            str(a.depth),
-            a.edge.child,
-            _how(a.edge),
-            a.edge.station,
-            f"{a.edge.site}/{a.edge.line}",
-            a.edge.agent,
-            str(a.edge.seq),
-            a.edge.ts,
+    rows = []
+    for a in trace.serials:
+        part = trace.parts.get(a.serial)
+        rows.append(
+            (
+                a.serial,
+                str(a.depth),
+                a.edge.child,
+                how(a.edge),
+                _upper(part.result if part else None),
+                (part.product if part else None) or "",
+                (part.work_order if part else None) or "",
+                a.edge.station,
+                f"{a.edge.site}/{a.edge.line}",
+                a.edge.agent,
+                str(a.edge.seq),
+                a.edge.ts,
+                ", ".join(trace.used_in.get(a.serial, ())),
+            )
         )
-        for a in trace.serials
-    ]
-    headers = ("serial", "depth", "via", "how", "station", "line", "agent", "seq", "time")
+    headers = (
+        "serial", "depth", "via", "how", "result", "product", "work_order", "station", "line",
+        "agent", "seq", "time", "consumed_into",
+    )  # fmt: skip
     return header + _table(headers, rows)
 
 
+def _result_counts(trace: LotTrace) -> str:
+    """``4 OK, 1 NOK, 2 without a part record``; empty when part summaries were not asked."""
+    if not trace.parts and not trace.used_in:
+        return ""
+    counts: dict[str, int] = {}
+    for a in trace.serials:
+        part = trace.parts.get(a.serial)
+        key = _upper(part.result) if part else "no part record"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def _upper(result: str | None) -> str:
+    return "-" if result is None else result.upper()
+
+
 def _lot_json(trace: LotTrace) -> str:
-    doc = {
-        "lot": trace.lot,
-        "serials": [
-            {"serial": a.serial, "depth": a.depth, "via": a.edge.child, "how": _how(a.edge)}
-            | _edge_json(a.edge)
-            for a in trace.serials
-        ],
-    }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
-def _lot_csv(trace: LotTrace) -> str:
-    rows = [
-        (
-            a.serial,
-            a.depth,
-            a.edge.child,
-            _how(a.edge),
-            a.edge.site,
-            a.edge.line,
-            a.edge.station,
-            a.edge.agent,
-            a.edge.seq,
-            a.edge.ts,
-        )
-        for a in trace.serials
-    ]
-    headers = ("serial", "depth", "via", "how", "site", "line", "station", "agent", "seq", "ts")
-    return _csv(headers, rows)
-
-
-def _how(edge: StoredEdge) -> str:
-    """How the parent took the child in: ``consumption``, ``part ctx.lot`` or ``component``."""
-    if edge.child_kind == "component":
-        return "component"
-    return "consumption" if edge.how == "consumption" else "part ctx.lot"
+    serials = []
+    for a in trace.serials:
+        part = trace.parts.get(a.serial)
+        entry = {"serial": a.serial, "depth": a.depth, "via": a.edge.child, "how": how(a.edge)}
+        entry |= _edge_json(a.edge)
+        # The edge's product is the consumed item's; the serial's own is its context's.
+        entry["consumed_product"] = entry.pop("product")
+        entry |= {
+            "product": part.product if part else None,
+            "result": part.result if part else None,
+            "work_order": part.work_order if part else None,
+            "consumed_into": list(trace.used_in.get(a.serial, ())),
+        }
+        serials.append(entry)
+    return json.dumps({"lot": trace.lot, "serials": serials}, indent=2, ensure_ascii=False) + "\n"
 
 
 # ---- materials -------------------------------------------------------------------------------
@@ -301,7 +409,7 @@ def _materials_table(trace: MaterialsTrace) -> str:
             m.kind,
             m.id,
             m.edge.parent,
-            _how(m.edge),
+            how(m.edge),
             m.edge.product or "",
             _quantity(m.edge),
             m.edge.station,
@@ -336,52 +444,13 @@ def _materials_json(trace: MaterialsTrace) -> str:
                 "kind": m.kind,
                 "id": m.id,
                 "into": m.edge.parent,
-                "how": _how(m.edge),
+                "how": how(m.edge),
             }
             | _edge_json(m.edge)
             for m in trace.materials
         ],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
-def _materials_csv(trace: MaterialsTrace) -> str:
-    rows = [
-        (
-            m.depth,
-            m.kind,
-            m.id,
-            m.edge.parent,
-            _how(m.edge),
-            m.edge.product or "",
-            "" if m.edge.quantity is None else m.edge.quantity,
-            m.edge.unit or "",
-            m.edge.site,
-            m.edge.line,
-            m.edge.station,
-            m.edge.agent,
-            m.edge.seq,
-            m.edge.ts,
-        )
-        for m in trace.materials
-    ]
-    headers = (
-        "depth",
-        "kind",
-        "id",
-        "into",
-        "how",
-        "product",
-        "quantity",
-        "unit",
-        "site",
-        "line",
-        "station",
-        "agent",
-        "seq",
-        "ts",
-    )
-    return _csv(headers, rows)
 
 
 def _quantity(edge: StoredEdge) -> str:
@@ -418,11 +487,3 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = 
         + "\n"
         for line in lines
     )
-
-
-def _csv(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(headers)
-    writer.writerows(rows)
-    return out.getvalue()

@@ -13,17 +13,22 @@ Threads and ownership
   the agent's watermark is not committed but held in memory (``held.py``) and PUBACKed with
   its batch; it is committed, in seq order, by the batch that moves the watermark up to it.
   So an agent's records in the database are always a prefix of its journal (see ``_select``).
+- **Keys.** Records are keyed by (agent, epoch, seq), and each (agent, epoch) is a *stream*
+  with its own ranges, held messages and watermark (docs/delivery.md, "The journal's
+  identity"); messages without an epoch (agents of the previous version) are the legacy
+  epoch ``''``. Two epochs of one agent writing at once (two PCs with one agent id) are logged
+  (``writers.py``); both are kept.
 - **the link keeper** (``trace-store-mqtt``) connects, notices a lost connection and connects
-  again with jittered backoff. Like ``sync/mqtt.py`` every attempt gets a fresh paho client:
-  a dead connection's outbox (stale confirmations) is never replayed after a newer one, and a
-  PUBACK can only go to the connection its message came from, never match another message that
-  reuses the id on a new connection.
+  again with jittered backoff, probing a broker it could not reach so that one coming back is
+  used at once (``link.py``). Like ``sync/mqtt.py`` every attempt gets a fresh paho client.
 
 The session is persistent (fixed client id, ``clean_session=False``, QoS 1 subscription):
 the broker queues records while the store is down, and redelivers, on the next connection,
 every message the store had not acknowledged. A message is acknowledged only after its records
 are committed, so a store killed at any instant loses nothing; what it committed but had not
-acknowledged arrives again and is dropped as a duplicate.
+acknowledged arrives again and is dropped as a duplicate. A connection without the session
+(a broker that crashed before saving it) means records published meanwhile reached nobody: the
+confirmation's ``session`` value changes (``confirm.py``) and the agents send again at once.
 
 If the database becomes unavailable the writer keeps nothing in memory it has not committed,
 except held messages (their agents resend them anyway): it reopens the database with backoff,
@@ -34,382 +39,80 @@ acknowledged.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from kernel.backoff import backoff_delay
 from trace_store.config import StoreConfig
-from trace_store.envelope import Accepted, Reason, Rejection, parse, reason_class
-from trace_store.held import Held, HeldKey, HeldMessages
-from trace_store.ranges import Draft, Plan, RangeEntry, RangeTracker
+from trace_store.confirm import SESSION_KEY, Confirmations, new_session
+from trace_store.envelope import (
+    LEGACY_EPOCH,
+    Accepted,
+    Reason,
+    Rejection,
+    Stream,
+    parse,
+)
+from trace_store.held import Held, HeldMessages
+from trace_store.link import Inbound, Link, LinkError, Marks, tls_context, wait_to_retry
+from trace_store.ranges import RangeTracker
+from trace_store.select import Selection, journal_of, select
 from trace_store.storage import (
-    AgentState,
     Batch,
-    RejectedMessage,
     Storage,
     StorageError,
     StorageUnavailable,
     open_storage,
-    utc_now,
 )
+from trace_store.throttle import RejectLog, Throttle
+from trace_store.writers import Clash, LiveWriters
 
 log = logging.getLogger(__name__)
 
-CONFIRM_SCHEMA = "edge-agent.confirm"
-CONFIRM_VERSION = 1
 MAX_BATCH_MESSAGES = 512
 MAX_BATCH_BYTES = 32 * 1024 * 1024
-EXCERPT_BYTES = 512  # of a rejected payload, kept readable in the rejected table
-REJECT_LOG_INTERVAL = 10.0  # seconds: at most one log line per rejection reason per interval
-CLOSE_GRACE = 2.0  # seconds a clean DISCONNECT may take
 JOIN_TIMEOUT = 15.0  # seconds to wait for our own threads on stop (> a blocking connect)
-PAHO_JOIN_TIMEOUT = 5.0  # seconds for paho's thread once its socket is closed (it ends at once)
-
-
-class LinkError(Exception):
-    """A connection attempt failed; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Inbound:
-    link: _Link
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
+CLASH_LOG_INTERVAL = 60.0  # seconds: at most one log line per agent with two live journals
 
 
 @dataclass(slots=True)
 class AgentIngest:
-    """What the store has seen of one agent (guarded by the store's lock)."""
+    """What the store has seen of one agent (guarded by the store's lock). Seqs and
+    watermarks are those of its current epoch: the one it began most recently."""
 
+    epoch: str = LEGACY_EPOCH  # its current epoch
     received_seq: int = 0  # highest seq of an accepted message (or the stored watermark)
     last_arrival: float | None = None  # wall clock of its last accepted message, this run
     held: int = 0  # records held now, waiting for a gap below them
+    clash: Clash | None = None  # two of its epochs last seen writing at once (this run)
 
 
 @dataclass(frozen=True, slots=True)
 class AgentView:
-    """One agent as ``agent_stats`` shows it."""
+    """One agent as ``agent_stats`` shows it (its current epoch)."""
 
     received_seq: int
     watermark: int  # committed in the database
     confirmed: int  # acknowledged by the broker as the retained confirmation
     held_records: int
     last_arrival: float | None
+    epoch: str = LEGACY_EPOCH
+    clash: Clash | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Up:
-    link: _Link
+    link: Link
 
 
 _STOP = object()
-
-
-def _tls_context(config: StoreConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=config.tls_ca)
-    if config.tls_cert is not None:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
-    return context
-
-
-class _Link:
-    """One connection: a fresh paho client and its network thread.
-
-    Callbacks run in paho's thread and only set events or hand messages to ``deliver``.
-    """
-
-    def __init__(
-        self,
-        config: StoreConfig,
-        tls: ssl.SSLContext | None,
-        deliver: Callable[[_Inbound], None],
-        changed: Callable[[], None],
-        confirmed: Callable[[str, int], None],
-    ) -> None:
-        self._config = config
-        self._deliver = deliver
-        self._notify = changed
-        self._confirmed = confirmed
-        # Confirmations waiting for their PUBACK: mid -> (agent, watermark). paho calls
-        # on_publish holding its own mutex, so this lock is never held while calling paho.
-        self._confirm_lock = threading.Lock()
-        self._confirm_pending: dict[int, tuple[str, int]] = {}
-        self._acked_early: set[int] = set()  # PUBACKs that beat publish() returning
-        self._changed = threading.Event()
-        self.subscribed = threading.Event()
-        self.lost = threading.Event()
-        self.reason = ""
-        self.session_present = False
-        self.closed = False  # set first thing in close(); read by the writer
-        self._aborted = False
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._started = False
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            clean_session=False,  # the broker queues for us while we are down
-            protocol=mqtt.MQTTv311,
-            reconnect_on_failure=False,  # the link keeper reconnects, with a fresh client
-            manual_ack=True,  # PUBACK only after the commit
-        )
-        client.connect_timeout = config.connect_timeout
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if tls is not None:
-            client.tls_set_context(tls)
-        client.on_socket_open = self._on_socket_open
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        self.client = client
-
-    @property
-    def usable(self) -> bool:
-        return self.subscribed.is_set() and not self.lost.is_set() and not self.closed
-
-    def open(self) -> None:
-        """Connect, subscribe, and return once the SUBACK is in. Raises LinkError."""
-        cfg = self._config
-        try:
-            self.client.connect(cfg.host, cfg.port, cfg.keepalive)
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise LinkError(f"cannot connect to {cfg.host}:{cfg.port}: {exc}") from exc
-        self.client.loop_start()
-        self._started = True
-        # paho keeps its thread in a private attribute; None if it already ended.
-        self._thread = self.client._thread
-        deadline = time.monotonic() + cfg.connect_timeout
-        while not self.subscribed.is_set():
-            if self.lost.is_set():
-                raise LinkError(self.reason)
-            if self._aborted:
-                raise LinkError("stopping")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LinkError(
-                    f"no CONNACK/SUBACK from {cfg.host}:{cfg.port} within {cfg.connect_timeout:g} s"
-                )
-            self._changed.wait(remaining)
-            self._changed.clear()
-
-    def abort(self) -> None:
-        """Make a pending ``open`` give up (the store is stopping)."""
-        self._aborted = True
-        self._changed.set()
-
-    def ack(self, mid: int, qos: int) -> None:
-        # On a dead link this queues into a client nobody runs: harmless, the broker
-        # redelivers the message on the next connection.
-        if qos > 0:
-            self.client.ack(mid, qos)
-
-    def publish_confirmation(self, topic: str, payload: bytes, agent: str, seq: int) -> bool:
-        """Publish retained, QoS 1; ``confirmed(agent, seq)`` is called on its PUBACK."""
-        info = self.client.publish(topic, payload, qos=1, retain=True)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
-        with self._confirm_lock:
-            early = info.mid in self._acked_early
-            if early:
-                self._acked_early.discard(info.mid)
-            else:
-                self._confirm_pending[info.mid] = (agent, seq)
-        if early:
-            self._confirmed(agent, seq)
-        return True
-
-    def close(self) -> None:
-        """Disconnect and join paho's thread. Safe in any state."""
-        self.closed = True
-        if self._started:
-            if not self.lost.is_set():
-                self.client.disconnect()  # queued behind our last PUBACKs and confirmations
-                if not self.lost.wait(CLOSE_GRACE):
-                    # The broker does not read (frozen?): a shut-down socket ends paho's loop.
-                    sock = self._sock
-                    if sock is not None:
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_RDWR)
-            # Once disconnected paho's loop ends by itself (reconnect_on_failure is off).
-            thread = self._thread
-            if thread is not None:
-                thread.join(PAHO_JOIN_TIMEOUT)
-                if thread.is_alive():
-                    log.error("paho network thread %s did not end", thread.name)
-        else:
-            with contextlib.suppress(Exception):
-                self.client.disconnect()  # closes a socket left by a failed connect
-        # Break the client <-> link cycle so the client goes now, not at the next GC.
-        self.client.on_socket_open = None
-        self.client.on_connect = None
-        self.client.on_subscribe = None
-        self.client.on_message = None
-        self.client.on_disconnect = None
-        self.client.on_publish = None
-
-    # ---- paho thread ------------------------------------------------------------------
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):  # also true for an ssl.SSLSocket
-            # Without it Nagle holds small PUBACKs back ~40 ms, and the broker's in-flight
-            # window (20 messages by default) with them.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            self._set_lost(f"broker refused the connection: {reason_code}")
-            return
-        self.session_present = bool(flags.session_present)
-        # Again on every connection: harmless when the session kept it, needed when the
-        # broker lost its persistence.
-        client.subscribe(self._config.subscription, qos=1)
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        if any(code.is_failure for code in reason_codes):
-            self._set_lost(f"broker refused the subscription to {self._config.subscription}")
-            client.disconnect()
-            return
-        self.subscribed.set()
-        self._changed.set()
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:  # brokers refuse such topics; be safe anyway
-            topic = bytes(getattr(msg, "_topic", b"")).decode("utf-8", "replace")
-        self._deliver(_Inbound(self, msg.mid, msg.qos, topic, bytes(msg.payload)))
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        with self._confirm_lock:
-            entry = self._confirm_pending.pop(mid, None)
-            if entry is None:
-                self._acked_early.add(mid)
-        if entry is not None:
-            self._confirmed(*entry)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._set_lost(f"connection ended ({reason_code})")
-
-    def _set_lost(self, reason: str) -> None:
-        if not self.lost.is_set():
-            self.reason = reason
-            self.lost.set()
-        self._changed.set()
-        self._notify()
-
-
-class _Throttle:
-    """At most one log line per key per interval, counting the lines held back meanwhile."""
-
-    def __init__(self, interval: float = REJECT_LOG_INTERVAL) -> None:
-        self._interval = interval
-        self._last: dict[Hashable, float] = {}
-        self._quiet: dict[Hashable, int] = {}
-
-    def __call__(self, key: Hashable) -> int | None:
-        """None: stay quiet now. Else log, mentioning how many lines were not logged."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._quiet[key] = self._quiet.get(key, 0) + 1
-            return None
-        self._last[key] = now
-        return self._quiet.pop(key, 0)
-
-
-class _RejectLog:
-    """One WARNING per reason per interval, with how many were not logged in between."""
-
-    def __init__(self, interval: float = REJECT_LOG_INTERVAL) -> None:
-        self._throttle = _Throttle(interval)
-
-    def __call__(self, rejection: Rejection, topic: str, size: int) -> None:
-        quiet = self._throttle(rejection.reason)
-        if quiet is None:
-            return
-        log.warning(
-            "rejected %s message on %s (%d bytes, %s): %s%s",
-            reason_class(rejection.reason),
-            topic,
-            size,
-            rejection.reason.value,
-            rejection.detail,
-            f" (+{quiet} more {rejection.reason.value} not logged)" if quiet else "",
-        )
-
-
-@dataclass(slots=True)
-class _Selection:
-    """What one batch will do, decided before anything is written or changed (``_select``):
-    a failed commit leaves the tracker and the held messages as they were."""
-
-    batch: Batch = field(default_factory=Batch)
-    plan: Plan | None = None
-    touched: dict[str, tuple[str, str]] = field(default_factory=dict)  # agent -> site, line
-    records: int = 0  # records of the batch's accepted messages, as they arrived
-    written: int = 0  # records in this transaction (some may be duplicates in the database)
-    skipped: int = 0  # records not written because they are stored (or held) already
-    released: dict[str, int] = field(default_factory=dict)  # agent -> held messages it ends
-    released_written: int = 0  # of those, messages whose records are in this transaction
-    hold: list[Held] = field(default_factory=list)  # the batch's messages to set aside
-
-    def take(self, message: Accepted, draft: Draft) -> None:
-        self.batch.rows.extend(message.rows)
-        self.batch.edges.extend(message.edges)
-        self.written += len(message.rows)
-        self.touched[message.agent] = (message.site, message.line)
-        if message.range is not None:
-            draft.add(
-                RangeEntry(message.agent, message.range, message.message_id, len(message.rows))
-            )
 
 
 class TraceStore:
@@ -430,18 +133,20 @@ class TraceStore:
         self.config = config
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._storage: Storage | None = None
+        # ---- the writer's ----
         self._tracker = RangeTracker({})
-        self._sites: dict[str, tuple[str, str]] = {}  # agent -> (site, line), last seen
-        self._pending: set[str] = set()  # agents whose watermark waits to be published
-        self._last_sent: dict[str, float] = {}  # agent -> monotonic time of last publish
-        self._up_link: _Link | None = None  # the link confirmations go to (writer's view)
-        self._reject_log = _RejectLog()
-        self._held = HeldMessages(config.max_held_records)  # the writer's
-        self._held_log = _Throttle()
+        self._confirms = Confirmations(config)
+        self._writers = LiveWriters()
+        self._journals: dict[Stream, str | None] = {}  # the journal of each known epoch
+        self._epoch_of: dict[str, str] = {}  # agent -> its current epoch
+        self._reject_log = RejectLog()
+        self._held = HeldMessages(config.max_held_records)
+        self._held_log = Throttle()
+        self._clash_log = Throttle(CLASH_LOG_INTERVAL)
         # Shared with other threads: guarded by _lock (stats, watermarks) or events.
         self._lock = threading.Condition()
-        self._committed: dict[str, int] = {}
-        self._published: dict[str, int] = {}
+        self._committed: dict[Stream, int] = {}
+        self._published: dict[Stream, int] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             (
                 "messages",
@@ -457,6 +162,8 @@ class TraceStore:
                 "disconnects",
                 "held_records",
                 "held_dropped",
+                "conflicts",
+                "clashes",
             ),
             0,
         )
@@ -470,7 +177,7 @@ class TraceStore:
         self._wake = threading.Event()  # the link keeper's doorbell
         self._failed: BaseException | None = None
         self._failed_event = threading.Event()
-        self._current: _Link | None = None
+        self._current: Link | None = None
         self._tls: ssl.SSLContext | None = None
         self._threads: list[threading.Thread] = []
         self._started = False
@@ -485,7 +192,7 @@ class TraceStore:
         self._started = True
         if self.config.use_tls:
             try:
-                self._tls = _tls_context(self.config)
+                self._tls = tls_context(self.config)
             except (OSError, ValueError) as exc:  # a missing file, a bad certificate
                 raise ValueError(f"TLS settings: {exc}") from exc
         storage = open_storage(self.config.db)
@@ -498,7 +205,7 @@ class TraceStore:
             "trace store %s: database %s, %d agent(s) known; broker %s:%d, subscribing to %s",
             self.config.store_id,
             storage.location,
-            len(self._sites),
+            len(self._confirms.sites),
             self.config.host,
             self.config.port,
             self.config.subscription,
@@ -569,25 +276,46 @@ class TraceStore:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    def watermark(self, agent: str) -> int:
-        """The agent's watermark as committed in the database."""
+    def watermark(self, agent: str, epoch: str | None = None) -> int:
+        """The watermark of the agent's ``epoch`` (by default its current one: the epoch it
+        began most recently) as committed in the database."""
         with self._lock:
-            return self._committed.get(agent, 0)
+            return self._committed.get(self._stream(agent, epoch), 0)
 
-    def confirmed(self, agent: str) -> int:
-        """The highest watermark of the agent the broker has acknowledged (PUBACK) from us:
-        it holds it as the retained confirmation."""
+    def confirmed(self, agent: str, epoch: str | None = None) -> int:
+        """The highest watermark of the agent's ``epoch`` (by default its current one) the
+        broker has acknowledged (PUBACK) from us: it holds it as the retained confirmation."""
         with self._lock:
-            return self._published.get(agent, 0)
+            return self._published.get(self._stream(agent, epoch), 0)
+
+    def epochs(self, agent: str) -> dict[str, int]:
+        """Every epoch of ``agent`` the store knows, with its committed watermark."""
+        with self._lock:
+            return {e: w for (a, e), w in self._committed.items() if a == agent}
 
     def wait_watermark(
-        self, agent: str, seq: int, timeout: float, *, published: bool = False
+        self,
+        agent: str,
+        seq: int,
+        timeout: float,
+        *,
+        published: bool = False,
+        epoch: str | None = None,
     ) -> bool:
-        """Wait until the agent's watermark reaches ``seq``: committed in the database, or
-        with ``published``, acknowledged by the broker as the retained confirmation."""
+        """Wait until the watermark of the agent's ``epoch`` (by default its current one)
+        reaches ``seq``: committed in the database, or with ``published``, acknowledged by the
+        broker as the retained confirmation."""
         source = self._published if published else self._committed
         with self._lock:
-            return self._lock.wait_for(lambda: source.get(agent, 0) >= seq, timeout)
+            return self._lock.wait_for(
+                lambda: source.get(self._stream(agent, epoch), 0) >= seq, timeout
+            )
+
+    def _stream(self, agent: str, epoch: str | None) -> Stream:
+        if epoch is None:
+            seen = self._agents.get(agent)
+            epoch = seen.epoch if seen is not None else LEGACY_EPOCH
+        return (agent, epoch)
 
     def wait_stats(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
         """Wait until ``predicate(stats())`` holds; re-checked after every commit."""
@@ -601,8 +329,10 @@ class TraceStore:
         records the watermark had passed), batches (transactions), confirmations
         (acknowledged by the broker), storage_failures, connections (successful), disconnects
         (failed attempts and lost connections), held_dropped (messages that would have exceeded
-        ``max_held_records``, or released by a batch the database refused). And one gauge:
-        held_records (records held now, every agent)."""
+        ``max_held_records``, or released by a batch the database refused), conflicts (records
+        whose key the database held for another record: kept aside, see ``keys.py``), clashes
+        (times two journals were seen writing at once under one agent id, at most one per agent
+        a minute). And one gauge: held_records (records held now, every agent)."""
         with self._lock:
             return self._stats()
 
@@ -618,10 +348,12 @@ class TraceStore:
             return {
                 agent: AgentView(
                     received_seq=seen.received_seq,
-                    watermark=self._committed.get(agent, 0),
-                    confirmed=self._published.get(agent, 0),
+                    watermark=self._committed.get((agent, seen.epoch), 0),
+                    confirmed=self._published.get((agent, seen.epoch), 0),
                     held_records=seen.held,
                     last_arrival=seen.last_arrival,
+                    epoch=seen.epoch,
+                    clash=seen.clash,
                 )
                 for agent, seen in self._agents.items()
             }
@@ -647,7 +379,7 @@ class TraceStore:
         down_since: float | None = None
         failures = 0
         while not self._stop_link.is_set():
-            link = _Link(cfg, self._tls, self._inbox.put, self._wake.set, self._broker_has)
+            link = Link(cfg, self._tls, self._inbox.put, self._wake.set, self._broker_has)
             self._current = link
             up_at: float | None = None
             try:
@@ -679,8 +411,10 @@ class TraceStore:
                     self._wake.wait()
                     self._wake.clear()
                 reason = link.reason or "closed"
+                unreachable = False
             except LinkError as exc:
                 reason = str(exc)
+                unreachable = exc.unreachable
             finally:
                 self._ready.clear()
                 link.close()
@@ -711,7 +445,7 @@ class TraceStore:
                 )
             else:
                 log.debug("MQTT broker %s:%d still unreachable: %s", cfg.host, cfg.port, reason)
-            self._stop_link.wait(backoff_delay(attempt, cfg.backoff_initial, cfg.backoff_max))
+            wait_to_retry(cfg, attempt, unreachable, self._stop_link)
             attempt += 1
 
     def _request_cycle(self) -> None:
@@ -721,15 +455,22 @@ class TraceStore:
     # ---- writer thread -----------------------------------------------------------------------
 
     def _load(self, storage: Storage) -> None:
-        agents = storage.agents()
+        streams = storage.streams()  # oldest first: the last one of an agent is its current
+        session = storage.meta(SESSION_KEY)
         self._storage = storage
-        self._tracker = RangeTracker({a.agent: a.watermark for a in agents.values()})
-        self._sites = {a.agent: (a.site, a.line) for a in agents.values()}
+        self._tracker = RangeTracker({s.stream: s.watermark for s in streams})
+        self._journals = {s.stream: s.journal for s in streams}
+        self._epoch_of = {s.agent: s.epoch for s in streams}
+        self._confirms.load(streams)
+        if session is not None:
+            self._confirms.session = session
         with self._lock:
-            for a in agents.values():
-                self._committed[a.agent] = max(self._committed.get(a.agent, 0), a.watermark)
-                seen = self._agents.setdefault(a.agent, AgentIngest())
-                seen.received_seq = max(seen.received_seq, a.watermark)
+            for s in streams:
+                self._committed[s.stream] = max(self._committed.get(s.stream, 0), s.watermark)
+                seen = self._agents.setdefault(s.agent, AgentIngest())
+                if seen.epoch != s.epoch:
+                    seen.epoch, seen.received_seq = s.epoch, 0
+                seen.received_seq = max(seen.received_seq, s.watermark)
             self._lock.notify_all()
 
     def _writer_main(self) -> None:
@@ -737,20 +478,20 @@ class TraceStore:
             stopping = False
             while not stopping:
                 items = self._next_items()
-                inbound: list[_Inbound] = []
-                ups: list[_Link] = []
+                inbound: list[Inbound] = []
+                ups: list[Link] = []
                 for item in items:
                     if item is _STOP:
                         stopping = True
                     elif isinstance(item, _Up):
                         ups.append(item.link)
-                    elif isinstance(item, _Inbound):
+                    elif isinstance(item, Inbound):
                         inbound.append(item)
                 if inbound:
                     self._handle(inbound)
                 for link in ups:
-                    self._publish_all(link)
-                self._flush_confirmations(force=stopping)
+                    self._connected(link)
+                self._confirms.flush(self._tracker, force=stopping)
         except BaseException as exc:  # a bug: make it visible and let run() end the process
             log.critical("trace store writer failed", exc_info=True)
             self._failed = exc
@@ -764,29 +505,29 @@ class TraceStore:
     def _next_items(self) -> list[object]:
         """Every item waiting, at least one (or none when a confirmation falls due)."""
         try:
-            first = self._inbox.get(timeout=self._confirm_wait())
+            first = self._inbox.get(timeout=self._confirms.due_in())
         except queue.Empty:
             return []
         items = [first]
-        size = len(first.payload) if isinstance(first, _Inbound) else 0
+        size = len(first.payload) if isinstance(first, Inbound) else 0
         while len(items) < MAX_BATCH_MESSAGES and size < MAX_BATCH_BYTES:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
             items.append(item)
-            if isinstance(item, _Inbound):
+            if isinstance(item, Inbound):
                 size += len(item.payload)
         return items
 
-    def _handle(self, inbound: list[_Inbound]) -> None:
+    def _handle(self, inbound: list[Inbound]) -> None:
         # Messages of a closed connection are not acknowledged anyway: the broker sends them
         # again on the current one.
         live = [m for m in inbound if not m.link.closed]
         if not live or self._storage is None:
             return
         cfg = self.config
-        checked: list[tuple[_Inbound, Accepted | Rejection]] = [
+        checked: list[tuple[Inbound, Accepted | Rejection]] = [
             (
                 m,
                 parse(
@@ -801,7 +542,7 @@ class TraceStore:
         ]
         self._commit_isolating(checked)
 
-    def _commit_isolating(self, checked: list[tuple[_Inbound, Accepted | Rejection]]) -> None:
+    def _commit_isolating(self, checked: list[tuple[Inbound, Accepted | Rejection]]) -> None:
         """Commit a batch; if the database refuses it for its content, find the message it
         refuses by committing them one by one, and keep that one aside as rejected."""
         selection = self._select(checked)
@@ -833,110 +574,49 @@ class TraceStore:
             detail = f"{type(exc).__name__}: {exc}"[:500]
             self._commit_isolating([(message, Rejection(Reason.STORE_ERROR, detail, result.agent))])
 
-    def _select(self, checked: list[tuple[_Inbound, Accepted | Rejection]]) -> _Selection:
-        """Decide what the batch commits, what it sets aside and which held messages it
-        releases; changes nothing.
-
-        A message of an agent that allows it (``Accepted.holdable``) whose range starts above
-        the agent's watermark ``W`` is held: committing it would put records in the database
-        whose predecessors are not, and a recall query could see a part without its context.
-        Everything else is committed as it comes. Then, per agent, held messages (and this
-        batch's holdable ones) are taken in order of ``after`` while ``after <= W``, ``W``
-        moving with every one taken: a resend that fills a gap commits the gap and everything
-        held above it in this one transaction.
-        """
-        tracker = self._tracker
-        held = self._held
-        draft = tracker.draft()
-        selection = _Selection()
-        waiting: dict[str, list[Held]] = {}
-        now = utc_now()
-        for message, result in checked:
-            if isinstance(result, Rejection):
-                selection.batch.rejected.append(_rejected_row(message, result, now))
-                continue
-            selection.records += len(result.rows)
-            rng = result.range
-            if result.holdable and rng is not None and rng.after > tracker.watermark(result.agent):
-                waiting.setdefault(result.agent, []).append(held.wrap(result))
-            else:
-                selection.take(result, draft)
-        agents = set(waiting)
-        for agent in held.agents():
-            first = held.pending(agent)[0]
-            if first.range.after <= draft.watermark(agent):
-                agents.add(agent)  # W moved (or was already) up to its first held message
-        for agent in sorted(agents):
-            self._release(agent, sorted(waiting.get(agent, ()), key=Held.order), draft, selection)
-        selection.hold.sort(key=lambda h: h.arrival)  # the bound drops the latest first
-        selection.plan = draft.plan()
-        for agent, (site, line) in selection.touched.items():
-            w = selection.plan.watermark(agent, tracker.watermark(agent))
-            selection.batch.agents[agent] = AgentState(agent, site, line, w)
-        return selection
-
-    def _release(self, agent: str, new: list[Held], draft: Draft, selection: _Selection) -> None:
-        """Take the agent's held messages and its new holdable ones (both sorted by ``after``)
-        while they are contiguous; set the rest of the new ones aside."""
-        pool = self._held.pending(agent)
-        seen: set[HeldKey] = set()
-        i = j = 0
-        while True:
-            if i < len(pool) and (j == len(new) or pool[i].order() <= new[j].order()):
-                candidate, from_pool = pool[i], True
-            elif j < len(new):
-                candidate, from_pool = new[j], False
-            else:
-                break
-            w = draft.watermark(agent)
-            if candidate.range.after > w:
-                break  # still a gap below it, and below everything after it
-            if from_pool:
-                i += 1
-            else:
-                j += 1
-            if candidate.key in seen or candidate.range.last <= w:
-                # A copy of a message taken just before (equal keys sort together), or
-                # records W has passed: every one of them is stored already.
-                selection.skipped += candidate.records
-                continue
-            seen.add(candidate.key)
-            selection.take(candidate.message, draft)
-            if from_pool:
-                selection.released_written += 1
-        if i:
-            selection.released[agent] = i
-        for candidate in new[j:]:
-            if candidate.key in seen or self._held.holds(agent, candidate.key):
-                selection.skipped += candidate.records  # a redelivery of a held message
-                continue
-            seen.add(candidate.key)
-            selection.hold.append(candidate)
+    def _select(self, checked: list[tuple[Inbound, Accepted | Rejection]]) -> Selection:
+        return select(checked, self._tracker, self._held, self._journals, self._epoch_of)
 
     def _commit(
-        self, checked: list[tuple[_Inbound, Accepted | Rejection]], selection: _Selection
+        self, checked: list[tuple[Inbound, Accepted | Rejection]], selection: Selection
     ) -> None:
         storage = self._storage
         assert storage is not None
         assert selection.plan is not None
         tracker = self._tracker
         batch, plan = selection.batch, selection.plan
-        written = bool(batch.rows or batch.rejected or batch.agents)
+        written = bool(batch.rows or batch.rejected or batch.agents or batch.streams)
         # The one commit. A batch of held messages only has nothing to write.
         inserted = storage.write(batch) if written else 0
         tracker.apply(plan)
-        involved = selection.released.keys() | {h.message.agent for h in selection.hold}
-        had = {a: self._held.records_of(a) for a in involved}
-        for agent, n in selection.released.items():
-            self._held.remove_first(agent, n)
+        involved = selection.released.keys() | {h.message.stream for h in selection.hold}
+        had = {stream: self._held.records_of(stream) for stream in involved}
+        for stream, n in selection.released.items():
+            self._held.remove_first(stream, n)
         dropped = [h for h in selection.hold if not self._held.add(h)]
         for message, _ in checked:  # in arrival order, as MQTT requires
             message.link.ack(message.mid, message.qos)
-        self._sites.update(selection.touched)
-        self._pending.update(plan.watermarks)
+        confirms = self._confirms
+        for stream in batch.streams:
+            self._journals[stream] = journal_of(stream, selection, self._journals)
+        self._epoch_of.update(selection.fresh)
+        confirms.sites.update(selection.touched)
+        confirms.pending.update(agent for agent, _ in plan.watermarks)
+        confirms.pending.update(selection.reconfirm)
+        clock = time.monotonic()
+        clashes: dict[str, Clash] = {}
+        for stream in selection.streams:
+            if confirms.touch(*stream):
+                confirms.pending.add(stream[0])  # an epoch its confirmation did not list
+        for _, result in checked:
+            if isinstance(result, Accepted):
+                clash = self._writers.observe(result, clock)
+                if clash is not None:
+                    clashes[clash.agent] = clash
         accepted = len(checked) - len(batch.rejected)
         kinds, arrived = _arrivals(checked)
         now = time.time()
+        logged = [c for c in clashes.values() if self._clash_log(c.agent) is not None]
         with self._lock:
             c = self._counters
             c["batches"] += written
@@ -945,32 +625,71 @@ class TraceStore:
             c["rejected"] += len(batch.rejected)
             c["records"] += selection.records
             c["inserted"] += inserted
-            c["duplicates"] += selection.written - inserted + selection.skipped
+            c["conflicts"] += len(batch.conflicts)
+            c["duplicates"] += (
+                selection.written - inserted - len(batch.conflicts) + selection.skipped
+            )
             c["held_records"] = self._held.records
             c["held_dropped"] += len(dropped)
+            c["clashes"] += len(logged)
             for row in batch.rejected:
                 self._rejected[row.reason] = self._rejected.get(row.reason, 0) + 1
             for kind, n in kinds.items():
                 self._kinds[kind] = self._kinds.get(kind, 0) + n
-            for agent, last in arrived.items():
+            for agent, epoch in selection.fresh.items():
                 seen = self._agents.setdefault(agent, AgentIngest())
-                seen.received_seq = max(seen.received_seq, last)
+                if seen.epoch != epoch:
+                    seen.epoch, seen.received_seq = epoch, tracker.watermark((agent, epoch))
+            for (agent, epoch), last in arrived.items():
+                seen = self._agents.setdefault(agent, AgentIngest())
                 seen.last_arrival = now
-            for agent in involved:
-                self._agents.setdefault(agent, AgentIngest()).held = self._held.records_of(agent)
-            for agent, w in plan.watermarks.items():
-                self._committed[agent] = w
+                if epoch == seen.epoch:
+                    seen.received_seq = max(seen.received_seq, last)
+            for agent in {stream[0] for stream in involved}:
+                self._agents.setdefault(agent, AgentIngest()).held = self._held_of(agent)
+            for agent, clash in clashes.items():
+                self._agents.setdefault(agent, AgentIngest()).clash = clash
+            for stream, w in plan.watermarks.items():
+                self._committed[stream] = w
             self._lock.notify_all()
         for message, result in checked:
             if isinstance(result, Rejection):
                 self._reject_log(result, message.topic, len(message.payload))
         self._log_holding(had, dropped)
+        self._log_identity(batch, logged)
 
-    def _drop_released(self, selection: _Selection, exc: Exception) -> None:
+    def _held_of(self, agent: str) -> int:
+        return sum(self._held.records_of(s) for s in self._held.agents() if s[0] == agent)
+
+    def _log_identity(self, batch: Batch, clashes: list[Clash]) -> None:
+        for clash in clashes:
+            log.warning(
+                "agent %s: two journals write at once under this agent id (journal %s epoch "
+                "%s, and journal %s epoch %s: %.0f s of record time in common); the records of "
+                "both are kept apart, by epoch. Give one of the PCs its own agent.id "
+                "(docs/operator.md, duplicate_agent)",
+                clash.agent,
+                clash.one.journal or "?",
+                clash.one.epoch or "(legacy)",
+                clash.other.journal or "?",
+                clash.other.epoch or "(legacy)",
+                clash.overlap,
+            )
+        for row in batch.conflicts[:10]:
+            log.error(
+                "agent %s: record seq %d (epoch %s) arrived with the key of another record the "
+                "store holds; kept in the conflicts table, not dropped (an agent of the "
+                "previous version with a replaced journal, or a cloned running PC)",
+                row.agent,
+                row.seq,
+                row.epoch or "(legacy)",
+            )
+
+    def _drop_released(self, selection: Selection, exc: Exception) -> None:
         """Forget the held messages a failed commit would have released."""
         dropped = selection.released_written  # the others were stored already
-        for agent, n in selection.released.items():
-            self._held.remove_first(agent, n)
+        for stream, n in selection.released.items():
+            self._held.remove_first(stream, n)
         log.error(
             "database refused a batch with %d held message(s) (%s: %s); dropped them, "
             "the agents resend them",
@@ -981,44 +700,44 @@ class TraceStore:
         with self._lock:
             self._counters["held_records"] = self._held.records
             self._counters["held_dropped"] += dropped
-            for agent in selection.released:
-                self._agents.setdefault(agent, AgentIngest()).held = self._held.records_of(agent)
+            for agent in {stream[0] for stream in selection.released}:
+                self._agents.setdefault(agent, AgentIngest()).held = self._held_of(agent)
             self._lock.notify_all()
 
-    def _log_holding(self, had: dict[str, int], dropped: list[Held]) -> None:
+    def _log_holding(self, had: dict[Stream, int], dropped: list[Held]) -> None:
         """A gap opening or closing (INFO), the bound reached (WARNING); each at most once per
-        agent per interval. ``had``: the records held before the commit, per agent involved."""
+        stream per interval. ``had``: the records held before the commit, per stream involved."""
         held = self._held
-        for agent, before in sorted(had.items()):
-            now = held.records_of(agent)
+        for stream, before in sorted(had.items()):
+            now = held.records_of(stream)
             if before == 0 and now:
                 kind, text = "gap", "holding messages above the gap after watermark %d"
             elif before and now == 0:
                 kind, text = "closed", "gap closed, held messages released; watermark %d"
             else:
                 continue
-            quiet = self._held_log((kind, agent))
+            quiet = self._held_log((kind, stream))
             if quiet is not None:
                 log.info(
                     "agent %s: " + text + " (%d records held before, %d now)%s",
-                    agent,
-                    self._tracker.watermark(agent),
+                    _named(stream),
+                    self._tracker.watermark(stream),
                     before,
                     now,
                     f" (+{quiet} more not logged)" if quiet else "",
                 )
         for h in dropped:
-            agent = h.message.agent
-            quiet = self._held_log(("dropped", agent))
+            stream = h.message.stream
+            quiet = self._held_log(("dropped", stream))
             if quiet is not None:
                 log.warning(
                     "agent %s: dropped a message of range (%d, %d] instead of holding it: "
                     "%d records held already, at most %d (--max-held-records); the agent "
                     "resends it%s",
-                    agent,
+                    _named(stream),
                     h.range.after,
                     h.range.last,
-                    held.records_of(agent),
+                    held.records_of(stream),
                     held.max_records,
                     f" (+{quiet} more not logged)" if quiet else "",
                 )
@@ -1056,98 +775,53 @@ class TraceStore:
 
     # ---- confirmations ------------------------------------------------------------------------
 
-    def _confirm_wait(self) -> float | None:
-        """Seconds until the next coalesced confirmation is due (None: nothing pending)."""
-        if not self._pending:
-            return None
-        now = time.monotonic()
-        interval = self.config.confirm_interval
-        due = min(self._last_sent.get(agent, -interval) + interval for agent in self._pending)
-        return max(0.0, due - now)
+    def _connected(self, link: Link) -> None:
+        """A connection is up: republish every confirmation. Without our session the broker
+        routed records published meanwhile to nobody: a new ``session`` value tells the
+        agents to send again from their watermark at once (``confirm.py``)."""
+        confirms = self._confirms
+        if not link.session_present or not confirms.session:
+            before = confirms.session
+            confirms.session = new_session()
+            if before:
+                log.warning(
+                    "the broker had no session for this store (lost in a crash, or expired): "
+                    "records published while it had none reached nobody; the agents are told "
+                    "to send again from their watermarks (session %s -> %s)",
+                    before,
+                    confirms.session,
+                )
+            if self._storage is not None:
+                try:
+                    self._storage.set_meta(SESSION_KEY, confirms.session)
+                except StorageError as exc:  # kept in memory; a restart makes a new one
+                    log.warning("cannot save the session value: %s", exc)
+        confirms.publish_all(link, self._tracker)
 
-    def _flush_confirmations(self, force: bool) -> None:
-        if not self._pending:
-            return
-        link = self._up_link
-        if link is None or not link.usable:
-            # Nobody to tell now; the next connection republishes every watermark.
-            self._pending.clear()
-            return
-        now = time.monotonic()
-        interval = self.config.confirm_interval
-        for agent in sorted(self._pending):
-            if force or now - self._last_sent.get(agent, -interval) >= interval:
-                self._pending.discard(agent)
-                self._publish(link, agent, now)
-
-    def _publish_all(self, link: _Link) -> None:
-        """A new connection: (re)publish every known watermark, so the retained message is
-        right even if the broker lost it, and nothing coalesced is left behind."""
-        self._up_link = link
-        self._pending.clear()
-        now = time.monotonic()
-        for agent, w in sorted(self._tracker.watermarks().items()):
-            if w > 0:
-                self._publish(link, agent, now)
-
-    def _publish(self, link: _Link, agent: str, now: float) -> None:
-        site_line = self._sites.get(agent)
-        if site_line is None:
-            return
-        w = self._tracker.watermark(agent)
-        payload = json.dumps(
-            {
-                "schema": CONFIRM_SCHEMA,
-                "v": CONFIRM_VERSION,
-                "agent": agent,
-                "seq": w,
-                "store": self.config.store_id,
-                "ts": utc_now(),
-            },
-            separators=(",", ":"),
-        ).encode()
-        self._last_sent[agent] = now
-        # If the link just died this goes nowhere; the next connection republishes.
-        link.publish_confirmation(self.config.confirm_topic(*site_line, agent), payload, agent, w)
-
-    def _broker_has(self, agent: str, seq: int) -> None:
+    def _broker_has(self, agent: str, marks: Marks) -> None:
         """paho thread: the broker acknowledged a confirmation (it holds it, retained)."""
         with self._lock:
             self._counters["confirmations"] += 1
-            self._published[agent] = max(self._published.get(agent, 0), seq)
+            for stream, seq in marks.items():
+                self._published[stream] = max(self._published.get(stream, 0), seq)
             self._lock.notify_all()
 
 
 def _arrivals(
-    checked: list[tuple[_Inbound, Accepted | Rejection]],
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Records by kind and the highest seq per agent, of a batch's accepted messages."""
+    checked: list[tuple[Inbound, Accepted | Rejection]],
+) -> tuple[dict[str, int], dict[Stream, int]]:
+    """Records by kind and the highest seq per stream, of a batch's accepted messages."""
     kinds: dict[str, int] = {}
-    last: dict[str, int] = {}
+    last: dict[Stream, int] = {}
     for _, result in checked:
         if isinstance(result, Accepted):
             for row in result.rows:
                 kinds[row.kind] = kinds.get(row.kind, 0) + 1
-            last[result.agent] = max(last.get(result.agent, 0), result.last_seq)
+            last[result.stream] = max(last.get(result.stream, 0), result.last_seq)
     return kinds, last
 
 
-def _rejected_row(message: _Inbound, rejection: Rejection, now: str) -> RejectedMessage:
-    payload = message.payload
-    excerpt = payload[:EXCERPT_BYTES].decode("utf-8", "replace").replace("\0", "\ufffd")
-    return RejectedMessage(
-        received_at=now,
-        reason=rejection.reason.value,
-        detail=_clean_text(rejection.detail),
-        topic=_clean_text(message.topic),
-        size=len(payload),
-        agent=rejection.agent,
-        excerpt=excerpt,
-        # Kept whole (it is at most max_message_bytes) so it can be replayed once the cause is
-        # fixed: the agent deleted these records when the broker acknowledged them.
-        payload=None if rejection.reason is Reason.OVERSIZED else payload,
-    )
-
-
-def _clean_text(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8").replace("\0", "\ufffd")
+def _named(stream: Stream) -> str:
+    """An agent, and its epoch when it has one, for the log."""
+    agent, epoch = stream
+    return f"{agent} (epoch {epoch})" if epoch else agent

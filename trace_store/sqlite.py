@@ -24,9 +24,7 @@ class SqliteStorage(Storage):
                 uri = f"file:{Path(path).resolve()}?mode=ro"
                 # check_same_thread off: the workbench's pool hands a reader to one worker
                 # thread at a time, not always the one that opened it.
-                conn = sqlite3.connect(
-                    uri, uri=True, isolation_level=None, check_same_thread=False
-                )
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
                 # check_same_thread off: the store opens the file in the caller's thread (so a
                 # bad path fails at start-up) and then hands it to its writer thread; only one

@@ -3,10 +3,16 @@
 Both backends run the same SQL (written with ``?`` placeholders; PostgreSQL's get ``%s``)
 except for a few dialect words. Tables:
 
-- ``records``: one row per record, ``PRIMARY KEY (agent, seq)``; the body as JSON text.
+- ``records``: one row per record, ``PRIMARY KEY (agent, epoch, seq)``; the body as JSON text.
+  ``epoch`` is the journal epoch the record was made in (``''``: agents of the previous
+  version, whose key was (agent, seq)); see docs/delivery.md, "The journal's identity".
 - ``genealogy``: the edges recall queries walk: serial <- lot or component, from consumption
   records and from part records' ``ctx.lot``; keyed by the record that states them.
-- ``agents``: per agent its site, line and watermark (what the store has confirmed).
+- ``epochs``: per (agent, epoch) its journal, first seq and watermark (what the store has
+  confirmed); ``agents``: per agent its site, line and the watermark of its current epoch.
+- ``conflicts``: records that arrived with a key the store holds for another record (a
+  journal clone the identity could not tell apart, a legacy agent with a replaced journal):
+  kept here, never dropped as duplicates (``trace_store/keys.py``).
 - ``rejected``: messages kept aside, with the reason and the payload.
 
 Every write is one transaction, and inserts are ``ON CONFLICT DO NOTHING``: a duplicate costs
@@ -22,9 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from trace_store.envelope import Edge, Row
+from trace_store import keys
+from trace_store.envelope import LEGACY_EPOCH, Edge, Row, Stream
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 keyed records by (agent, epoch, seq) and added ``epochs`` and ``conflicts``; a version-1
+database is migrated when the store opens it (``keys.migrate_v1``)."""
 CHUNK = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 
@@ -39,10 +48,32 @@ class StorageUnavailable(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class AgentState:
+    """An agent's row: where it is, and the watermark of its current epoch."""
+
     agent: str
     site: str
     line: str
     watermark: int
+    epoch: str = LEGACY_EPOCH
+    journal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """One (agent, epoch): its journal, its first seq and its watermark."""
+
+    agent: str
+    epoch: str
+    site: str
+    line: str
+    watermark: int
+    first_seq: int = 1
+    journal: str | None = None
+    updated_at: str = ""
+
+    @property
+    def stream(self) -> Stream:
+        return (self.agent, self.epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +95,10 @@ class Batch:
     rows: list[Row] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     agents: dict[str, AgentState] = field(default_factory=dict)
+    streams: dict[Stream, StreamState] = field(default_factory=dict)
     rejected: list[RejectedMessage] = field(default_factory=list)
+    # Filled by ``write``: rows whose key the database held for a different record.
+    conflicts: list[Row] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +113,7 @@ class StoredRecord:
     serial: str | None
     body: dict[str, Any]
     received_at: str
+    epoch: str = LEGACY_EPOCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +131,7 @@ class StoredEdge:
     product: str | None
     quantity: float | None
     unit: str | None
+    epoch: str = LEGACY_EPOCH
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +154,7 @@ class AgentFreshness:
         return 0 if self.last_seq is None else max(0, self.last_seq - self.watermark)
 
 
-RECORD_COLUMNS = "agent, seq, site, line, station, kind, ts, serial, body, received_at"
+RECORD_COLUMNS = "agent, seq, site, line, station, kind, ts, serial, body, received_at, epoch"
 
 
 def utc_now() -> str:
@@ -170,8 +206,8 @@ class Storage(ABC):
             if batch.rows:
                 inserted = self._executemany(
                     "INSERT INTO records (agent, seq, site, line, station, kind, ts, serial, "
-                    "body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (agent, seq) DO NOTHING",
+                    "body, received_at, epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (agent, epoch, seq) DO NOTHING",
                     [
                         (
                             r.agent,
@@ -184,16 +220,21 @@ class Storage(ABC):
                             r.serial,
                             r.body,
                             now,
+                            r.epoch,
                         )
                         for r in batch.rows
                     ],
                 )
+                if inserted < len(batch.rows):
+                    # Some keys were held already: copies of the same records (resends), or,
+                    # where the identity could not tell two records apart, another record.
+                    batch.conflicts = keys.conflicts(self, batch.rows, now)
             if batch.edges:
                 self._executemany(
                     "INSERT INTO genealogy (agent, seq, parent, child_kind, child, how, site, "
-                    "line, station, ts, product, quantity, unit) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (agent, seq, child_kind, child) DO NOTHING",
+                    "line, station, ts, product, quantity, unit, epoch) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (agent, epoch, seq, child_kind, child) DO NOTHING",
                     [
                         (
                             e.agent,
@@ -209,20 +250,30 @@ class Storage(ABC):
                             e.product,
                             e.quantity,
                             e.unit,
+                            e.epoch,
                         )
                         for e in batch.edges
                     ],
                 )
             if batch.agents:
-                # The watermark only grows, whatever a caller passes.
+                # The watermark only grows within an epoch, whatever a caller passes; a new
+                # current epoch (a replaced journal) brings its own.
                 self._executemany(
-                    "INSERT INTO agents (agent, site, line, watermark, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET "
+                    "INSERT INTO agents (agent, site, line, watermark, updated_at, epoch, "
+                    "journal) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent) DO UPDATE SET "
                     "site = excluded.site, line = excluded.line, "
-                    f"watermark = {self.greatest}(agents.watermark, excluded.watermark), "
+                    "watermark = CASE WHEN agents.epoch = excluded.epoch THEN "
+                    f"{self.greatest}(agents.watermark, excluded.watermark) "
+                    "ELSE excluded.watermark END, "
+                    "epoch = excluded.epoch, journal = excluded.journal, "
                     "updated_at = excluded.updated_at",
-                    [(a.agent, a.site, a.line, a.watermark, now) for a in batch.agents.values()],
+                    [
+                        (a.agent, a.site, a.line, a.watermark, now, a.epoch, a.journal)
+                        for a in batch.agents.values()
+                    ],
                 )
+            if batch.streams:
+                keys.write_streams(self, list(batch.streams.values()), now)
             if batch.rejected:
                 self._executemany(
                     "INSERT INTO rejected (received_at, reason, detail, topic, size, agent, "
@@ -247,8 +298,34 @@ class Storage(ABC):
 
     def agents(self) -> dict[str, AgentState]:
         with self._transaction():
-            rows = self._execute("SELECT agent, site, line, watermark FROM agents")
-        return {r[0]: AgentState(r[0], r[1], r[2], int(r[3])) for r in rows}
+            rows = self._execute("SELECT agent, site, line, watermark, epoch, journal FROM agents")
+        return {r[0]: AgentState(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows}
+
+    def streams(self) -> list[StreamState]:
+        """Every (agent, epoch) the store knows, with its watermark, oldest first."""
+        with self._transaction():
+            rows = self._execute(
+                "SELECT agent, epoch, site, line, watermark, first_seq, journal, updated_at "
+                "FROM epochs ORDER BY first_seen, agent, epoch"
+            )
+        return [StreamState(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), r[6], r[7]) for r in rows]
+
+    def conflicts(self, agent: str | None = None) -> list[StoredRecord]:
+        """Records kept aside because their key was held for another record."""
+        return keys.kept_conflicts(self, agent)
+
+    def meta(self, key: str) -> str | None:
+        with self._transaction():
+            rows = self._execute("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction():
+            self._execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def records_of_serial(self, serial: str) -> list[StoredRecord]:
         with self._transaction():
@@ -257,6 +334,11 @@ class Storage(ABC):
                 (serial,),
             )
         return [_record(r) for r in rows]
+
+    def serial_exists(self, serial: str) -> bool:
+        with self._transaction():
+            rows = self._execute("SELECT 1 FROM records WHERE serial = ? LIMIT 1", (serial,))
+        return bool(rows)
 
     def parts_of(self, serials: Sequence[str]) -> list[StoredRecord]:
         """The part records of ``serials`` (index ``records_serial_kind``: only part rows are
@@ -305,6 +387,15 @@ class Storage(ABC):
             rows = self._execute(sql, params)
         return [_record(r) for r in rows]
 
+    def last_ts(self, station: str, kind: str = "part") -> str | None:
+        """The time of the station's newest record of ``kind`` (one index probe)."""
+        with self._transaction():
+            rows = self._execute(
+                "SELECT ts FROM records WHERE station = ? AND kind = ? ORDER BY ts DESC LIMIT 1",
+                (station, kind),
+            )
+        return rows[0][0] if rows else None
+
     def stations(self) -> list[tuple[str, str, str]]:
         """Every (station, site, line) that has part records, the line being the one of the
         station's latest part. A loose index scan: one index probe per station, not a scan
@@ -334,14 +425,15 @@ class Storage(ABC):
         out: list[AgentFreshness] = []
         with self._transaction():
             agents = self._execute(
-                "SELECT agent, site, line, watermark, updated_at FROM agents ORDER BY site, "
-                "line, agent"
+                "SELECT agent, site, line, watermark, updated_at, epoch FROM agents ORDER BY "
+                "site, line, agent"
             )
-            for agent, site, line, watermark, updated_at in agents:
+            for agent, site, line, watermark, updated_at, epoch in agents:
+                # The watermark is the current epoch's: its seqs are the ones to compare.
                 last = self._execute(
                     "SELECT seq, ts, station, received_at FROM records WHERE agent = ? "
-                    "ORDER BY seq DESC LIMIT 1",
-                    (agent,),
+                    "AND epoch = ? ORDER BY seq DESC LIMIT 1",
+                    (agent, epoch),
                 )
                 seq, ts, station, received = last[0] if last else (None, None, None, None)
                 out.append(
@@ -359,12 +451,15 @@ class Storage(ABC):
                 )
         return out
 
-    def record(self, agent: str, seq: int) -> StoredRecord | None:
+    def record(self, agent: str, seq: int, epoch: str | None = None) -> StoredRecord | None:
+        """The record (agent, epoch, seq); without ``epoch``, of any epoch (the first)."""
+        sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE agent = ? AND seq = ?"
+        params: list[Any] = [agent, seq]
+        if epoch is not None:
+            sql += " AND epoch = ?"
+            params.append(epoch)
         with self._transaction():
-            rows = self._execute(
-                f"SELECT {RECORD_COLUMNS} FROM records WHERE agent = ? AND seq = ?",
-                (agent, seq),
-            )
+            rows = self._execute(sql + " ORDER BY epoch LIMIT 1", params)
         return _record(rows[0]) if rows else None
 
     def count_records(self, agent: str | None = None) -> int:
@@ -409,7 +504,7 @@ class Storage(ABC):
                 marks = ", ".join("?" * len(chunk))
                 rows = self._execute(
                     "SELECT agent, seq, parent, child_kind, child, how, site, line, station, ts, "
-                    f"product, quantity, unit FROM genealogy WHERE {column} IN ({marks}) "
+                    f"product, quantity, unit, epoch FROM genealogy WHERE {column} IN ({marks}) "
                     "ORDER BY ts, agent, seq",
                     [*fixed, *chunk],
                 )
@@ -428,6 +523,7 @@ class Storage(ABC):
                         r[10],
                         None if r[11] is None else float(r[11]),
                         r[12],
+                        r[13],
                     )
                     for r in rows
                 )
@@ -438,26 +534,46 @@ class Storage(ABC):
 
     def _create_schema(self, ddl: Sequence[str]) -> None:
         with self._transaction():
-            for statement in ddl:
-                self._execute(statement)
+            self._execute(META_DDL)
             rows = self._execute("SELECT value FROM meta WHERE key = 'schema_version'")
-            if not rows:
-                self._execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            elif int(rows[0][0]) > SCHEMA_VERSION:
+            version = int(rows[0][0]) if rows else None
+            if version is not None and version > SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.location}: schema version {rows[0][0]} is newer than this "
                     f"trace store ({SCHEMA_VERSION}); upgrade edge-agent"
                 )
+            if version == 1:
+                keys.migrate_v1(self, ddl)
+            for statement in ddl:
+                self._execute(statement)
+            if version == 1:
+                keys.adopt_v1_watermarks(self)
+            if version != SCHEMA_VERSION:
+                self._execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def _rekey(self, table: str, create: str, columns: str, key: str) -> None:
+        """Schema 1 -> 2: give ``table`` an ``epoch`` column (``''`` for every row) and the
+        primary key ``key``. SQLite cannot change a primary key: the table is rebuilt."""
+        self._execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+        self._execute(create)
+        self._execute(
+            f"INSERT INTO {table} ({columns}, epoch) SELECT {columns}, '' FROM {table}_v1"
+        )
+        self._execute(f"DROP TABLE {table}_v1")
+
+
+META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
 def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
     """The schema, with the dialect's words for 64-bit integers, bytes, an auto-numbered
     key and floating point."""
     return [
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        META_DDL,
         f"""CREATE TABLE IF NOT EXISTS records (
             agent TEXT NOT NULL,
             seq {integer} NOT NULL,
@@ -469,7 +585,8 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
             serial TEXT,
             body TEXT NOT NULL,
             received_at TEXT NOT NULL,
-            PRIMARY KEY (agent, seq))""",
+            epoch TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (agent, epoch, seq))""",
         "CREATE INDEX IF NOT EXISTS records_serial ON records (serial) WHERE serial IS NOT NULL",
         # The workbench's lookups (docs/workbench.md, "Query plans"): a serial's part records
         # without its readings; a station's parts in a time window, in page order.
@@ -491,7 +608,8 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
             product TEXT,
             quantity {real},
             unit TEXT,
-            PRIMARY KEY (agent, seq, child_kind, child))""",
+            epoch TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (agent, epoch, seq, child_kind, child))""",
         "CREATE INDEX IF NOT EXISTS genealogy_child ON genealogy (child_kind, child)",
         "CREATE INDEX IF NOT EXISTS genealogy_parent ON genealogy (parent)",
         f"""CREATE TABLE IF NOT EXISTS agents (
@@ -499,7 +617,10 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
             site TEXT NOT NULL,
             line TEXT NOT NULL,
             watermark {integer} NOT NULL DEFAULT 0,
-            updated_at TEXT NOT NULL)""",
+            updated_at TEXT NOT NULL,
+            epoch TEXT NOT NULL DEFAULT '',
+            journal TEXT)""",
+        *keys.ddl(integer),
         f"""CREATE TABLE IF NOT EXISTS rejected (
             id {identity},
             received_at TEXT NOT NULL,
@@ -530,7 +651,9 @@ def open_storage(db: str, *, read_only: bool = False) -> Storage:
 
 
 def _record(r: tuple[Any, ...]) -> StoredRecord:
-    return StoredRecord(r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9])
+    return StoredRecord(
+        r[0], int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9], r[10]
+    )
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

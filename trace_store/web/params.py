@@ -1,0 +1,131 @@
+"""Reading a request's parameters: each checked, and a bad one answered with 400 naming it.
+
+Nothing a user types is ever put into SQL text: parameters go to the storage's queries as
+bound values. These checks are about clear answers (a time that is not a time, a page that
+is not a number, a serial too long to be one), not about safety.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+MAX_ID = 256  # characters in a serial, lot, station or operator
+MAX_PAGE = 100_000
+
+
+class BadParameter(ValueError):
+    """A request parameter is malformed: HTTP 400, the message names it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"parameter '{name}': {problem}")
+        self.name = name
+
+
+class NotFound(LookupError):
+    """Nothing known by that name: HTTP 404 with this message."""
+
+
+def text(params: Mapping[str, str], name: str, *, required: bool = False) -> str | None:
+    value = params.get(name, "").strip()
+    if not value:
+        if required:
+            raise BadParameter(name, "missing")
+        return None
+    if len(value) > MAX_ID:
+        raise BadParameter(name, f"longer than {MAX_ID} characters")
+    if any(ord(c) < 32 for c in value):
+        raise BadParameter(name, "holds control characters")
+    return value
+
+
+def required(params: Mapping[str, str], name: str) -> str:
+    value = text(params, name, required=True)
+    assert value is not None
+    return value
+
+
+def number(params: Mapping[str, str], name: str) -> float | None:
+    raw = params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw.replace(",", ".", 1) if raw.count(",") == 1 and "." not in raw else raw)
+    except ValueError:
+        raise BadParameter(name, f"{_quote(raw)} is not a number") from None
+    if not math.isfinite(value):
+        raise BadParameter(name, "must be a finite number")
+    return value
+
+
+def page(params: Mapping[str, str], name: str = "page") -> int:
+    raw = params.get(name, "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise BadParameter(name, f"{_quote(raw)} is not a page number (1..{MAX_PAGE})")
+    return int(raw)
+
+
+def choice(params: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = params.get(name, "").strip() or choices[0]
+    if raw not in choices:
+        raise BadParameter(name, f"{_quote(raw)} is not one of {', '.join(choices)}")
+    return raw
+
+
+def when(params: Mapping[str, str], name: str) -> str | None:
+    """A time (``2026-11-21T10:00``, with seconds, a ``Z`` or an offset; UTC if none) as the
+    wire format's text, which orders as time does."""
+    raw = params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        raise BadParameter(name, f"{_quote(raw)} is not a time like 2026-11-21T10:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return wire_time(moment)
+
+
+def wire_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_wire(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def shifted(ts: str, delta: timedelta) -> str:
+    return wire_time(parse_wire(ts) + delta)
+
+
+def form_time(ts: str | None) -> str:
+    """A wire time as an ``<input type=datetime-local>`` value (UTC, minutes)."""
+    return "" if not ts else ts[:16]
+
+
+def cursor(params: Mapping[str, str], name: str = "after") -> tuple[str, str, int] | None:
+    """A keyset page cursor: the last (ts, agent, seq) of the page before."""
+    raw = params.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        ts, agent, seq = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not (isinstance(ts, str) and isinstance(agent, str) and type(seq) is int):
+            raise ValueError(raw)
+    except (ValueError, TypeError):
+        raise BadParameter(name, "not a page cursor from this workbench") from None
+    return ts, agent, seq
+
+
+def encode_cursor(key: tuple[str, str, int]) -> str:
+    data = json.dumps(list(key), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _quote(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:40] + "...")
