@@ -132,7 +132,8 @@ def test_the_recall_list_goes_through_sub_assemblies_and_exports_every_row(
     rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
     assert {r["serial"] for r in rows} == direct | finished
     assert {r["depth"] for r in rows if r["serial"] in finished} == {"2"}
-    assert all(r["product"] == "09501101020917" for r in rows)  # from the station context
+    # From the station context (a part read before the first label scan has none).
+    assert {r["product"] for r in rows} - {""} == {"09501101020917"}
     assert all(r["result"] in ("ok", "nok") for r in rows)
 
     openpyxl = pytest.importorskip("openpyxl")
@@ -189,11 +190,13 @@ def test_dashboard_and_lines(client: TestClient, chain_db: str) -> None:
     assert "Cpk" in html
     assert '<svg class="pareto"' in html
     # Cpk of the individuals chart, computed here from the stored values
+    # (a part whose snapshot read failed, on a loaded machine, has no value: not a point)
     values = [
-        json.loads(b)["values"]["final_force"]["value"]
+        v
         for (b,) in query(
             chain_db, "SELECT body FROM records WHERE station='ST20' AND kind='part' ORDER BY ts"
         )
+        if (v := json.loads(b)["values"]["final_force"]["value"]) is not None
     ]
     mean = sum(values) / len(values)
     sigma = sum(abs(b - a) for a, b in itertools.pairwise(values)) / (len(values) - 1) / 1.128
