@@ -4,7 +4,7 @@ random moments under load, on a FUSE filesystem that loses what was not synced
 (simulators/powercut/line.py says what is checked). The same run as
 tests/test_powercut_line.py, longer.
 
-    python -m benchmarks.powercut_soak                 # 500 cuts, about 15 min on 2 cores
+    python -m benchmarks.powercut_soak                 # 500 cuts, 20-50 min on 2 cores
     python -m benchmarks.powercut_soak --cuts 50 --seed 7 --broker-kill-every 10
 
 Prints a JSON summary: cuts, violations (must be 0), time per cut, what was cut how; exit

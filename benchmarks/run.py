@@ -64,7 +64,7 @@ def run_all(quick: bool, skip: set[str]) -> dict[str, Any]:
         "scanner": lambda: scanner.run(scans=200 if quick else 500, burst=1000, idle=seconds),
         "camera": lambda: camera.run(frames=10 if quick else 30, agent_seconds=seconds),
         "metrics": lambda: metrics.run(seconds=seconds, rounds=2 if quick else 4),
-        # 100 cuts here (about 3 min); `python -m benchmarks.powercut_soak` runs 500.
+        # 100 cuts here (about 5 min); `python -m benchmarks.powercut_soak` runs 500.
         "powercut": lambda: powercut_soak.run(cuts=20 if quick else 100),
         # A 60 s outage as the issue measured it; each round runs the store "as it comes" and
         # "late" (so the agent publishes into the void first). About 5 minutes.

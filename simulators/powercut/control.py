@@ -47,16 +47,20 @@ class PowerCutMount:
         self.backing = backing
         self.mountpoint = mountpoint
         self.env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
-        # A Unix socket path must stay under 108 bytes; pytest's tmp paths can be longer.
-        self._control_dir = Path(tempfile.mkdtemp(prefix="powercut-"))
-        self.control = self._control_dir / "control.sock"
-        self.log = self._control_dir / "fs.log"
+        # The control socket and the log live in a short temporary folder made by start()
+        # (a Unix socket path must stay under 108 bytes; pytest's tmp paths can be longer).
+        self._control_dir: Path | None = None
+        self.control = Path("/nonexistent/powercut/control.sock")  # until start()
+        self.log = Path("/nonexistent/powercut/fs.log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
         """Mount, and return once the kernel has connected; :class:`MountError` if it can't."""
         if not Path("/dev/fuse").exists():
             raise MountError("/dev/fuse does not exist (no FUSE in this kernel or container)")
+        self._control_dir = Path(tempfile.mkdtemp(prefix="powercut-"))
+        self.control = self._control_dir / "control.sock"
+        self.log = self._control_dir / "fs.log"
         try:
             self.backing.mkdir(parents=True, exist_ok=True)
             self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -89,8 +93,9 @@ class PowerCutMount:
                 if self.request({"op": "ping"}).get("mounted") and os.path.ismount(self.mountpoint):
                     return
             if time.monotonic() > deadline:
+                reason = self._log_tail()
                 self.stop()
-                raise MountError(f"not mounted within {timeout:g} s: {self._log_tail()}")
+                raise MountError(f"not mounted within {timeout:g} s: {reason}")
             time.sleep(0.02)
 
     def request(self, message: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
@@ -152,7 +157,9 @@ class PowerCutMount:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        shutil.rmtree(self._control_dir, ignore_errors=True)
+        if self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
 
     def _log_tail(self) -> str:
         try:
