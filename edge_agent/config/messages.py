@@ -13,7 +13,7 @@ import typing
 from collections.abc import Set
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
 
 from edge_agent.config.checks import closest
@@ -270,3 +270,58 @@ def _data_path(err: ErrorDetails, data: Any) -> tuple[str | int, ...]:
         elif n == len(loc) - 1 and err["type"] == "missing":
             path.append(part)
     return tuple(path)
+
+
+# ---- other files' models (scenarios, config test cases) ---------------------------------------
+# Files that share the config's YAML loader but have models of their own: their errors in the
+# config's words, and an unknown key's "did you mean" among that model's keys.
+
+
+def model_issues(
+    model: type[BaseModel], exc: ValidationError, data: Any, smap: SourceMap
+) -> list[ConfigIssue]:
+    """pydantic's errors as the config's messages; an unknown key says which one was meant
+    among ``model``'s keys at that place (the config's messages know only the config's)."""
+    unknown_keys = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+    out = pydantic_issues([e for e in exc.errors() if e["type"] != "extra_forbidden"], data, smap)
+    for err in unknown_keys:
+        path = _data_path(err, data)
+        if smap.is_reported(path):
+            continue
+        key = str(path[-1])
+        message = f"unknown key {key!r}"
+        close = closest(key, keys_at(model, path[:-1], data))
+        if close is not None:
+            message += f"; did you mean {close!r}?"
+        out.append(smap.issue(path, message))
+    return out
+
+
+def keys_at(model: type[BaseModel], path: tuple[str | int, ...], data: Any) -> list[str]:
+    """The keys ``model`` allows in the mapping at ``path`` of ``data``."""
+    ann: Any = model
+    node = data
+    for part in path:
+        ann = unwrap(ann, node)
+        if get_origin(ann) in (list, dict):
+            ann = get_args(ann)[-1]
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
+            fields = {f.alias or n: f for n, f in ann.model_fields.items()}
+            if part not in fields:
+                return []
+            ann = fields[part].annotation
+        else:
+            return []
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else (
+                node[part]
+                if isinstance(node, list) and isinstance(part, int) and part < len(node)
+                else None
+            )
+        )
+    ann = unwrap(ann, node)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [f.alias or n for n, f in ann.model_fields.items()]
+    return []

@@ -14,15 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.config.checks import closest, unknown
+from edge_agent.config.checks import unknown
 from edge_agent.config.loader import _booleans_as_numbers, _tidy
-from edge_agent.config.messages import _data_path, found_text, pydantic_issues, unwrap
+from edge_agent.config.messages import found_text, model_issues
 from edge_agent.testing.model import COMMON_FIELDS, RECORD_FIELDS, Match, TestCase
 from edge_agent.yamlsrc import SourceMap, decode, load_yaml
 from kernel.errors import ConfigError, ConfigIssue
@@ -268,55 +268,3 @@ def check_expectations(
 def _exact_text(m: Match | None) -> str | None:
     return m.value if m is not None and m.equal and isinstance(m.value, str) else None
 
-
-# ---- pydantic's errors, located ---------------------------------------------------------------
-
-
-def model_issues(
-    model: type[BaseModel], exc: ValidationError, data: Any, smap: SourceMap
-) -> list[ConfigIssue]:
-    """pydantic's errors as the config's messages; an unknown key says which one was meant
-    among ``model``'s keys at that place (the config's messages know only the config's)."""
-    unknown_keys = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
-    out = pydantic_issues([e for e in exc.errors() if e["type"] != "extra_forbidden"], data, smap)
-    for err in unknown_keys:
-        path = _data_path(err, data)
-        if smap.is_reported(path):
-            continue
-        key = str(path[-1])
-        message = f"unknown key {key!r}"
-        close = closest(key, keys_at(model, path[:-1], data))
-        if close is not None:
-            message += f"; did you mean {close!r}?"
-        out.append(smap.issue(path, message))
-    return out
-
-
-def keys_at(model: type[BaseModel], path: tuple[str | int, ...], data: Any) -> list[str]:
-    """The keys ``model`` allows in the mapping at ``path`` of ``data``."""
-    ann: Any = model
-    node = data
-    for part in path:
-        ann = unwrap(ann, node)
-        if get_origin(ann) in (list, dict):
-            ann = get_args(ann)[-1]
-        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
-            fields = {f.alias or n: f for n, f in ann.model_fields.items()}
-            if part not in fields:
-                return []
-            ann = fields[part].annotation
-        else:
-            return []
-        node = (
-            node.get(part)
-            if isinstance(node, dict)
-            else (
-                node[part]
-                if isinstance(node, list) and isinstance(part, int) and part < len(node)
-                else None
-            )
-        )
-    ann = unwrap(ann, node)
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return [f.alias or n for n, f in ann.model_fields.items()]
-    return []

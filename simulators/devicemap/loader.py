@@ -8,15 +8,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from edge_agent.config import AgentConfig
-from edge_agent.config.checks import closest
 from edge_agent.config.loader import _booleans_as_numbers, _tidy
-from edge_agent.config.messages import _data_path, found_text, pydantic_issues, unwrap
-from edge_agent.yamlsrc import SourceMap, decode, load_yaml
+from edge_agent.config.messages import found_text, model_issues
+from edge_agent.yamlsrc import decode, load_yaml
 from kernel.errors import ConfigError, ConfigIssue
 from simulators.devicemap.checks import check_scenario
 from simulators.devicemap.cycle import CycleRoles
@@ -64,7 +62,7 @@ def parse_scenario(
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
-        issues.extend(_model_issues(exc, data, smap))
+        issues.extend(model_issues(Scenario, exc, data, smap))
         raise ConfigError(_tidy(issues)) from None
     checked = check_scenario(scenario, config)
     for path, message in checked.issues:
@@ -75,48 +73,3 @@ def parse_scenario(
     if issues:
         raise ConfigError(_tidy(issues))
     return LoadedScenario(scenario, file, checked.roles)
-
-
-def _model_issues(exc: ValidationError, data: Any, smap: SourceMap) -> list[ConfigIssue]:
-    """pydantic's errors as the config's messages; an unknown key says which one was meant
-    (the config's messages only know the config's keys)."""
-    unknown_keys = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
-    out = pydantic_issues([e for e in exc.errors() if e["type"] != "extra_forbidden"], data, smap)
-    for err in unknown_keys:
-        path = _data_path(err, data)
-        if smap.is_reported(path):
-            continue
-        key = str(path[-1])
-        message = f"unknown key {key!r}"
-        close = closest(key, _keys_at(path[:-1], data))
-        if close is not None:
-            message += f"; did you mean {close!r}?"
-        out.append(smap.issue(path, message))
-    return out
-
-
-def _keys_at(path: tuple[str | int, ...], data: Any) -> list[str]:
-    """The keys the scenario's model allows in the mapping at ``path``."""
-    ann: Any = Scenario
-    node = data
-    for part in path:
-        ann = unwrap(ann, node)
-        origin = get_origin(ann)
-        if origin in (list, dict):
-            ann = get_args(ann)[-1]
-        elif isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(part, str):
-            fields = {f.alias or n: f for n, f in ann.model_fields.items()}
-            if part not in fields:
-                return []
-            ann = fields[part].annotation
-        else:
-            return []
-        node = (
-            node.get(part)
-            if isinstance(node, dict)
-            else (node[part] if isinstance(node, list) and isinstance(part, int) else None)
-        )
-    ann = unwrap(ann, node)
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return [f.alias or n for n, f in ann.model_fields.items()]
-    return []
