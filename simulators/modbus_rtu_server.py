@@ -26,8 +26,9 @@ import asyncio
 import logging
 import os
 import termios
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -94,24 +95,16 @@ class ModbusRtuStationServer(StationServerBase):
         await self.stop()
 
     async def _open(self) -> None:
-        server = ModbusSerialServer(
+        self._server = await serve_rtu(
             self.sim_devices(other_units=_unanswered),
-            framer=FramerType.RTU,
-            port=self.port_path,
+            self.port_path,
             baudrate=self.baudrate,
             parity=self.parity,
             bytesize=self.bytesize,
             stopbits=self.stopbits,
-            reconnect_delay=0,
             trace_packet=self._only_own_units,
             trace_connect=self._on_connect,
         )
-        try:
-            await server.serve_forever(background=True)
-        except (RuntimeError, termios.error) as exc:  # RuntimeError: "Could not start listen"
-            await server.shutdown()  # type: ignore[no-untyped-call]
-            raise OSError(f"simulated PLC could not open {self.port_path}") from exc
-        self._server = server
 
     async def _close(self) -> None:
         if self._server is not None:
@@ -159,3 +152,36 @@ async def _unanswered(
 ) -> ExcCodes | None:
     """Takes requests for units no station plays; their replies never reach the wire."""
     return None
+
+
+async def serve_rtu(
+    devices: Any,
+    port: str,
+    *,
+    baudrate: int,
+    parity: str,
+    bytesize: int,
+    stopbits: int,
+    trace_packet: Callable[[bool, bytes], bytes],
+    trace_connect: Callable[[bool], None],
+) -> ModbusSerialServer:
+    """A pymodbus RTU server on ``port`` (a pty's end), serving in the background. One that
+    cannot open its port is shut down again and raises OSError naming the port."""
+    server = ModbusSerialServer(
+        devices,
+        framer=FramerType.RTU,
+        port=port,
+        baudrate=baudrate,
+        parity=parity,
+        bytesize=bytesize,
+        stopbits=stopbits,
+        reconnect_delay=0,
+        trace_packet=trace_packet,
+        trace_connect=trace_connect,
+    )
+    try:
+        await server.serve_forever(background=True)
+    except (RuntimeError, termios.error) as exc:  # RuntimeError: "Could not start listen"
+        await server.shutdown()  # type: ignore[no-untyped-call]
+        raise OSError(f"simulated PLC could not open {port}") from exc
+    return server

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import termios
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any, cast
@@ -38,6 +37,7 @@ from simulators.devicemap.kinds import (
     ValueSpec,
     World,
 )
+from simulators.modbus_rtu_server import serve_rtu
 from simulators.serial_link import NullModem
 
 log = logging.getLogger(__name__)
@@ -122,24 +122,16 @@ class RtuLineEndpoint(Endpoint):
             small = [SimData(0, count=1, values=0, datatype=SimType.REGISTERS)]
             units.append(SimDevice(id=0, simdata=small, action=_unanswered))
         s = self.settings
-        server = ModbusSerialServer(
+        self._server = await serve_rtu(
             units,
-            framer=FramerType.RTU,
-            port=str(self.modem.b_path),
+            str(self.modem.b_path),
             baudrate=s.baudrate,
             parity=s.parity,
             bytesize=s.bytesize,
             stopbits=s.stopbits,
-            reconnect_delay=0,
             trace_packet=self._trace,
             trace_connect=self._on_connect,
         )
-        try:
-            await server.serve_forever(background=True)
-        except (RuntimeError, termios.error) as exc:  # RuntimeError: "Could not start listen"
-            await server.shutdown()  # type: ignore[no-untyped-call]
-            raise OSError(f"cannot open {self.modem.b_path}") from exc
-        self._server = server
 
     async def _close(self) -> None:
         if self._server is not None:
