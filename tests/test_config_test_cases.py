@@ -151,9 +151,14 @@ async def test_a_failing_case_reports_each_miss_with_the_nearest_record() -> Non
     case = load_case(refs[0])
     [result] = await run_cases([case], jobs=1)
     assert result.status == "failed"
-    assert result.message == "5 of 6 expectation(s) not met in 2.5 s (" + (
-        f"{result.records} record(s) from the agent)"
+    # The window is the scenario time that really passed: 2.5 s, more on a loaded machine.
+    shown = re.fullmatch(
+        r"5 of 6 expectation\(s\) not met in (\d+\.\d) s \((\d+) record\(s\) from the agent\)",
+        result.message,
     )
+    assert shown is not None, result.message
+    assert 2.5 <= float(shown[1]) < 4.0, result.message
+    assert int(shown[2]) == result.records
     diff = normalized("\n\n".join(result.details))
     assert diff == FAILING_DIFF.format(file=CASES / "failing" / "case.yaml")
     # The pipeline's test view: one testcase, failed, its message and diff, the agent's log.
@@ -176,7 +181,9 @@ async def test_an_expectation_that_cannot_be_met_fails_at_its_deadline() -> None
     assert case.window == 1.5
     [result] = await run_cases([case], jobs=1)
     assert result.status == "failed", result.message
-    assert result.message.startswith("1 of 1 expectation(s) not met in 1.5 s")
+    shown = re.match(r"1 of 1 expectation\(s\) not met in (\d+\.\d) s", result.message)
+    assert shown is not None, result.message
+    assert 1.5 <= float(shown[1]) < 3.0, result.message
     assert result.seconds < 1.5 + 6, f"took {result.seconds:.1f} s"
     [block] = result.details
     assert "serial: expected 'SN999999', got 'SN000001'" in block
