@@ -35,6 +35,7 @@ from benchmarks import (
     ceilings,
     drain,
     footprint,
+    gate,
     latency,
     metrics,
     nodered,
@@ -42,11 +43,12 @@ from benchmarks import (
     powercut_soak,
     scanner,
     throughput,
+    workbench_scale,
 )
 
 SECTIONS = (
     "ceilings", "throughput", "drain", "latency", "footprint", "nodered", "opcua", "scanner",
-    "camera", "metrics", "powercut", "crash",
+    "camera", "metrics", "powercut", "crash", "gate", "workbench",
 )
 
 
@@ -69,6 +71,12 @@ def run_all(quick: bool, skip: set[str]) -> dict[str, Any]:
         # A 60 s outage as the issue measured it; each round runs the store "as it comes" and
         # "late" (so the agent publishes into the void first). About 5 minutes.
         "crash": lambda: broker_crash.run(outage=10.0 if quick else 60.0, rounds=1 if quick else 2),
+        "gate": lambda: gate.run(scans=100 if quick else 300, agents=3, rounds=3 if quick else 10),
+        # 10 days of a 10-station line on SQLite and PostgreSQL (a few minutes); the year:
+        # `python -m benchmarks.workbench_scale --scale year` (docs/workbench.md).
+        "workbench": lambda: workbench_scale.run(
+            "small", keys=10 if quick else 40, ingest_seconds=5.0 if quick else 10.0
+        ),
     }
     out: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -232,6 +240,28 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 met(sc["idle_cpu_share"] <= 0.01),
             )
         )
+    g = r.get("gate", {})
+    if "decision" in g:
+        d, e = g["decision"], g["enforced"]
+        rows.append(
+            (
+                "gate: scan of a blocked lot -> refusal committed + interlock written, "
+                "p99 <= 50 ms (decided locally)",
+                f"{d['latency']['p99_ms']} ms (p50 {d['latency']['p50_ms']} ms, "
+                f"{d['scans']} scans, {d['refused']} refused)",
+                f"bad-read answer p99 {d['answer_latency']['p99_ms']} ms",
+                met(d["target_met"]),
+            )
+        )
+        rows.append(
+            (
+                "gate: block on the store -> every connected agent enforcing <= 2 s",
+                f"max {e['max_s']} s over {e['rounds']} blocks, {e['agents']} agents "
+                "(from the block committed)",
+                f"max {max(e['from_command_start_s'])} s from the CLI's start",
+                met(e["target_met"]),
+            )
+        )
     m = r.get("metrics", {})
     if "rounds" in m:
         rows.append(
@@ -277,6 +307,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 met(cr["drain_s_max"] <= 5.0),
             )
         )
+    rows += workbench_scale.targets(r.get("workbench", {}))
     return rows
 
 
@@ -302,6 +333,8 @@ def report(r: dict[str, Any]) -> str:
         "metrics": metrics.table,
         "powercut": powercut_soak.table,
         "crash": broker_crash.table,
+        "gate": gate.table,
+        "workbench": workbench_scale.table,
     }
     for name in SECTIONS:
         section = r.get(name)

@@ -175,6 +175,20 @@ class Journal(Protocol):
         check. It does not return while that is stuck."""
         ...
 
+    # ---- the station gate (docs/gate.md) ------------------------------------------------
+
+    async def load_route_results(self, stations: list[str]) -> dict[str, dict[str, str | None]]:
+        """Per station, the result of the latest part record of its most recent serials."""
+        ...
+
+    async def load_blocked(self) -> tuple[int, str] | None:
+        """(version, payload) of the blocked set kept, or None."""
+        ...
+
+    async def save_blocked(self, version: int, payload: str) -> bool:
+        """Keep this blocked set unless a newer one is kept already; whether it was written."""
+        ...
+
     # ---- identity (docs/delivery.md, "The journal's identity") ---------------------------
 
     @property

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from buffer import blocked
+
 # One logger for the whole journal, whichever module writes the line: operators and tests
 # filter on its name.
 log = logging.getLogger("buffer.sqlite")
@@ -40,6 +42,7 @@ CREATE TABLE IF NOT EXISTS part_serials (
     serial   TEXT NOT NULL,
     parts    INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
+    result   TEXT,  -- of the latest part record: what a station gate's route rule reads
     PRIMARY KEY (station, serial)
 );
 CREATE INDEX IF NOT EXISTS part_serials_recent ON part_serials (station, last_seq);
@@ -110,7 +113,10 @@ def configure(
     db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     db.isolation_level = "DEFERRED"  # implicit transactions again, managed with `with db:`
     db.executescript(SCHEMA)
+    # Tables added after format 2 are created here, so an older journal gains them on open.
+    db.executescript(blocked.SCHEMA)
     migrate(db, path, clock)
+    migrate_part_results(db)
     page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
     if max_bytes is not None:
         # Not persistent: set on every open. SQLite never sets it below the current size.
@@ -133,6 +139,15 @@ def migrate(db: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> N
             db.execute("ALTER TABLE records ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
             n = db.execute("UPDATE records SET size = length(body)").rowcount
             log.info("journal %s: migrated %d rows (commit time, size columns)", path, n)
+
+
+def migrate_part_results(db: sqlite3.Connection) -> None:
+    """Journals from before the station gate lack ``part_serials.result`` (NULL on old rows:
+    their serials count as "no OK part record known" for a route rule)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(part_serials)")}
+    if "result" not in columns:
+        with db:
+            db.execute("ALTER TABLE part_serials ADD COLUMN result TEXT")
 
 
 def set_meta(db: sqlite3.Connection, key: str, value: int | str) -> None:

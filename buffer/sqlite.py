@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from buffer import identity, state
+from buffer import blocked, identity, state
 from buffer.disk import DiskState, DiskWatch
 from buffer.handoff import Inbox, Outbox
 from buffer.journal import JournalIdentity, StoredRecord
@@ -467,6 +467,24 @@ class SqliteBuffer:
         """What the stations knew at the last commit: {station: state} and, per station, the
         most recent ``max_serials`` serials with their part-record counts (oldest first)."""
         return await self._submit(functools.partial(state.load, max_serials=self.max_serials))
+
+    async def load_route_results(self, stations: list[str]) -> dict[str, dict[str, str | None]]:
+        """Per station, the latest part result of its most recent ``max_serials`` serials."""
+        return await self._submit(
+            functools.partial(state.load_results, stations=stations, max_serials=self.max_serials)
+        )
+
+    # ---- the station gate's blocked set (buffer/blocked.py) -----------------------------
+
+    async def load_blocked(self) -> tuple[int, str] | None:
+        """(version, payload) of the blocked set kept, or None."""
+        return await self._submit(blocked.load)
+
+    async def save_blocked(self, version: int, payload: str) -> bool:
+        """Keep this blocked set unless a newer one is kept already."""
+        return await self._submit(
+            functools.partial(blocked.save, version=version, payload=payload, received_at=utc_now())
+        )
 
     # ---- identity (buffer/identity.py) -------------------------------------------------
 

@@ -18,8 +18,8 @@ PRUNE_EVERY = 10_000
 
 States = dict[str, dict[str, Any]]
 """{station: state} as the binder gave it with a record."""
-Parts = list[tuple[str, str, int]]
-"""(station, serial, seq) of part records."""
+Parts = list[tuple[str, str, int, str | None]]
+"""(station, serial, seq, result) of part records."""
 
 
 class StationBook:
@@ -39,9 +39,10 @@ class StationBook:
             )
         if parts:
             db.executemany(
-                "INSERT INTO part_serials (station, serial, parts, last_seq) "
-                "VALUES (?, ?, 1, ?) ON CONFLICT(station, serial) "
-                "DO UPDATE SET parts = parts + 1, last_seq = excluded.last_seq",
+                "INSERT INTO part_serials (station, serial, parts, last_seq, result) "
+                "VALUES (?, ?, 1, ?, ?) ON CONFLICT(station, serial) "
+                "DO UPDATE SET parts = parts + 1, last_seq = excluded.last_seq, "
+                "result = excluded.result",
                 parts,
             )
             if self._parts_since_prune + len(parts) >= PRUNE_EVERY:
@@ -69,6 +70,22 @@ def load(db: sqlite3.Connection, max_serials: int) -> tuple[States, dict[str, di
         )
         parts[station] = {serial: int(n) for serial, n in rows}
     return states, parts
+
+
+def load_results(
+    db: sqlite3.Connection, stations: list[str], max_serials: int
+) -> dict[str, dict[str, str | None]]:
+    """Per station of ``stations``, the most recent ``max_serials`` serials with the result
+    of their latest part record (oldest first): what a station gate's route rule reads."""
+    out: dict[str, dict[str, str | None]] = {}
+    for station in stations:
+        rows = db.execute(
+            "SELECT serial, result FROM (SELECT serial, result, last_seq FROM part_serials "
+            "WHERE station = ? ORDER BY last_seq DESC LIMIT ?) ORDER BY last_seq",
+            (station, max_serials),
+        )
+        out[station] = {serial: result for serial, result in rows}
+    return out
 
 
 def _prune(db: sqlite3.Connection, keep: int) -> None:

@@ -220,7 +220,7 @@ class JournalThread:
         at = int(self._clock())
         rows = []
         states: dict[str, dict[str, Any]] = {}
-        parts: list[tuple[str, str, int]] = []
+        parts: list[tuple[str, str, int, str | None]] = []
         tele_rows = tele_bytes = 0
         for seq, d in batch:
             body = json.dumps({"seq": seq, **d.body}, separators=(",", ":"), default=dict)
@@ -230,7 +230,10 @@ class JournalThread:
                 tele_rows += 1
                 tele_bytes += size
             elif d.kind is RecordKind.PART and isinstance(d.body.get("serial"), str):
-                parts.append((d.station, d.body["serial"], seq))
+                result = d.body.get("result")
+                parts.append(
+                    (d.station, d.body["serial"], seq, result if isinstance(result, str) else None)
+                )
             if d.state is not None:
                 states[d.station] = d.state
         salvaged = self.inbox.salvaged_in(batch)

@@ -6,13 +6,24 @@ for a commit (invariant 1: "taken" and the reader's beep mean "recorded") flushe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from buffer import Journal
 from drivers.base import Driver
-from edge_agent.binder import Acknowledge, Action, Binder, Capture, TriggerRead, WriteTaken
+from edge_agent.binder import (
+    Acknowledge,
+    Action,
+    AskRoute,
+    Binder,
+    Capture,
+    TriggerRead,
+    WriteInterlock,
+    WriteTaken,
+)
+from edge_agent.gate.decide import RouteAnswer
 from kernel.errors import BufferError_, DeviceError
 from kernel.model import Observation, Quality, RecordDraft
 
@@ -28,8 +39,10 @@ class ActionRunner:
         binder: Binder,
         emit: Callable[[list[RecordDraft]], None],
         journal: Journal,
+        ask: Callable[[str, str, str | None, float], Awaitable[RouteAnswer | None]] | None = None,
     ) -> None:
         self._driver = driver
+        self._ask = ask  # (serial, station, line, wait) -> the trace store's answer
         self.binder = binder
         self._emit = emit
         self.buffer = journal
@@ -44,6 +57,10 @@ class ActionRunner:
                 coro = self._write(action)
             elif isinstance(action, Acknowledge):
                 coro = self._acknowledge(action)
+            elif isinstance(action, WriteInterlock):
+                coro = self._interlock(action)
+            elif isinstance(action, AskRoute):
+                coro = self._ask_route(action)
             else:
                 coro = self._trigger_read(action)
             task = asyncio.create_task(coro, name=f"{type(action).__name__}:{action.station}")
@@ -125,6 +142,49 @@ class ActionRunner:
                 exc,
                 extra={"station": ack.station, "device": ack.device},
             )
+
+    async def _interlock(self, w: WriteInterlock) -> None:
+        """Written at once, not after the commit: stopping a part must not wait for a disk
+        (the refusal's records are committed beside it; the bad-read answer waits for them)."""
+        try:
+            await self._driver(w.device).write(w.point, w.value)
+        except DeviceError as exc:
+            log.error(
+                "station %s: gate interlock %s.%s=%r not written: %s",
+                w.station,
+                w.device,
+                w.point,
+                w.value,
+                exc,
+                extra={"station": w.station, "device": w.device},
+            )
+
+    async def _ask_route(self, ask: AskRoute) -> None:
+        """Ask the trace store about each remote route rule at once; whatever happens, the
+        held scans are bound afterwards (without answers, by each rule's on_unreachable)."""
+        answers: dict[int, RouteAnswer | None] = dict.fromkeys(
+            (check.index for check in ask.checks), None
+        )
+        stopping = False
+        try:
+            if self._ask is not None:
+                asked = self._ask
+                got = await asyncio.gather(
+                    *(
+                        asked(ask.serial, c.rule.requires, c.rule.line, c.rule.timeout)
+                        for c in ask.checks
+                    )
+                )
+                answers.update(zip((c.index for c in ask.checks), got, strict=True))
+        except asyncio.CancelledError:
+            stopping = True  # the agent stops: record the scans, start nothing new
+            raise
+        finally:
+            step = self.binder.answered(ask, answers)
+            with contextlib.suppress(BufferError_):
+                self._emit(step.drafts)
+                if not stopping:
+                    self.start(step.actions)
 
     async def _trigger_read(self, trig: TriggerRead) -> None:
         try:

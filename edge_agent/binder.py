@@ -18,14 +18,15 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from edge_agent.binding.manual import ContextRejected, restore, set_manual
+from edge_agent.binding.manual import ContextRejected, release_interlock, restore, set_manual
 from edge_agent.binding.parts import complete
-from edge_agent.binding.records import bind
+from edge_agent.binding.records import answered, bind
 from edge_agent.binding.rules import (
     _EMPTY,
     UNASSIGNED,
     Acknowledge,
     Action,
+    AskRoute,
     BindingRules,
     Capture,
     Context,
@@ -34,15 +35,18 @@ from edge_agent.binding.rules import (
     StationState,
     Step,
     TriggerRead,
+    WriteInterlock,
     WriteTaken,
     context_value,
 )
-from kernel.model import Observation, Value
+from edge_agent.gate.decide import Gate, RouteAnswer
+from kernel.model import Observation, RecordKind, Value
 
 __all__ = [
     "UNASSIGNED",
     "Acknowledge",
     "Action",
+    "AskRoute",
     "Binder",
     "BindingRules",
     "Capture",
@@ -52,6 +56,7 @@ __all__ = [
     "StationState",
     "Step",
     "TriggerRead",
+    "WriteInterlock",
     "WriteTaken",
     "bind",
     "complete",
@@ -64,23 +69,42 @@ class Binder:
     def __init__(self, rules: BindingRules, state: State | None = None) -> None:
         self.rules = rules
         self.state: State = state if state is not None else rules.initial_state()
+        # The stations' gates: the blocked set and part results they decide with.
+        self.gate = Gate(
+            rules.gates,
+            line=rules.line,
+            stations=list(rules.station_keys),
+            max_serials=rules.max_serials,
+        )
 
     @property
     def contexts(self) -> dict[str, Context]:
         return {name: st.ctx for name, st in self.state.items()}
 
     def feed(self, batch: Sequence[Observation]) -> Step:
-        return bind(self.state, batch, self.rules)
+        return bind(self.state, batch, self.rules, self.gate)
 
     def complete(
         self, capture: Capture, snapshot: Sequence[Observation] | None, error: str | None
     ) -> Step:
-        return complete(self.state, capture, snapshot, error, self.rules)
+        step = complete(self.state, capture, snapshot, error, self.rules)
+        if self.gate.tracked:
+            for d in step.drafts:
+                if d.kind is RecordKind.PART:
+                    self.gate.note_part(d.station, d.body.get("serial"), d.body.get("result"))
+        return step
+
+    def answered(self, ask: AskRoute, answers: Mapping[int, RouteAnswer | None]) -> Step:
+        """The trace store's answers to ``ask`` (None where none came in time)."""
+        return answered(self.state, ask.station, answers, self.rules, self.gate)
 
     def set_context(
         self, station: str, values: Mapping[str, Value], *, ts: float, user: str | None
     ) -> Step:
         return set_manual(self.state, station, values, self.rules, ts=ts, user=user)
+
+    def release_interlock(self, station: str, *, ts: float, user: str | None) -> Step:
+        return release_interlock(self.state, station, self.rules, ts=ts, user=user)
 
     def restore(
         self,
@@ -104,6 +128,7 @@ class Binder:
         self.state.clear()
         self.state.update(kept)
         self.rules = rules
+        self.gate.configure(rules.gates, line=rules.line, stations=list(rules.station_keys))
 
     def handshake_failed(self, station: str) -> None:
         """A "data taken" write failed: start over, so the next poll that sees data ready

@@ -29,6 +29,7 @@ from edge_agent.remote import (
     EXIT_CONFIG,
     context_command,
     device_command,
+    gate_command,
     reload_command,
     status_command,
 )
@@ -120,6 +121,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return context_command(args)
     if args.command == "device":
         return device_command(args)
+    if args.command == "gate":
+        return gate_command(args)
     if args.command == "status":
         return status_command(args)
     if args.command == "tail":

@@ -108,6 +108,7 @@ def build_parser(version_action: type[argparse.Action]) -> argparse.ArgumentPars
     _demo(sub)
     _device(sub)
     _context(sub)
+    _gate(sub)
 
     p = sub.add_parser(
         "status",
@@ -335,6 +336,18 @@ def _context(sub: Any) -> None:
                 metavar="KEY=VALUE",
                 help="context keys to set (KEY= clears one), committed before the answer",
             )
+
+
+def _gate(sub: Any) -> None:
+    p = sub.add_parser("gate", help="a running agent's station gate (docs/gate.md)")
+    gsub = p.add_subparsers(dest="gate_command", required=True, metavar="COMMAND")
+    gp = gsub.add_parser(
+        "release",
+        help="lower a station's interlock now (the refused part is out), recorded as a gate "
+        "record with your user name; the next scan the gate lets through does it too",
+    )
+    socket_options(gp)
+    gp.add_argument("--station", required=True, help="station name from the config")
 
 
 def _config(sub: Any) -> None:

@@ -29,6 +29,8 @@ from edge_agent.binder import (
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.control import ControlServer, Stream
 from edge_agent.events import EventLog
+from edge_agent.gate.keeper import BlockedKeeper
+from edge_agent.gate.route import RouteAsker
 from edge_agent.stats import AgentStats
 from edge_agent.summary import SummaryLog
 from edge_agent.systemd import Health, Notifier, Supervisor, watchdog_interval
@@ -44,6 +46,7 @@ from kernel.model import (
     Value,
 )
 from sync.mqtt import MqttSync
+from sync.wire import agent_topic, blocked_topic
 
 if TYPE_CHECKING:
     from edge_agent.metrics import MetricsServer
@@ -107,8 +110,19 @@ class Agent:
             from edge_agent.metrics import MetricsServer
 
             self.metrics = MetricsServer(self, cfg.metrics)
+        # The station gate: the blocked set kept from the trace store, route questions.
+        self.keeper = BlockedKeeper(self.binder.gate, self.buffer)
+        self.asker = RouteAsker(
+            lambda topic, payload: self.sync.send(topic, payload),
+            agent_topic(cfg.mqtt, cfg.agent.site, cfg.agent.line, cfg.agent.id, "route/ask"),
+            cfg.agent.line,
+        )
         self.actions = ActionRunner(
-            lambda name: self._by_name[name], self.binder, self._emit, self.buffer
+            lambda name: self._by_name[name],
+            self.binder,
+            self._emit,
+            self.buffer,
+            ask=self.asker.ask,
         )
         self.events = EventLog(self._device_down)
         self.sync = self._new_sync(cfg)
@@ -128,7 +142,7 @@ class Agent:
         return MappingProxyType(self._device_tasks)
 
     def _new_sync(self, cfg: AgentConfig) -> MqttSync:
-        return MqttSync(
+        sync = MqttSync(
             cfg.mqtt,
             agent_id=cfg.agent.id,
             site=cfg.agent.site,
@@ -136,6 +150,14 @@ class Agent:
             buffer=self.buffer,
             alarms=self.alarms,
         )
+        if any(st.gate is not None for st in cfg.stations):
+            # Only with a gate: a plant's ACL need not open these topics to other agents.
+            sync.listeners[blocked_topic(cfg.mqtt)] = self.keeper.message
+            answers = agent_topic(
+                cfg.mqtt, cfg.agent.site, cfg.agent.line, cfg.agent.id, "route/answer"
+            )
+            sync.listeners[answers] = self.asker.answer
+        return sync
 
     def _sink(self, batch: Sequence[Observation]) -> None:
         """Called in the event loop by every driver: bind, queue for commit, act."""
@@ -187,6 +209,14 @@ class Agent:
         self._emit(step.drafts)
         return await self.buffer.flush()
 
+    async def release_interlock(self, station: str, user: str | None = None) -> int:
+        """The operator lowers a station's gate interlock; returns once the gate record is
+        committed (the write to the PLC is under way), with its seq."""
+        step = self.binder.release_interlock(station, ts=time.time(), user=user)
+        self._emit(step.drafts)
+        self.actions.start(step.actions)
+        return await self.buffer.flush()
+
     async def _control(self, request: dict[str, Any]) -> dict[str, Any] | Stream:
         op = request.get("op")
         if op == "status":
@@ -207,6 +237,15 @@ class Agent:
             except ContextRejected as exc:
                 return {"ok": False, "error": str(exc)}
             return {"ok": True, "seq": seq, "ctx": dict(self.binder.contexts[station])}
+        if op == "gate.release":
+            station, user = request.get("station"), request.get("user")
+            if not isinstance(station, str):
+                return {"ok": False, "error": "gate.release needs a station"}
+            try:
+                seq = await self.release_interlock(station, user if isinstance(user, str) else None)
+            except ContextRejected as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "seq": seq}
         if op == "device.command":
             device, name = request.get("device"), request.get("command")
             if not isinstance(device, str) or not isinstance(name, str):
@@ -228,6 +267,7 @@ class Agent:
         try:
             saved, parts = await self.buffer.load_state()
             self._emit(self.binder.restore(saved, parts, ts=time.time()).drafts)
+            await self._load_gate()
             await self.control.start()
             if self.metrics is not None:
                 try:
@@ -293,6 +333,7 @@ class Agent:
                         await self._drain()
                 await self._stop_sync()
         finally:
+            await self.keeper.close()
             if self.fatal is None:
                 await self.buffer.stop()
                 log.info(
@@ -301,6 +342,20 @@ class Agent:
                 )
         if self.fatal is not None:
             raise self.fatal
+
+    async def _load_gate(self) -> None:
+        """What the gates decide with while the network is down: the blocked set and the
+        part results kept in the journal."""
+        await self.keeper.load()  # also without a gate now: a reload may add one
+        await self._load_route_results()
+
+    async def _load_route_results(self) -> None:
+        """Part results of the stations local route rules read that are not loaded yet (at
+        start, and after a reload that adds a rule)."""
+        gate = self.binder.gate
+        missing = sorted(gate.tracked - set(gate.results))
+        if missing:
+            gate.results.update(await self.buffer.load_route_results(missing))
 
     def _health(self) -> Health:
         """What the systemd watchdog checks, and the status line it shows."""
@@ -385,13 +440,15 @@ class Agent:
                 return {"ok": False, "errors": [str(exc)]}
             await self._stop_devices([*changed, *removed])
             self.binder.reconfigure(BindingRules.from_config(new))
+            await self._load_route_results()
             self.cfg = new
             # Rebuilt in the file's order, so status lists devices as the file does.
             self._by_name = {n: fresh.get(n) or self._by_name[n] for n in after}
             _spread(self._by_name.values())
             for driver in fresh.values():
                 self._start_device(driver)
-            sync_restarted = new.mqtt != old.mqtt
+            gated = [any(st.gate for st in c.stations) for c in (old, new)]
+            sync_restarted = new.mqtt != old.mqtt or gated[0] != gated[1]
             if sync_restarted:
                 await self._stop_sync()
                 self.sync = self._new_sync(new)
@@ -457,6 +514,8 @@ class Agent:
             # Per station: counts and the last part record (serial, result, time).
             "station_stats": {st: s.as_dict() for st, s in self.stats.stations.items()},
             "committed_seq": self.buffer.committed_seq,
+            # With the seq, a record's key (agent, epoch, seq): what the store's records show.
+            "identity": self._identity_status(),
             "buffer_depth": self.buffer.depth,
             "stations": {st: dict(ctx) for st, ctx in self.binder.contexts.items()},
             "devices": {d.name: d.status.state.value for d in self.drivers},
@@ -474,4 +533,38 @@ class Agent:
             },
             "buffer": self.buffer.stats(),
             "alarms": [a.as_dict() for a in self.alarms.active()],
+            "gate": self._gate_status(),
+        }
+
+    def _identity_status(self) -> dict[str, Any] | None:
+        """The journal's id and this opening's epoch; None before the journal is open."""
+        try:
+            identity = self.buffer.identity
+        except BufferError_:
+            return None
+        return {
+            "journal": identity.journal,
+            "epoch": identity.epoch.id,
+            "epoch_first": identity.epoch.first,
+        }
+
+    def _gate_status(self) -> dict[str, Any] | None:
+        gate = self.binder.gate
+        if not gate.configs:
+            return None
+        keeper, asker, held = self.keeper, self.asker, gate.blocked
+        return {
+            "stations": sorted(gate.configs),
+            "blocked_version": held.version,
+            "blocked_at": held.at,
+            "blocked": {
+                "lots": len(held.lots),
+                "serials": len(held.serials),
+                "products": len(held.products),
+            },
+            "sets_received": keeper.received,
+            "sets_garbled": keeper.garbled,
+            "sets_older": keeper.older,
+            "route_asked": asker.asked,
+            "route_unanswered": asker.unanswered,
         }

@@ -1,6 +1,7 @@
 """The agent's log of events worth a person's attention: bad part records, rejected scans,
-counter gaps, unobserved windows. Readings never log; a device that is down has its own line
-(``drivers.state``), so what its outage does to records is not repeated here."""
+counter gaps, unobserved windows, scans a station gate refused or flagged. Readings never log;
+a device that is down has its own line (``drivers.state``), so what its outage does to records
+is not repeated here."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ class EventLog:
                 b["missed"] if b["missed"] is not None else "unknown (counter reset)",
                 extra=extra,
             )
+        elif d.kind is RecordKind.GATE:
+            if b["decision"] != "allowed":
+                log.warning(
+                    "station %s: gate %s scan %r: %s",
+                    d.station,
+                    b["decision"],
+                    b.get("text"),
+                    b.get("reason"),
+                    extra=extra | {"device": b.get("device")},
+                )
         elif d.kind is RecordKind.UNOBSERVED:
             log.warning(
                 "station %s: device %s: changes of %s since %s may be missing: %s",

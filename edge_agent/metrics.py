@@ -101,6 +101,7 @@ class AgentCollector(Collector):
         yield from self._uplink(agent_id)
         yield from self._stations(agent_id)
         yield from self._alarms(agent_id)
+        yield from self._gate(agent_id)
 
     def _process(self, agent_id: str) -> Iterable[Metric]:
         a = self._agent
@@ -386,6 +387,48 @@ class AgentCollector(Collector):
         for a in self._agent.alarms.active():
             alarm.add_metric([agent_id, a.code], 1.0)
         return (alarm,)
+
+
+    def _gate(self, agent_id: str) -> Iterable[Metric]:
+        """The station gate's blocked set and route questions; only with a gate configured."""
+        agent = self._agent
+        gate = agent.binder.gate
+        if not gate.configs:
+            return ()
+        held, keeper, asker = gate.blocked, agent.keeper, agent.asker
+        version = GaugeMetricFamily(
+            "edge_agent_gate_blocked_version",
+            "Version of the blocked set the station gates decide with (0: none received yet).",
+            labels=("agent",),
+        )
+        version.add_metric([agent_id], float(held.version))
+        keys = GaugeMetricFamily(
+            "edge_agent_gate_blocked_keys",
+            "Keys in the blocked set held, by kind.",
+            labels=("agent", "kind"),
+        )
+        for kind, listed in (
+            ("lot", held.lots),
+            ("serial", held.serials),
+            ("product", held.products),
+        ):
+            keys.add_metric([agent_id, kind], float(len(listed)))
+        ignored = CounterMetricFamily(
+            "edge_agent_gate_sets_ignored",
+            "Blocked-set messages ignored: garbled (did not parse) or older than the one held.",
+            labels=("agent", "reason"),
+        )
+        ignored.add_metric([agent_id, "garbled"], float(keeper.garbled))
+        ignored.add_metric([agent_id, "older"], float(keeper.older))
+        questions = CounterMetricFamily(
+            "edge_agent_gate_route_questions",
+            "Route questions asked of the trace store, by outcome (unanswered: the station's "
+            "on_unreachable policy decided).",
+            labels=("agent", "outcome"),
+        )
+        questions.add_metric([agent_id, "answered"], float(asker.answered))
+        questions.add_metric([agent_id, "unanswered"], float(asker.unanswered))
+        return (version, keys, ignored, questions)
 
 
 class MetricsServer:

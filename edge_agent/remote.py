@@ -98,6 +98,21 @@ def device_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate_command(args: argparse.Namespace) -> int:
+    """``gate release``: lower a station's interlock by hand (docs/gate.md)."""
+    import getpass
+
+    message = {"op": "gate.release", "station": args.station, "user": getpass.getuser()}
+    reply = _ask(_socket(args), message)
+    if reply is None:
+        return 1
+    if not reply.get("ok"):
+        print(reply.get("error", "refused"), file=sys.stderr)
+        return 1
+    print(f"{args.station}: interlock released (committed, seq {reply['seq']})")
+    return 0
+
+
 def context_command(args: argparse.Namespace) -> int:
     import getpass
     import json
@@ -147,6 +162,8 @@ def status_command(args: argparse.Namespace) -> int:
     else:
         buf, sync = status["buffer"], status["sync"]
         print(f"agent {status['agent']}: last seq {status['committed_seq']}")
+        if status.get("identity"):  # an agent from before the journal's identity has none
+            print(identity_line(status["identity"]))
         if "device_stations" in status:
             for line in station_lines(status, time.time()):
                 print(line)
@@ -172,9 +189,38 @@ def status_command(args: argparse.Namespace) -> int:
             else ""
         )
         print(f"uplink: {uplink}; confirm {sync['confirm']}{confirm}")
+        if status.get("gate"):
+            print(gate_line(status["gate"]))
         for alarm in status["alarms"]:
             print(f"ALARM {alarm['code']}: {alarm['message']}")
     return EXIT_ALARM if status["alarms"] else 0
+
+
+def identity_line(identity: dict[str, Any]) -> str:
+    """The journal's id and this opening's epoch: with the seq, a new record's key at the store."""
+    return (
+        f"identity: journal {identity['journal']}, epoch {identity['epoch']} "
+        f"(from seq {identity['epoch_first']})"
+    )
+
+
+def gate_line(gate: dict[str, Any]) -> str:
+    """The blocked set the station gates decide with, and what was ignored (docs/gate.md)."""
+    held = gate["blocked"]
+    version = gate["blocked_version"]
+    text = (
+        f"gate ({', '.join(gate['stations'])}): blocked set version {version}"
+        + (f" of {gate['blocked_at']}" if gate["blocked_at"] else "")
+        + f", {held['lots']} lot(s), {held['serials']} serial(s), {held['products']} product(s)"
+        if version
+        else f"gate ({', '.join(gate['stations'])}): no blocked set received yet"
+    )
+    ignored = gate["sets_garbled"] + gate["sets_older"]
+    if ignored:
+        text += f"; ignored {gate['sets_garbled']} garbled, {gate['sets_older']} older"
+    if gate["route_unanswered"]:
+        text += f"; route questions unanswered {gate['route_unanswered']}/{gate['route_asked']}"
+    return text
 
 
 def _ago(seconds: float) -> str:

@@ -86,6 +86,7 @@ class RecordKind(StrEnum):
     PART = "part"  # one cycle's part record: snapshot values, result, cycle time
     GAP = "gap"  # the PLC's cycle counter jumped: parts went by without a part record
     UNOBSERVED = "unobserved"  # a window in which a point's changes may not have arrived
+    GATE = "gate"  # the station gate's decision about a scan (blocked set, route rule)
 
 
 TELEMETRY_KINDS = frozenset({RecordKind.READINGS, RecordKind.READING})

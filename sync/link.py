@@ -177,8 +177,13 @@ class Link:
 
     def publish_retained(self, topic: str, payload: bytes) -> asyncio.Future[None]:
         """Publish a retained QoS 1 status message; the future resolves on its PUBACK."""
+        return self.publish_control(topic, payload, retain=True)
+
+    def publish_control(self, topic: str, payload: bytes, *, retain: bool) -> asyncio.Future[None]:
+        """Publish a QoS 1 message that is not a journal record (status, a route question);
+        the future resolves on its PUBACK."""
         done: asyncio.Future[None] = self._loop.create_future()
-        info = self.client.publish(topic, payload, qos=1, retain=True)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             done.set_exception(SyncError(f"publish failed: {mqtt.error_string(info.rc)}"))
         else:

@@ -30,8 +30,7 @@ import contextlib
 import json
 import logging
 import socket
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from buffer.journal import LEGACY_EPOCH, Epoch, Journal
@@ -42,6 +41,7 @@ from sync.confirm import Confirmation, parse_confirmation
 from sync.duplicates import HEARTBEAT, DuplicateWatch
 from sync.link import CLOSE_GRACE, Link, Unreachable, wait_to_retry
 from sync.pending import Deleter, Session
+from sync.status import Outage, SyncStatus
 from sync.streams import Streams
 from sync.wire import (
     SCHEMA,
@@ -63,24 +63,6 @@ log = logging.getLogger(__name__)
 RESEND_BACKOFF_MAX = 16
 """The longest wait between two resends without progress, in units of confirm_timeout."""
 HOST = socket.gethostname()
-
-
-@dataclass
-class SyncStatus:
-    """Live state of the uplink, for logs, metrics and the demo. Owned by the event loop."""
-
-    connected: bool = False
-    since: float = field(default_factory=time.time)  # wall clock of the last up/down change
-    published_messages: int = 0  # messages handed to the broker connection
-    published_records: int = 0  # record copies in them (a record sent twice counts twice)
-    confirmed_records: int = 0  # records acknowledged by the broker and deleted locally
-    last_confirmed_seq: int = 0  # highest seq acknowledged and deleted
-    last_error: str | None = None  # why the last connection failed or ended
-    reconnects: int = 0  # connection attempts that failed or connections that were lost
-    inflight: int = 0  # messages of the current connection waiting for their PUBACK
-    store_watermark: int = 0  # confirm: store: every seq up to it is confirmed by the store
-    resends: int = 0  # confirm: store: times the journal was sent again (stalled, or told to)
-    refused_messages: int = 0  # MQTT 5: messages the broker refused with a reason code
 
 
 class MqttSync:
@@ -126,8 +108,7 @@ class MqttSync:
         self._refused_first: int | None = None  # first seq of the last refused message
         # (epoch id, station) -> (topic, envelope head)
         self._stations: dict[tuple[str, str], tuple[str, str]] = {}
-        self._down_since: float | None = None  # monotonic; set once the outage is logged
-        self._down_failures = 0  # failed attempts in the current outage
+        self._outage = Outage(config, self.status, self.client_id)
         # Made in ``run`` from the journal's identity (the journal is open by then).
         self._streams: Streams | None = None
         self._dups: DuplicateWatch | None = None
@@ -143,6 +124,9 @@ class MqttSync:
         self._sessions: dict[str, str] = {}  # trace store id -> its broker session, last seen
         self._rekeying = False
         self._foreign_through = 0  # highest seq of rows another agent id wrote here
+        # Topics others publish to this agent (the blocked set, route answers): subscribed on
+        # every connection, each message handed to its callback on the event loop.
+        self.listeners: dict[str, Callable[[bytes, bool], None]] = {}
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff; returns only by cancellation (or by a
@@ -184,7 +168,7 @@ class MqttSync:
                     )
                     await link.open()
                     up_at = loop.time()
-                    self._went_up()
+                    self._outage.went_up()
                     self._session = session
                     self._link = link
                     reason = await self._pump(link, session)
@@ -205,7 +189,7 @@ class MqttSync:
                 # dropping at once (e.g. a second agent with our client id) does not.
                 if up_at is not None and loop.time() - up_at >= cfg.backoff_max:
                     attempt = 0
-                self._went_down(reason)
+                self._outage.went_down(reason, self._buffer.depth)
                 await wait_to_retry(cfg, attempt, unreachable)
                 attempt += 1
         finally:
@@ -241,6 +225,8 @@ class MqttSync:
         self._dups.connected()
         if cfg.confirm == "store":
             link.subscribe(self.confirm_topic)  # the retained watermark arrives at once
+        for topic in self.listeners:
+            link.subscribe(topic)
         if cfg.status:
             # Before our own status goes out: the retained one we get is the last word of
             # whoever published before us (duplicates.py).
@@ -435,7 +421,23 @@ class MqttSync:
         if link is not None:
             link._set_lost(f"broker refused a message: {reason}")
 
+    def send(self, topic: str, payload: bytes) -> bool:
+        """Publish a message that is not a record (QoS 1, not retained) if connected now;
+        False if not (the caller decides what no uplink means)."""
+        link = self._link
+        if link is None or not link.connected.done() or link.lost.done():
+            return False
+        try:
+            link.publish_control(topic, payload, retain=False).add_done_callback(_quiet)
+        except SyncError:
+            return False
+        return True
+
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        listener = self.listeners.get(topic)
+        if listener is not None:
+            listener(payload, retained)
+            return
         if topic == self.status_topic:
             if self._dups is not None:
                 with contextlib.suppress(ValueError):
@@ -653,45 +655,11 @@ class MqttSync:
             self._stations[(epoch.id, station)] = known
         return known
 
-    # ---- transitions, logged once each ----------------------------------------------------
 
-    def _went_up(self) -> None:
-        cfg = self.config
-        self.status.connected = True
-        self.status.since = time.time()
-        if self._down_since is None:
-            log.info("connected to MQTT broker %s:%d as %s", cfg.host, cfg.port, self.client_id)
-        else:
-            log.info(
-                "MQTT broker %s:%d reachable again after %.1f s (%d failed attempts)",
-                cfg.host,
-                cfg.port,
-                time.monotonic() - self._down_since,
-                self._down_failures,
-            )
-            self._down_since = None
-            self._down_failures = 0
-
-    def _went_down(self, reason: str) -> None:
-        cfg = self.config
-        was_up = self.status.connected
-        self.status.connected = False
-        self.status.last_error = reason
-        self.status.reconnects += 1
-        self._down_failures += 1
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            self.status.since = time.time()
-            log.error(
-                "MQTT broker %s:%d %s: %s; %d records waiting, retrying with backoff",
-                cfg.host,
-                cfg.port,
-                "lost" if was_up else "unreachable",
-                reason,
-                self._buffer.depth,
-            )
-        else:
-            log.debug("MQTT broker %s:%d still unreachable: %s", cfg.host, cfg.port, reason)
+def _quiet(done: asyncio.Future[None]) -> None:
+    """A question's PUBACK is not waited for: its answer (or none) is what counts."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _log_status_failure(done: asyncio.Future[None]) -> None:

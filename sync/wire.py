@@ -33,6 +33,11 @@ def agent_topic(config: MqttConfig, site: str, line: str, agent: str, leaf: str)
     return f"{config.topic_prefix}/{site}/{line}/{agent}/{leaf}"
 
 
+def blocked_topic(config: MqttConfig) -> str:
+    """Where the trace store publishes the blocked set (retained) every station gate keeps."""
+    return f"{config.topic_prefix}/blocked"
+
+
 def status_payload(agent: str, state: str, **extra: Any) -> bytes:
     body = {"schema": STATUS_SCHEMA, "v": 1, "agent": agent, "state": state, "ts": _now(), **extra}
     return json.dumps(body, separators=(",", ":")).encode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
@@ -25,6 +25,9 @@ from drivers.modbus.codec import Raw, encode
 from drivers.modbus.config import BIT_TABLES, DataType, ModbusPoint, Table
 from kernel.model import Observation
 from simulators.broker import free_port  # noqa: F401  (re-exported for the tests)
+
+# Re-exported: some thirty modules import it from here; new code imports tests.waiting.
+from tests.waiting import wait_until as wait_until
 
 # Function codes by table, for reads.
 READ_FC: dict[Table, int] = {
@@ -193,18 +196,6 @@ async def sim_server(
         yield srv
     finally:
         await srv.stop()
-
-
-async def wait_until(
-    condition: Callable[[], bool], within: float = 5.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until it holds; fail the test with ``what`` after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class Collector:

@@ -47,19 +47,6 @@ def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env)
 
 
-async def eventually(
-    predicate: Callable[[], bool],
-    timeout: float = 10.0,  # noqa: ASYNC109 - expiry becomes an assertion naming `what`
-    what: str = "condition",
-) -> None:
-    """Poll ``predicate`` on the event loop until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s")
-        await asyncio.sleep(0.01)
-
-
 class Mosquitto:
     """A real mosquitto broker on 127.0.0.1 with persistence in ``workdir``."""
 
@@ -136,7 +123,7 @@ class Mosquitto:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(30)  # SIGKILL: only a stuck kernel call delays it
             raise RuntimeError(f"mosquitto ignored SIGTERM:\n{self.log_tail()}") from None
         finally:
             self._proc = None
@@ -145,7 +132,7 @@ class Mosquitto:
         """SIGKILL: whatever was not saved yet is gone, like a power cut of the broker."""
         proc = self._require()
         proc.kill()
-        proc.wait()
+        proc.wait(30)  # SIGKILL: only a stuck kernel call delays it
         self._proc = None
         self._paused = False
 

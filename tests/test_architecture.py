@@ -317,3 +317,17 @@ def test_no_import_cycle_between_top_level_packages() -> None:
     graph = package_graph()
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle:\n" + describe(cycle, graph)
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    """Shared helpers live in ``tests/*_helpers.py`` (and ``tests/waiting.py``), shared
+    fixtures are loaded by ``tests/conftest.py``: importing a test module from another would
+    collect its fixtures twice (a session fixture then runs once per importer) and couple
+    files that change for different reasons."""
+    offending = [
+        str(i)
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for i in scan_file(path, ROOT)
+        if i.target.startswith("tests.test_")
+    ]
+    assert offending == []

@@ -22,7 +22,8 @@ from kernel.alarms import Alarms
 from kernel.model import RecordDraft, RecordKind
 from sync.config import MqttConfig
 from sync.mqtt import MqttSync
-from tests.mqtt_helpers import Mosquitto, eventually
+from tests.mqtt_helpers import Mosquitto
+from tests.waiting import wait_until
 from trace_store.config import StoreConfig
 from trace_store.service import TraceStore
 from trace_store.storage import open_storage
@@ -92,7 +93,7 @@ async def test_a_crashed_broker_is_drained_within_seconds_of_its_return(
     try:
         assert await asyncio.to_thread(store.wait_ready, 10)
         async with load(journal, RATE):
-            await eventually(lambda: store.watermark(AGENT) >= 200, 10, "steady delivery")
+            await wait_until(lambda: store.watermark(AGENT) >= 200, 10, "steady delivery")
             await asyncio.to_thread(broker.kill)
             if store_back == "after_the_agent":
                 await asyncio.to_thread(store.stop)
@@ -100,21 +101,21 @@ async def test_a_crashed_broker_is_drained_within_seconds_of_its_return(
             backlog_at = journal.committed_seq
             await asyncio.to_thread(broker.start)
             if store_back == "after_the_agent":
-                await eventually(lambda: sync.status.connected, 5, "the agent reconnected")
+                await wait_until(lambda: sync.status.connected, 5, "the agent reconnected")
                 sent = sync.status.published_records
-                await eventually(
+                await wait_until(
                     lambda: sync.status.published_records > sent, 5, "records into the void"
                 )
                 store = TraceStore(config)
                 store.start()
             back = time.monotonic()
-            await eventually(
+            await wait_until(
                 lambda: store.watermark(AGENT) >= backlog_at, DRAIN_LIMIT, "the backlog stored"
             )
             drained = time.monotonic() - back
         await journal.flush()
         last = journal.committed_seq
-        await eventually(lambda: journal.depth == 0, 10, "the journal emptied")
+        await wait_until(lambda: journal.depth == 0, 10, "the journal emptied")
         assert store.watermark(AGENT) >= last
         copies = sync.status.published_records - last
         backlog = int(OUTAGE * RATE)

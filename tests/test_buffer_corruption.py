@@ -23,10 +23,9 @@ from kernel.alarms import Alarms
 from kernel.errors import BufferError_
 from kernel.model import RecordDraft, RecordKind
 from simulators.scenario import demo_config
+from tests.journal_helpers import LEAF_TABLE_PAGE, PAGE, corrupt_a_leaf
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = 4096
-LEAF_TABLE_PAGE = 0x0D
 
 
 def record(i: int) -> RecordDraft:
@@ -39,17 +38,6 @@ async def write_journal(path: Path, n: int) -> None:
     await b.start()
     b.append([record(i) for i in range(n)])
     await b.stop()  # closing the last connection checkpoints the WAL into the file
-
-
-def corrupt_a_leaf(path: Path) -> int:
-    """Overwrite one table leaf page in the middle of the file with garbage; returns its
-    page number (1-based)."""
-    data = bytearray(path.read_bytes())
-    leaves = [p for p in range(1, len(data) // PAGE) if data[p * PAGE] == LEAF_TABLE_PAGE]
-    victim = leaves[len(leaves) // 2]
-    data[victim * PAGE : (victim + 1) * PAGE] = bytes((i * 37 + 11) % 256 for i in range(PAGE))
-    path.write_bytes(bytes(data))
-    return victim + 1
 
 
 def damaged_files(directory: Path) -> list[Path]:

@@ -10,8 +10,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from buffer.sqlite import SqliteBuffer
 from kernel.alarms import Alarms
 from kernel.errors import BufferError_
 from kernel.model import RecordDraft, RecordKind
+from tests.waiting import wait_until
 
 KiB = 1024
 
@@ -42,15 +41,6 @@ def reading(i: int) -> RecordDraft:
 
 def part(i: int) -> RecordDraft:
     return RecordDraft("ST10", RecordKind.CONTEXT, {"key": "serial", "n": i, "pad": "t" * 150})
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Poll ``predicate`` on the loop until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within:g} s")
-        await asyncio.sleep(0.01)
 
 
 def freelist_bytes(path: Path) -> int:
@@ -115,8 +105,9 @@ async def test_critical_refuses_readings_without_a_seq_and_keeps_room_for_trace(
         await b.flush()
         disk.free = 50 * KiB
         await b.maintain()
-        await eventually(
-            lambda: not b.stats()["queued"] and b._writer.more is False, "reserve evictions done"
+        await wait_until(
+            lambda: not b.stats()["queued"] and b._writer.more is False,
+            what="reserve evictions done",
         )
         await b.maintain()
         assert freelist_bytes(path) >= WATERMARKS.critical_free_bytes
@@ -241,7 +232,7 @@ async def test_a_trace_record_that_does_not_fit_is_never_reported_committed(
         flush = asyncio.create_task(b.flush())
         # The hold's alarm is posted to the loop after whatever the drop posted: once it is
         # raised here, a wrongly settled seq would already have released the flush.
-        await eventually(lambda: alarms.is_active("buffer_full"), "the trace record held")
+        await wait_until(lambda: alarms.is_active("buffer_full"), what="the trace record held")
         await asyncio.sleep(0)
         assert not flush.done(), f"flush returned {flush.result()} for seq {last} in memory"
         assert last not in [r.seq for r in await b.read_batch(last - 1, 10)]

@@ -3,12 +3,9 @@ counted and reported; trace records never leave except by delivery."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from buffer.sqlite import EVICT_CHUNK, SqliteBuffer
 from edge_agent.config import BufferConfig
 from kernel.alarms import Alarms
 from kernel.model import TELEMETRY_KINDS, RecordDraft, RecordKind
+from tests.waiting import wait_until
 
 TRACE_KINDS = [k for k in RecordKind if k not in TELEMETRY_KINDS]
 TELE = {k.value for k in TELEMETRY_KINDS}
@@ -61,15 +59,6 @@ def quiet_disk(_: str) -> object:
 def journal(path: Path, **kwargs: object) -> SqliteBuffer:
     kwargs.setdefault("disk_usage", quiet_disk)
     return SqliteBuffer(path, synchronous="NORMAL", **kwargs)  # type: ignore[arg-type]
-
-
-async def eventually(predicate: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Poll ``predicate`` on the loop until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {within:g} s")
-        await asyncio.sleep(0.01)
 
 
 def assert_totals_match(b: SqliteBuffer) -> None:
@@ -224,7 +213,7 @@ async def test_a_lowered_bound_is_enforced_in_chunks_while_commits_go_on(tmp_pat
         assert b.telemetry_rows == 3 * EVICT_CHUNK  # computed once at open
         b.append([trace(1)])
         await b.flush()
-        await eventually(lambda: b.telemetry_rows <= 1000, "telemetry down to the bound")
+        await wait_until(lambda: b.telemetry_rows <= 1000, what="telemetry down to the bound")
         assert b.evicted_rows == 3 * EVICT_CHUNK - b.telemetry_rows
         assert_totals_match(b)
         assert [k for _, k, _ in rows(path)].count("context") == 1

@@ -8,30 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from drivers import registry
 from edge_agent.config import load_config, parse_config
 from kernel.errors import ConfigError
-
-KIND_TYPES = ", ".join(k.type for k in registry.kinds())
-"""What an unknown device type's error lists: every kind, in the registry's order."""
+from tests.config_helpers import GOOD, KIND_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config").rglob("*.yaml"))
 
-GOOD = """\
-agent: {site: plant1, line: line3, id: pc1}
-stations:
-  - name: ST10
-    context:
-      serial: {device: plc1, point: serial}
-devices:
-  - name: plc1
-    type: modbus_tcp
-    host: 127.0.0.1
-    points:
-      - {name: serial, address: 100, type: string, count: 6}
-      - {name: temp, address: 0, type: float32, word_order: CDAB, unit: degC}
-"""
 
 
 def errors(text: str) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from edge_agent import yamlsrc
 from edge_agent.config import load_config, parse_config
 from kernel.errors import ConfigError, ConfigIssue
-from tests.test_config import GOOD, KIND_TYPES
+from tests.config_helpers import GOOD, KIND_TYPES
 
 BASE = GOOD  # the smallest valid file; each case breaks one thing
 

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ import yaml
 from edge_agent.testing import schema as case_schema
 from edge_agent.testing.command import run_cases
 from edge_agent.testing.junit import junit_xml
-from edge_agent.testing.load import CaseRef, find_cases, load_case, parse_case, select
+from edge_agent.testing.load import (
+    CaseRef,
+    LoadedCase,
+    find_cases,
+    load_case,
+    parse_case,
+    select,
+)
 from edge_agent.testing.matching import Tally, misses
 from edge_agent.testing.model import Expectation, Match
 from kernel.errors import ConfigError
@@ -52,6 +60,13 @@ def cli(*args: str, cwd: Path = ROOT, timeout: float = 180) -> subprocess.Comple
         cwd=cwd,
         env=env,
     )
+
+
+def runnable(ref: CaseRef) -> LoadedCase:
+    """A case that runs (not one that expects its config refused)."""
+    case = load_case(ref)
+    assert isinstance(case, LoadedCase)
+    return case
 
 
 def normalized(text: str) -> str:
@@ -102,7 +117,7 @@ def test_the_examples_pass_when_run_as_the_pipeline_runs_them(tmp_path: Path) ->
         assert "Traceback" not in done.stderr
     report = ET.parse(tmp_path / "report.xml").getroot()
     assert report.tag == "testsuites"
-    assert (report.get("tests"), report.get("failures"), report.get("errors")) == ("5", "0", "0")
+    assert (report.get("tests"), report.get("failures"), report.get("errors")) == ("6", "0", "0")
     cases = {str(c.get("name")): c for c in report.iter("testcase")}
     expected = sorted(p.name for p in (CI / "tests").iterdir() if (p / "case.yaml").is_file())
     assert sorted(cases) == expected
@@ -148,7 +163,7 @@ FAILING_DIFF = """\
 async def test_a_failing_case_reports_each_miss_with_the_nearest_record() -> None:
     refs, missing = find_cases([CASES / "failing"])
     assert missing == []
-    case = load_case(refs[0])
+    case = runnable(refs[0])
     [result] = await run_cases([case], jobs=1)
     assert result.status == "failed"
     # The window is the scenario time that really passed: 2.5 s, more on a loaded machine.
@@ -177,7 +192,7 @@ async def test_an_expectation_that_cannot_be_met_fails_at_its_deadline() -> None
     """within: 1.5 s of a 6.5 s scenario: the verdict comes at 1.5 s, a failure (not an
     error), with the record that came closest."""
     [ref] = select(find_cases([CASES])[0], ["unmet"])
-    case = load_case(ref)
+    case = runnable(ref)
     assert case.window == 1.5
     [result] = await run_cases([case], jobs=1)
     assert result.status == "failed", result.message
@@ -189,6 +204,90 @@ async def test_an_expectation_that_cannot_be_met_fails_at_its_deadline() -> None
     assert "serial: expected 'SN999999', got 'SN000001'" in block
 
 
+async def test_each_expectation_has_its_own_deadline() -> None:
+    """within per expectation: a record made after it does not count for it (the report
+    says when it was made), a count looks only at the records made before it."""
+    [ref] = select(find_cases([CASES])[0], ["deadlines"])
+    [result] = await run_cases([runnable(ref)], jobs=1)
+    assert result.status == "failed", result.message
+    assert result.message.startswith("1 of 4 expectation(s) not met in "), result.message
+    [block] = result.details
+    head, expected, nearest, why = block.splitlines()
+    assert head == f"{ref.file}:14: expect[2] (third part too early): no record matches within 2 s"
+    assert expected == "  expected: part at ST10: serial 'SN000003'"
+    assert "serial 'SN000003'" in nearest
+    made = re.fullmatch(
+        r"    matches, but it was made (\d+\.\d\d) s after the start, past its within \(2 s\)",
+        why,
+    )
+    assert made is not None, why
+    assert 2.5 < float(made[1]) < 4.5
+
+
+def test_a_count_and_a_deadline_over_records_with_times() -> None:
+    """Pure matching: records by their ts from the scenario's start."""
+    start = 1_800_000_000.0
+
+    def at(seq: int, t: float, serial: str) -> dict[str, Any]:
+        ts = datetime.fromtimestamp(start + t, UTC).isoformat().replace("+00:00", "Z")
+        return {**part(seq, "ST10", serial), "ts": ts}
+
+    expect = expectations(
+        {"kind": "part", "serial": "SN2", "within": 1.0},
+        {"kind": "part", "count": 0, "within": 0.5},
+        {"kind": "part", "count": {"min": 2}, "within": 2.5},
+    )
+    tally = Tally(expect, start=start)
+    tally.add([at(1, 0.7, "SN1"), at(2, 1.7, "SN2"), at(3, 2.7, "SN3")])
+    assert [(o.met, len(o.matched)) for o in tally.outcomes()] == [(False, 0), (True, 0), (True, 2)]
+    assert not tally.settled(now=1.2)  # SN2 may still be on its way (a margin past 1 s)
+    assert [o.settled for o in tally.outcomes(now=1.2)] == [False, True, True]
+    assert tally.settled(now=2.0)
+
+
+def test_cases_that_expect_the_config_refused(tmp_path: Path) -> None:
+    """expect_refused: the config is loaded as validate loads it, nothing runs. Refused as
+    expected passes; a config accepted, or refused for something else, fails with the
+    problems shown; the JUnit report has them all."""
+    xml = tmp_path / "r.xml"
+    done = cli("test", str(CASES), "-k", "refused", "--junit-xml", str(xml), timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    out = done.stdout
+    assert "PASSED refused (" in out
+    assert "FAILED refused-wrongly (" in out
+    assert f"the config {CASES / '../../ci/lines/line3.yaml'} was accepted" in out
+    assert f"{CASES / 'refused-wrongly.case.yaml'}:4: expect_refused: expected a problem " \
+        "matching /unit_id/; validate found none" in out  # fmt: skip
+    assert "FAILED refused-otherwise (" in out
+    assert "1 of 2 pattern(s) match none of its 1 problem(s)" in out
+    assert "expect_refused: no problem matches /unit_id .* out of range/" in out
+    assert "devices[0].poll_interval: poll_interval 0.2 s is shorter than timeout 1.0 s" in out
+    report = ET.parse(xml).getroot()
+    assert (report.get("tests"), report.get("failures"), report.get("errors")) == ("3", "2", "0")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("config: ../../ci/lines/line3.yaml\nexpect_refused: x\nexpect: [{kind: part}]\n",
+         "a case with expect_refused runs nothing: leave out expect"),
+        ("config: ../../ci/lines/line3.yaml\nscenario: {duration: 3}\n",
+         "give expect (or expect_refused: the config must be refused)"),
+        ("config: ../../ci/lines/line3.yaml\nexpect_refused: '(x'\n",
+         "'(x' is not a regular expression"),
+        ("config: ../../ci/lines/line3.yaml\nscenario: {duration: 3}\nwithin: 2\n"
+         "expect: [{kind: part, within: 2.5}]\n",
+         "4:23: expect[0].within: 2.5 s is past the case's within (2 s), when the case stops "
+         "watching: give at most that"),
+    ],
+)  # fmt: skip
+def test_refusal_and_deadline_mistakes(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_case(text, CaseRef("x", CASES / "x.case.yaml"))
+    assert message in str(err.value)
+
+
 async def test_a_case_that_cannot_start_is_an_error_not_a_hang(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -198,7 +297,7 @@ async def test_a_case_that_cannot_start_is_an_error_not_a_hang(
 
     monkeypatch.setattr(run, "STARTUP_LIMIT", 0.0)
     [ref] = select(find_cases([CASES])[0], ["unmet"])
-    [result] = await run_cases([load_case(ref)], jobs=1)
+    [result] = await run_cases([runnable(ref)], jobs=1)
     assert result.status == "error"
     assert result.message.startswith("device(s) not up 0 s after the start: press10 (starting: ")
     root = ET.fromstring(junit_xml([result], result.seconds))
@@ -216,7 +315,7 @@ BAD_CASES: dict[str, tuple[str, list[str]]] = {
         "  - {kind: part, serial: {value: SN1, pattern: 'SN.*'}}\n",
         [
             "4:6: expect[0].kind: unknown value 'prat'; expected one of readings, reading, "
-            "context, context_restored, scan, consumption, part, gap, unobserved; did you mean "
+            "context, context_restored, scan, consumption, part, gap, unobserved, gate; did you mean "
             "'part'?",
             "4:18: expect[0].serail: unknown key 'serail'; did you mean 'serial'?",
             "5:18: expect[1].count: expected at least 0, found -1",
@@ -344,7 +443,8 @@ def test_schema_and_loader_agree_on_the_examples_and_on_mistakes() -> None:
     validators = [jsonschema.Draft202012Validator(schema), jsonschema.Draft7Validator(schema)]
     for v in validators:
         v.check_schema(schema)
-    files = [*sorted((CI / "tests").glob("*/case.yaml")), *sorted(CASES.rglob("*.yaml"))]
+    own = [f for f in sorted(CASES.rglob("*.yaml")) if f.name.endswith("case.yaml")]
+    files = [*sorted((CI / "tests").glob("*/case.yaml")), *own]
     assert len(files) >= 7
     for f in files:
         assert f.read_text().startswith("# "), f

@@ -133,7 +133,7 @@ def test_on_a_terminal_the_view_redraws_in_place(tmp_path: Path) -> None:
         os.close(main)
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(30)
     screen = b"".join(chunks).decode(errors="replace")
     assert "\x1b[2K" in screen or "\x1b[1A" in screen, "redrawn in place (cursor up, erase line)"
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)

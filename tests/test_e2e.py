@@ -22,7 +22,8 @@ from simulators.consumer import RecordCollector
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.mqtt_helpers import Mosquitto, eventually, spawn
+from tests.mqtt_helpers import Mosquitto, spawn
+from tests.waiting import wait_until
 
 AGENT = "e2e-pc1"
 
@@ -112,7 +113,7 @@ async def test_end_to_end_binding_and_delivery(tmp_path: Path, mosquitto: Mosqui
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             try:
-                await eventually(lambda: max_counter(col, "ST20") >= 6, 30, "six parts at ST20")
+                await wait_until(lambda: max_counter(col, "ST20") >= 6, 30, "six parts at ST20")
             finally:
                 stop.set()
                 await task
@@ -142,15 +143,15 @@ async def test_broker_restart_loses_nothing(tmp_path: Path, mosquitto: Mosquitto
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             try:
-                await eventually(lambda: len(col.data.records) > 50, 30, "records flowing")
+                await wait_until(lambda: len(col.data.records) > 50, 30, "records flowing")
                 for _ in range(2):
                     await asyncio.to_thread(broker.stop)
                     depth = agent.buffer.depth
                     # Acquisition goes on while the broker is away: the backlog grows.
-                    await eventually(lambda d=depth: agent.buffer.depth > d + 80, 30, "backlog")
+                    await wait_until(lambda d=depth: agent.buffer.depth > d + 80, 30, "backlog")
                     assert not agent.sync.status.connected
                     await asyncio.to_thread(broker.start)
-                    await eventually(lambda: agent.buffer.depth < 30, 30, "backlog drained")
+                    await wait_until(lambda: agent.buffer.depth < 30, 30, "backlog drained")
             finally:
                 stop.set()
                 await task
@@ -198,7 +199,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
                 for _round in range(3):
                     before = len(col.data.records)
                     proc = spawn(cmd, env)
-                    await eventually(
+                    await wait_until(
                         lambda b=before: len(col.data.records) > b + 300, 60, "records under load"
                     )
                     proc.send_signal(signal.SIGKILL)
@@ -207,7 +208,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
                     proc = None
                 proc = spawn(cmd, env)
                 before = len(col.data.records)
-                await eventually(lambda: len(col.data.records) > before + 150, 60, "after restart")
+                await wait_until(lambda: len(col.data.records) > before + 150, 60, "after restart")
                 proc.send_signal(signal.SIGTERM)
                 rc = await asyncio.to_thread(proc.wait, 30)
                 proc = None
@@ -215,7 +216,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path, mosquitto: Mosqui
             finally:
                 if proc is not None:
                     proc.kill()
-                    proc.wait()
+                    proc.wait(30)
             last_seq, left = _db_state(db_path)
             assert col.wait_for(lambda d: len(d.records) + len(left) >= last_seq, 15)
     delivered = set(col.seqs(AGENT))

@@ -29,21 +29,17 @@ from kernel.alarms import Alarms
 from kernel.model import RecordDraft, RecordKind
 from sync.config import MqttConfig
 from sync.mqtt import MqttSync
-from tests.mqtt_helpers import Mosquitto, eventually
-from tests.test_buffer_corruption import corrupt_a_leaf
-from tests.test_trace_store import (
+from tests.journal_helpers import corrupt_a_leaf
+from tests.mqtt_helpers import Mosquitto
+from tests.store_helpers import (
     Publisher,
     StoreFactory,
-    db,
     envelope,
-    postgres,
-    stores,
     topic,
 )
+from tests.waiting import wait_until
 from trace_store.service import TraceStore
 from trace_store.storage import open_storage
-
-__all__ = ["db", "postgres", "stores"]  # fixtures shared with test_trace_store
 
 AGENT = "line3-pc1"
 SITE = "plant-a"
@@ -83,7 +79,7 @@ class Agent:
         journal, sync = self.journal, self.sync
         assert sync is not None
         await journal.flush()
-        await eventually(
+        await wait_until(
             lambda: journal.depth == 0 and sync.status.store_watermark >= journal.committed_seq,
             timeout,
             "journal confirmed and emptied",
@@ -369,7 +365,7 @@ async def test_a_legacy_journal_the_store_cannot_tell_apart_is_sent_under_an_epo
     await offline(path, "mine", 20)
     make_format_1(path)
     async with running(path, mosquitto.port) as upgraded:
-        await eventually(
+        await wait_until(
             lambda: upgraded.journal.identity.epochs[0].id != LEGACY_EPOCH,
             WAIT,
             "the legacy rows renamed",

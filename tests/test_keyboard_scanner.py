@@ -43,9 +43,10 @@ from drivers.keyboard_scanner.driver import (
 )
 from drivers.keyboard_scanner.keymap import GS, KEY_CODES
 from kernel.model import DeviceState, Observation, Quality
-from tests.modbus_helpers import Collector, no_leaks, wait_until
+from tests.keyboard_helpers import typing
+from tests.modbus_helpers import Collector, no_leaks
 from tests.modbus_helpers import stop_task as stop
-from tests.test_keyboard_keymap import typing
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

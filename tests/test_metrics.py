@@ -32,6 +32,7 @@ from simulators.station import StationModel
 from tests.metrics_helpers import CYCLE, DOCS, get, scrape
 from tests.modbus_helpers import no_leaks, wait_until
 from tests.mqtt_helpers import Mosquitto
+from tests.waiting import bounded
 
 AGENT = "metrics-pc1"
 STATION = station_name(0)
@@ -281,7 +282,7 @@ async def test_a_reload_that_moves_the_endpoint_is_refused(tmp_path: Path) -> No
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await agent.started.wait()
+            await bounded(agent.started.wait(), 30, "the agent to start")
             raw["metrics"]["listen"] = f"127.0.0.1:{free_port()}"
             path.write_text(yaml.safe_dump(raw), encoding="utf-8")
             answer = await agent.reload()

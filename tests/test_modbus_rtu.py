@@ -38,7 +38,7 @@ from simulators.serial_link import NullModem
 from simulators.station import StationModel
 from tests.modbus_helpers import Collector, no_leaks, wait_until
 from tests.mqtt_helpers import Mosquitto
-from tests.test_parts_e2e import check_part, parts_by_station, run_agent_until
+from tests.parts_helpers import check_part, parts_by_station, run_agent_until
 
 pytestmark = pytest.mark.timeout(120)
 

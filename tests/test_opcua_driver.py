@@ -1,13 +1,12 @@
 """The OPC UA driver against the OPC UA station simulator (a real asyncua server): parts end
 to end against ground truth, the server restarting with other namespace indexes, a node that
-appears later, security that never downgrades, and the errors an integrator sees."""
+appears later, a server that goes away, and the probe and browse an integrator uses. Security
+is in ``test_opcua_security.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,31 +20,20 @@ from asyncua import ua
 from drivers.opcua.config import OpcUaDevice
 from drivers.opcua.driver import OpcUaDriver
 from edge_agent.config import agent_model
-from kernel.errors import ConnectError
 from kernel.model import DeviceState, Quality
 from simulators.consumer import RecordCollector
-from simulators.opcua.security import NONE_ONLY, SECURE_POLICIES
 from simulators.opcua_server import OpcUaStationServer
-from simulators.scenario import OPCUA_NAMESPACE, demo_config, opcua_device, station_name
+from simulators.scenario import OPCUA_NAMESPACE, demo_config, station_name
 from simulators.station import StationModel
-from tests.modbus_helpers import Collector, wait_until
+from tests.modbus_helpers import Collector
 from tests.modbus_helpers import start_device as run
 from tests.modbus_helpers import stop_task as stop
 from tests.mqtt_helpers import Mosquitto
-from tests.test_parts_e2e import check_part, parts_by_station, run_agent_until
+from tests.opcua_helpers import device, good
+from tests.parts_helpers import check_part, parts_by_station, run_agent_until
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def device(endpoint: str, **kw: Any) -> OpcUaDevice:
-    raw = {**opcua_device("press1", "ST10", endpoint, parts=True), **kw}
-    dev = OpcUaDevice.model_validate(raw)
-    assert dev.issues() == []
-    return dev
-
-
-def good(sink: Collector, point: str) -> list[Any]:
-    return [o.value for o in sink.of(point) if o.quality is Quality.GOOD]
 
 
 # ---- end to end ----------------------------------------------------------------------------
@@ -172,8 +160,10 @@ async def test_a_restart_without_handshake_records_the_missed_cycles_as_a_gap(
                 # Down for several cycles, as measured on the PLC's own clock.
                 counter = server.stations[0].cycle_at(asyncio.get_running_loop().time())[0]
                 await wait_until(
-                    lambda: server.stations[0].cycle_at(asyncio.get_running_loop().time())[0]
-                    >= counter + 5,
+                    lambda: (
+                        server.stations[0].cycle_at(asyncio.get_running_loop().time())[0]
+                        >= counter + 5
+                    ),
                     within=10,
                     what="five cycles with the server down",
                 )
@@ -224,12 +214,16 @@ async def test_a_missing_node_is_bad_with_the_reason_until_it_appears(tmp_path: 
     async with OpcUaStationServer(sims) as server:
         dev = device(server.endpoint, retry_interval=0.2)
         late = {"name": "late", "node": f"nsu={OPCUA_NAMESPACE};s=ST20.late"}
-        dev = OpcUaDevice.model_validate({**dev.model_dump(), "points": [*dev.model_dump()["points"], late]})
+        dev = OpcUaDevice.model_validate(
+            {**dev.model_dump(), "points": [*dev.model_dump()["points"], late]}
+        )
         driver = OpcUaDriver(dev)
         sink = Collector()
         task = await run(driver, sink)
         try:
-            await wait_until(lambda: sink.of("late") and good(sink, "part_serial"), what="first values")
+            await wait_until(
+                lambda: sink.of("late") and good(sink, "part_serial"), what="first values"
+            )
             (first,) = sink.of("late")[:1]
             assert first.quality is Quality.BAD
             assert first.error == "monitored item refused: BadNodeIdUnknown"
@@ -254,7 +248,9 @@ async def test_a_server_that_is_not_there_is_down_with_the_reason() -> None:
     from simulators.broker import free_port
 
     port = free_port()
-    driver = OpcUaDriver(device(f"opc.tcp://127.0.0.1:{port}/", backoff_initial=0.05, backoff_max=0.1))
+    driver = OpcUaDriver(
+        device(f"opc.tcp://127.0.0.1:{port}/", backoff_initial=0.05, backoff_max=0.1)
+    )
     sink = Collector()
     task = await run(driver, sink)
     try:
@@ -301,160 +297,6 @@ async def test_a_dropped_connection_resumes_the_session_and_misses_nothing() -> 
     assert len(outages) == 1
     assert not [o for o in sink.all if o.unobserved], "nothing was missed"
     assert outages[0].error == "connection to the server lost; resuming the session"
-
-
-# ---- security --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def secure_server(tmp_path: Path) -> AsyncIterator[OpcUaStationServer]:
-    sims = [StationModel(unit_id=1, serial_prefix="S-")]
-    async with OpcUaStationServer(
-        sims,
-        security=SECURE_POLICIES,
-        users={"agent": "s3cret"},
-        anonymous=False,
-        trust_dir=tmp_path / "server-trusts",
-        pki_dir=tmp_path / "server-pki",
-    ) as server:
-        yield server
-
-
-def secure_device(server: OpcUaStationServer, tmp_path: Path, **kw: Any) -> OpcUaDevice:
-    return device(
-        server.endpoint,
-        security_policy=kw.pop("policy", "Basic256Sha256"),
-        security_mode=kw.pop("mode", "SignAndEncrypt"),
-        pki=str(tmp_path / "pki"),
-        username="agent",
-        password=kw.pop("password", "s3cret"),
-        **kw,
-    )
-
-
-async def connect_once(dev: OpcUaDevice) -> str | None:
-    """None when the device opens, else the ConnectError's message."""
-    driver = OpcUaDriver(dev)
-    try:
-        await driver.open()
-    except ConnectError as exc:
-        return str(exc)
-    finally:
-        await driver.close()
-    return None
-
-
-async def trust_both_ways(server: OpcUaStationServer, dev: OpcUaDevice, tmp_path: Path) -> None:
-    """What an integrator does once: the first attempt creates the agent's certificate and
-    refuses the server's; move the server's to trusted/, copy the agent's to the server."""
-    refused = await connect_once(dev)
-    assert refused is not None
-    assert "is not accepted (BadCertificateUntrusted); if this is the right server, trust it" in refused
-    (rejected,) = (tmp_path / "pki" / "rejected").iterdir()
-    assert f"move {rejected} to {tmp_path / 'pki' / 'trusted'}/" in refused
-    shutil.move(rejected, tmp_path / "pki" / "trusted" / rejected.name)
-    (tmp_path / "server-trusts").mkdir(exist_ok=True)
-    shutil.copy(tmp_path / "pki" / "own" / "cert.der", tmp_path / "server-trusts" / "agent.der")
-
-
-async def test_signed_and_encrypted_with_a_user_after_trusting_both_ways(
-    secure_server: OpcUaStationServer, tmp_path: Path
-) -> None:
-    dev = secure_device(secure_server, tmp_path)
-    await trust_both_ways(secure_server, dev, tmp_path)
-    driver = OpcUaDriver(dev)
-    sink = Collector()
-    task = await run(driver, sink)
-    try:
-        await wait_until(lambda: good(sink, "part_serial"), what="a value over the secure channel")
-    finally:
-        await stop(task)
-    assert str(good(sink, "part_serial")[0]).startswith("S-")
-
-
-async def test_a_secure_device_started_before_its_server_connects_once_it_is_there(
-    secure_server: OpcUaStationServer, tmp_path: Path
-) -> None:
-    """The line PC boots before the PLC: the first connect fails (down, retried with
-    backoff) and the secure session is made once the server answers, neither downgraded
-    nor stuck."""
-    dev = secure_device(secure_server, tmp_path, backoff_initial=0.05, backoff_max=0.3)
-    await trust_both_ways(secure_server, dev, tmp_path)
-    await secure_server.stop()
-    driver = OpcUaDriver(dev)
-    sink = Collector()
-    task = await run(driver, sink)
-    try:
-        await wait_until(lambda: driver.status.reconnects >= 2, what="two refused attempts")
-        assert driver.status.state is DeviceState.DOWN
-        assert "refused" in (driver.status.last_error or "")
-        assert not good(sink, "part_serial")
-        await secure_server.start()
-        await wait_until(
-            lambda: good(sink, "part_serial"), within=30, what="a value once the server is up"
-        )
-        assert driver.status.state is DeviceState.UP
-        client = driver._client
-        assert client is not None
-        assert client.security_policy.Mode == ua.MessageSecurityMode.SignAndEncrypt
-    finally:
-        await stop(task)
-
-
-@pytest.mark.parametrize(
-    ("policy", "mode"),
-    [
-        (p, m)
-        for p in ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
-        for m in ("Sign", "SignAndEncrypt")
-    ],
-)
-async def test_every_policy_and_mode_connects(
-    secure_server: OpcUaStationServer, tmp_path: Path, policy: str, mode: str
-) -> None:
-    dev = secure_device(secure_server, tmp_path, policy=policy, mode=mode)
-    await trust_both_ways(secure_server, dev, tmp_path)
-    assert await connect_once(dev) is None
-
-
-async def test_a_wrong_password_says_so(secure_server: OpcUaStationServer, tmp_path: Path) -> None:
-    dev = secure_device(secure_server, tmp_path)
-    await trust_both_ways(secure_server, dev, tmp_path)
-    wrong = secure_device(secure_server, tmp_path, password="guess")
-    assert await connect_once(wrong) == (
-        "device 'press1': the server refused user 'agent' (BadUserAccessDenied): check "
-        "username and password"
-    )
-
-
-async def test_a_refused_agent_certificate_says_which_file_to_trust(
-    secure_server: OpcUaStationServer, tmp_path: Path
-) -> None:
-    dev = secure_device(secure_server, tmp_path)
-    await trust_both_ways(secure_server, dev, tmp_path)
-    (tmp_path / "server-trusts" / "agent.der").unlink()
-    message = await connect_once(dev)
-    assert message is not None
-    assert "the server refused the agent's certificate" in message
-    assert f"trust {tmp_path / 'pki' / 'own' / 'cert.der'} on the server" in message
-
-
-async def test_security_is_never_downgraded(tmp_path: Path) -> None:
-    """The server offers only None; the config asks for SignAndEncrypt: refused, saying what
-    the server offers, never connected insecurely."""
-    sims = [StationModel(unit_id=1)]
-    async with OpcUaStationServer(sims, security=NONE_ONLY) as server:
-        dev = device(
-            server.endpoint,
-            security_policy="Basic256Sha256",
-            security_mode="SignAndEncrypt",
-            pki=str(tmp_path / "pki"),
-        )
-        message = await connect_once(dev)
-    assert message == (
-        "device 'press1': the server offers no Basic256Sha256 SignAndEncrypt endpoint (it "
-        "offers: None None_); the agent never connects with weaker security than configured"
-    )
 
 
 # ---- integrator tools ------------------------------------------------------------------------
@@ -538,71 +380,3 @@ async def test_browse_prints_points_that_validate(tmp_path: Path) -> None:
     doc = yaml.safe_load(full)
     doc["devices"][0]["points"] = yaml.safe_load(pasted)["points"]
     assert parse_config(yaml.safe_dump(doc), "pasted.yaml").devices[0].point_names()
-
-
-def user_identity(folder: Path, name: str) -> tuple[Path, Path, bytes]:
-    """A self-signed user certificate (DER) and its key (PEM), as an IT department issues."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    der = cert.public_bytes(serialization.Encoding.DER)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.der").write_bytes(der)
-    (folder / f"{name}.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return folder / f"{name}.der", folder / f"{name}.pem", der
-
-
-async def test_a_user_certificate_identity_is_accepted_and_an_unknown_one_refused(
-    tmp_path: Path,
-) -> None:
-    known_cert, known_key, known_der = user_identity(tmp_path / "ids", "line3-user")
-    other_cert, other_key, _ = user_identity(tmp_path / "ids", "someone-else")
-    sims = [StationModel(unit_id=1, serial_prefix="X-")]
-    async with OpcUaStationServer(
-        sims,
-        security=SECURE_POLICIES,
-        anonymous=False,
-        user_certificates=[known_der],
-        trust_dir=tmp_path / "server-trusts",
-        pki_dir=tmp_path / "server-pki",
-    ) as server:
-
-        def dev(cert: Path, key: Path) -> OpcUaDevice:
-            return device(
-                server.endpoint,
-                security_policy="Basic256Sha256",
-                security_mode="SignAndEncrypt",
-                pki=str(tmp_path / "pki"),
-                user_certificate=str(cert),
-                user_private_key=str(key),
-            )
-
-        await trust_both_ways(server, dev(known_cert, known_key), tmp_path)
-        assert await connect_once(dev(known_cert, known_key)) is None
-        refused = await connect_once(dev(other_cert, other_key))
-    assert refused is not None
-    assert f"the server refused the user certificate {other_cert}" in refused
-    assert "register it as a user on the server" in refused

@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +19,18 @@ import pytest
 import yaml
 
 from edge_agent.cli import main as cli_main
-from edge_agent.config import AgentConfig, agent_model
+from edge_agent.config import agent_model
 from edge_agent.daemon import Agent
 from simulators.broker import free_port
 from simulators.consumer import RecordCollector
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config, station_name
 from simulators.station import StationModel
-from tests.mqtt_helpers import Mosquitto, eventually, spawn
+from tests.mqtt_helpers import Mosquitto, spawn
+from tests.parts_helpers import check_part, parts_by_station, run_agent_until
+from tests.waiting import wait_until
 
 AGENT = "parts-pc1"
-Records = dict[tuple[str, int], dict[str, Any]]
 
 
 def config(plc_port: int, mqtt_port: int, tmp: Path, stations: int, **kw: Any) -> dict[str, Any]:
@@ -42,42 +42,6 @@ def config(plc_port: int, mqtt_port: int, tmp: Path, stations: int, **kw: Any) -
         agent_id=AGENT,
         **kw,
     )
-
-
-def parts_by_station(records: Records) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for _key, r in sorted(records.items()):
-        if r["kind"] == "part":
-            out[r["station"]].append(r)
-    return out
-
-
-def check_part(part: dict[str, Any], model: StationModel) -> None:
-    """One part record against what the PLC knew about that cycle."""
-    k = part["counter"] - 1
-    truth = model.final_values(k)
-    assert part["serial"] == model.serial(k), part
-    assert part["ctx"]["lot"] == model.lot(k), part
-    values = {name: v["value"] for name, v in part["values"].items()}
-    assert values["final_force"] == truth["final_force"], part
-    assert values["final_depth"] == truth["final_depth"], part
-    assert part["result"] == ("ok" if model.ok(k) else "nok"), part
-    assert part["values"]["final_force"]["ok"] == model.ok(k), part
-    assert part["values"]["final_force"]["unit"] == "kN"
-    assert part["quality"] == "good", part
-    assert part["cycle_time"] == model.cycle_time
-
-
-async def run_agent_until(cfg: AgentConfig, condition: Any, what: str) -> Agent:
-    agent = Agent(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await eventually(condition, 60, what)
-    finally:
-        stop.set()
-        await task
-    return agent
 
 
 async def test_thousand_handshake_parts_match_ground_truth(
@@ -206,7 +170,7 @@ async def test_handshake_survives_sigkill_without_losing_or_doubling_a_part(
                 for _round in range(5):
                     target = plc.plc(1).parts_released + rng.randint(5, 30)
                     proc = spawn([*cmd, str(cfg_path)], env)
-                    await eventually(
+                    await wait_until(
                         lambda t=target: plc.plc(1).parts_released >= t, 60, "parts released"
                     )
                     proc.send_signal(signal.SIGKILL)
@@ -214,14 +178,14 @@ async def test_handshake_survives_sigkill_without_losing_or_doubling_a_part(
                     proc = None
                 proc = spawn([*cmd, str(cfg_path)], env)
                 target = plc.plc(1).parts_released + 10
-                await eventually(lambda: plc.plc(1).parts_released >= target, 60, "after kills")
+                await wait_until(lambda: plc.plc(1).parts_released >= target, 60, "after kills")
                 proc.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(proc.wait, 30) == 0
                 proc = None
             finally:
                 if proc is not None:
                     proc.kill()
-                    proc.wait()
+                    proc.wait(30)
             released = plc.plc(1).parts_released
             last_seq, left = _journal(tmp_path / "buffer.db")
             assert col.wait_for(lambda d: len(d.records) + len(left) >= last_seq, 20)
@@ -250,7 +214,7 @@ async def test_manual_context_via_cli_and_restart_restores_it(
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await eventually(
+            await wait_until(
                 lambda: agent.binder.contexts["ST10"]["serial"] is not None, 20, "serial"
             )
             rc = await asyncio.to_thread(

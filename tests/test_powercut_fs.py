@@ -296,7 +296,7 @@ def test_sqlite_wal_full_keeps_every_commit_through_power_cuts(
             writer.send_signal(signal.SIGSTOP)
             mount.cut(mode, seed=cut)
         writer.kill()
-        writer.wait()
+        writer.wait(30)  # a writer stuck in the FUSE mount would hang here
         said = max([said, *(int(n) for n in writer.stdout.read().split())])
         writer.stdout.close()
         mount.power_on()
@@ -321,7 +321,7 @@ def test_sqlite_wal_normal_loses_commits_at_a_power_cut(mount: PowerCutMount) ->
     writer.send_signal(signal.SIGSTOP)
     mount.cut("drop")
     writer.kill()
-    writer.wait()
+    writer.wait(30)  # a writer stuck in the FUSE mount would hang here
     writer.stdout.close()
     with sqlite3.connect(db) as check:
         tables = check.execute("SELECT name FROM sqlite_master WHERE name = 't'").fetchall()

@@ -21,7 +21,8 @@ from simulators.broker import free_port
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.mqtt_helpers import eventually, spawn
+from tests.mqtt_helpers import spawn
+from tests.waiting import wait_until
 
 
 def journal(path: Path) -> list[tuple[int, str, str]]:
@@ -65,7 +66,7 @@ async def test_reload_restarts_only_changed_devices_and_keeps_state(tmp_path: Pa
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await eventually(
+            await wait_until(
                 lambda: all(c["serial"] for c in agent.binder.contexts.values()), 20, "serials"
             )
             await agent.set_context("ST10", {"work_order": "WO-1"})
@@ -93,7 +94,7 @@ async def test_reload_restarts_only_changed_devices_and_keeps_state(tmp_path: Pa
             assert agent.device_tasks["press2"] is not before["press2"]
             assert before["press2"].done()
             assert agent.binder.contexts["ST10"]["work_order"] == "WO-1"
-            await eventually(
+            await wait_until(
                 lambda: any(p == "extra" for _s, _k, p in journal(tmp_path / "buffer.db")),
                 20,
                 "readings of the new point",
@@ -130,11 +131,11 @@ async def test_sighup_reloads_a_running_agent(tmp_path: Path) -> None:
         proc = spawn(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             db = tmp_path / "buffer.db"
-            await eventually(lambda: len(journal(db)) > 20, 30, "agent running")
+            await wait_until(lambda: len(journal(db)) > 20, 30, "agent running")
             raw["devices"][0]["points"].append({"name": "extra", "address": 18, "type": "int16"})
             path.write_text(yaml.safe_dump(raw))
             proc.send_signal(signal.SIGHUP)
-            await eventually(
+            await wait_until(
                 lambda: any(p == "extra" for _s, _k, p in journal(db)), 30, "the new point"
             )
             proc.send_signal(signal.SIGTERM)
@@ -142,7 +143,7 @@ async def test_sighup_reloads_a_running_agent(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                proc.wait(30)
 
 
 def test_devices_poll_in_spread_phases(tmp_path: Path) -> None:

@@ -30,9 +30,10 @@ from simulators.rfid import Fault, LineKind, RfidReaderSim, SentLine, TagScene
 from simulators.scenario import demo_config
 from simulators.serial_link import NullModem
 from simulators.station import StationModel
-from tests.modbus_helpers import no_leaks, wait_until
+from tests.modbus_helpers import no_leaks
 from tests.mqtt_helpers import Mosquitto
-from tests.test_rfid_epc import VECTORS as EPC_VECTORS
+from tests.rfid_helpers import VECTORS as EPC_VECTORS
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,7 @@ from simulators.scanner import HandheldScanner, PtyTransport, ScannerConfig
 from simulators.scenario import demo_config
 from simulators.serial_link import NullModem
 from simulators.station import StationModel
-from tests.modbus_helpers import Collector, wait_until
+from tests.modbus_helpers import Collector, free_port, wait_until
 from tests.modbus_helpers import stop_task as stop
 from tests.mqtt_helpers import Mosquitto
 
@@ -220,6 +220,28 @@ async def test_a_scale_on_tcp(tmp_path: Path) -> None:
             await wait_until(lambda: 42.0 in stable_weights(sink), what="42 g over TCP")
         finally:
             await stop(task)
+
+
+async def test_a_polled_scale_that_connects_to_the_agent_is_asked_once_it_has() -> None:
+    """listen_port with MT-SICS polling: until the scale dials in there is nobody to ask, so
+    the agent waits for it instead of timing out (which marked it down and closed the port
+    each time, so a dialing scale hardly ever got in)."""
+    port = free_port()
+    driver = ScaleDriver(
+        scale(listen_port=port, listen_host="127.0.0.1", poll_interval=0.05, timeout=0.3)
+    )
+    sink = Collector()
+    task = await running(driver, sink)
+    try:
+        dial = ("127.0.0.1", port)
+        async with ScaleSimulator(ScaleModel(settle_time=0.05, decimals=1), dial=dial) as sim:
+            sim.place(12.5)
+            await wait_until(lambda: 12.5 in stable_weights(sink), what="12.5 g from the scale")
+            assert sim.connections == 1
+        assert driver.status.reconnects == 0, driver.status.last_error
+        assert driver.status.reads_failed == 0, driver.status.last_error
+    finally:
+        await stop(task)
 
 
 # ---- a PLC, a scanner and a scale on one station ------------------------------------------------

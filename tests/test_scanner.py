@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +40,11 @@ from simulators.scanner import (
 )
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.modbus_helpers import Collector, wait_until
+from tests.modbus_helpers import Collector
 from tests.modbus_helpers import start_device as run
 from tests.modbus_helpers import stop_task as stop
 from tests.mqtt_helpers import Mosquitto, spawn
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -398,18 +398,6 @@ async def test_no_good_read_before_the_scan_is_committed(
 
 
 
-async def eventually_async(
-    check: Callable[[], Awaitable[bool]], within: float, what: str
-) -> None:
-    """Poll an async ``check`` until it holds; fail with ``what`` after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_an_agent_killed_before_the_commit_never_answered_the_scan(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
@@ -439,7 +427,7 @@ async def test_an_agent_killed_before_the_commit_never_answered_the_scan(
         async with HandheldScanner(plc.stations[0], transport, ScannerConfig(auto=False)) as sim:
             proc = spawn(cmd, env)
             try:
-                await eventually_async(scanner_up, 30, "the agent's scanner up")
+                await wait_until(scanner_up, 30, "the agent's scanner up")
                 lock = commit_blocked(tmp_path / "buffer.db")
                 try:
                     before = int((await status())["scans"])
@@ -449,7 +437,7 @@ async def test_an_agent_killed_before_the_commit_never_answered_the_scan(
                     async def scan_seen() -> bool:
                         return int((await status()).get("scans", -1)) > before
 
-                    await eventually_async(scan_seen, 10, "the scan bound (its commit blocked)")
+                    await wait_until(scan_seen, 10, "the scan bound (its commit blocked)")
                     proc.send_signal(signal.SIGKILL)
                     await asyncio.to_thread(proc.wait, 10)
                 finally:
@@ -464,7 +452,7 @@ async def test_an_agent_killed_before_the_commit_never_answered_the_scan(
                 assert "scan" not in kinds, "the scan was committed after all"
                 # The operator scans again; the restarted agent commits and answers it.
                 proc = spawn(cmd, env)
-                await eventually_async(scanner_up, 30, "the restarted agent's scanner up")
+                await wait_until(scanner_up, 30, "the restarted agent's scanner up")
                 await sim.scan_part()
                 await wait_until(lambda: len(sim.feedback) == 1, within=10, what="the answer")
                 assert sim.feedback[0].verdict == "good"

@@ -525,9 +525,9 @@ def test_simulate_prints_overrides_and_writes_a_config_the_agent_accepts(tmp_pat
     devices: list[dict[str, Any]] = [
         {"name": "plc", "type": "modbus_tcp", "host": "10.1.1.1", "points": SIMPLE},
         {"name": "rtu", "type": "modbus_rtu", "port": "/dev/ttyS3", "points": SIMPLE},
-        {"name": "wedge", "type": "keyboard_scanner", "input": "/dev/input/by-id/kbd"},
+        {"name": "cam", "type": "camera", "device": 0},
     ]
-    text = config_text(devices, tmp_path, device="plc", scans={"sources": [{"device": "wedge"}]})
+    text = config_text(devices, tmp_path, device="plc", scans={"sources": [{"device": "cam"}]})
     (tmp_path / "line.yaml").write_text(text)
     (tmp_path / "s.yaml").write_text("duration: 0.5\npoints: {plc: {value: 3}}\n")
     out = tmp_path / "sim" / "line.sim.yaml"
@@ -555,10 +555,10 @@ def test_simulate_prints_overrides_and_writes_a_config_the_agent_accepts(tmp_pat
     printed = yaml.safe_load(result.stdout)
     assert printed["overrides"]["plc"]["host"] == "127.0.0.1"
     assert printed["overrides"]["rtu"] == {"port": str(tmp_path / "pty" / "ttyS3")}
-    assert "wedge" not in printed["overrides"]
+    assert "cam" not in printed["overrides"]
     assert (
-        "#   not simulated: wedge (keyboard_scanner: the keyboard_scanner driver has no "
-        "simulator yet)" in result.stdout
+        "#   not simulated: cam (camera: a V4L2 camera (device) is not simulated: that needs "
+        "the v4l2loopback kernel module; a camera with url or folder is)" in result.stdout
     )
     assert "# scenario finished after" in result.stdout
     written = load_config(out)

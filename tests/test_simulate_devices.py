@@ -9,38 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from drivers.base import Driver
-from drivers.bus import Buses
-from drivers.registry import DriverContext, create_driver
-from edge_agent.config import AgentConfig, parse_config
 from edge_agent.daemon import Agent
 from kernel.model import DeviceState, Quality
-from simulators.broker import free_port
 from simulators.devicemap import Simulation, apply_overrides, parse_scenario
-from tests.modbus_helpers import Collector, no_leaks, wait_until
+from tests.modbus_helpers import Collector, no_leaks
+from tests.simulate_helpers import BACKOFF, OPCUA_POINTS, config, drivers_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(90)
-BACKOFF = {"backoff_initial": 0.05, "backoff_max": 0.2}
-
-
-def config(tmp: Path, devices: list[dict[str, Any]], **station: Any) -> AgentConfig:
-    raw = {
-        "agent": {"site": "s1", "line": "l1", "id": "sim-pc2"},
-        "stations": [{"name": "ST10", **station}],
-        "devices": devices,
-        "buffer": {"path": str(tmp / "buffer.db")},
-        "control": {"socket": str(tmp / "ctl.sock")},
-        "mqtt": {"host": "127.0.0.1", "port": free_port(), "backoff_max": 1.0},
-    }
-    return parse_config(yaml.safe_dump(raw, sort_keys=False), "line.yaml")
-
-
-def drivers_for(cfg: AgentConfig, sim: Simulation) -> dict[str, Driver]:
-    context = DriverContext(buses=Buses())
-    live = apply_overrides(cfg, sim.overrides)
-    return {d.name: create_driver(d, context) for d in live.devices}
 
 
 async def test_scans_garbage_and_an_unplugged_scanner_through_the_agent(tmp_path: Path) -> None:
@@ -98,7 +75,9 @@ faults:
         runner = asyncio.create_task(agent.run(stop))
         try:
             await wait_until(
-                lambda: all(state(s["name"]) is DeviceState.UP for s in scanners), 10, "scanners up"
+                lambda: all(state(str(s["name"])) is DeviceState.UP for s in scanners),
+                10,
+                "scanners up",
             )
             sim.play()
             await wait_until(lambda: state("sc1") is DeviceState.DOWN, 10, "sc1 down (unplugged)")
@@ -163,17 +142,6 @@ faults:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-OPCUA_POINTS = [
-    {"name": "count", "node": "nsu=urn:plant:press;s=Press.Count", "type": "int"},
-    {"name": "serial", "node": "nsu=urn:plant:press;i=4711", "type": "string"},
-    {"name": "force", "browse_path": "Press/Force", "type": "float", "report": "snapshot"},
-    {"name": "temp", "node": "ns=3;s=Temp"},
-    {"name": "ready", "browse_path": "Press/Ready", "type": "bool"},
-    {"name": "taken", "browse_path": "nsu=urn:plant:press;Press/Taken", "type": "bool",
-     "report": "snapshot"},
-]  # fmt: skip
 
 
 async def test_an_opcua_server_from_the_config_gives_part_records(tmp_path: Path) -> None:

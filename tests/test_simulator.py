@@ -38,6 +38,7 @@ from simulators.station import (
     point_config,
 )
 from tests.modbus_helpers import no_leaks
+from tests.waiting import Pending, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -215,15 +216,15 @@ async def read_until(
     within: float = 5.0,
     what: str = "condition",
 ) -> dict[str, Value]:
-    """Read ``names`` until ``condition`` holds; the reads pace the loop."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
+    """Read ``names`` until ``condition`` holds; return the values read."""
+
+    async def check() -> dict[str, Value] | Pending:
         got = await read(driver, names)
-        if condition(got):
-            return got
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}; last: {got}")
+        return got if condition(got) else Pending(str(got))
+
+    got = await wait_until(check, within, what)
+    assert not isinstance(got, Pending)  # wait_until returns only a met condition's value
+    return got
 
 
 def expected(model: StationModel, k: int, phase: float) -> dict[str, Value]:

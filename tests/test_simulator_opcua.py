@@ -39,6 +39,7 @@ from simulators.station import (
     StationModel,
 )
 from tests.modbus_helpers import no_leaks, wait_until
+from tests.waiting import deadline
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -238,7 +239,7 @@ async def test_values_match_the_station_model() -> None:
     async with server, Client(server.endpoint) as client:
         nodes = {u: await variables(client, server, u) for u in (1, 2, 3)}
         # The handshake station finishes part 0 and holds it: every value is frozen.
-        async with asyncio.timeout(5):
+        async with deadline(5, "ST20's data_ready for part 0"):
             while not await nodes[2]["data_ready"].read_value():
                 pass
         got = {u: await read(client, nodes[u]) for u in (1, 2, 3)}

@@ -27,7 +27,8 @@ from simulators.station import (
     HOLDING_REGISTERS,
     StationModel,
 )
-from tests.modbus_helpers import no_leaks, wait_until
+from tests.modbus_helpers import no_leaks
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,12 +105,12 @@ class Agent:
         return sum(int(bit) << i for i, bit in enumerate(rr.bits[:16]))
 
     async def part_ready(self, unit: int, within: float = 5.0) -> None:
-        """Read the coils until data_ready is on, as the agent does; the reads pace the loop."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while not await self.coils(unit) & (1 << COIL_DATA_READY):
-            if loop.time() > deadline:
-                raise AssertionError(f"unit {unit}: no part ready within {within}s")
+        """Read the coils until data_ready is on, as the agent does."""
+
+        async def ready() -> bool:
+            return bool(await self.coils(unit) & (1 << COIL_DATA_READY))
+
+        await wait_until(ready, within, f"unit {unit}: a part ready")
 
 
 # -- the cable alone ----------------------------------------------------------------------

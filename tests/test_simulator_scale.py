@@ -31,12 +31,15 @@ from drivers.scale.protocols import (
 )
 from simulators.scale import Faults, ScaleModel, ScaleProtocol, ScaleSimulator
 from simulators.serial_link import NullModem
-from tests.modbus_helpers import no_leaks, wait_until
+from tests.modbus_helpers import no_leaks
+from tests.waiting import deadline, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
 WITHIN = 2.0
 """Deadline for one reply: a few ms on a pty or loopback, seconds only if something is wrong."""
+STREAM_WITHIN = 10.0
+"""Seconds a stream of readings gets to show the one a test waits for (each read has WITHIN)."""
 FAST = ScaleModel(settle_time=0.2, repeat_interval=0.02)
 RAMP = 0.6
 """Settle time for tests that must see the load move: ample for a round trip on a busy CI."""
@@ -257,8 +260,9 @@ async def test_sir_repeats_until_another_command() -> None:
         placed = scale.place(25.0)
         await host.send(SIR)
         readings = [parse_mtsics(await host.line())]
-        while readings[-1] != stable(25.0):
-            readings.append(parse_mtsics(await host.line()))
+        async with deadline(STREAM_WITHIN, "a stable 25.0 kg reading"):
+            while readings[-1] != stable(25.0):
+                readings.append(parse_mtsics(await host.line()))
         assert readings[0].stable is False  # the ramp is seen as it happens
         assert len(readings) >= 3
         assert now() >= placed.stable_at
@@ -271,8 +275,9 @@ async def test_sir_repeats_until_another_command() -> None:
         await host.send(SIR)
         await wait_until(lambda: scale.repeating, what="SIR to start")
         await host.send(RESET)
-        while not (line := await host.line()).startswith(b"I4 A"):
-            assert parse_mtsics(line) == stable(25.0)
+        async with deadline(STREAM_WITHIN, "the reset answer I4 A"):
+            while not (line := await host.line()).startswith(b"I4 A"):
+                assert parse_mtsics(line) == stable(25.0)
         assert not scale.repeating
         await assert_stream_stopped(scale, host, stable(25.0))
 
@@ -281,8 +286,9 @@ async def assert_stream_stopped(scale: ScaleSimulator, host: Host, streamed: Wei
     """Read what is on its way up to the answer of a marker command, then show that one more
     command gets exactly one write back: nothing else is being sent."""
     await host.send(b"MARK\r\n")
-    while (line := await host.line()) != b"ES\r\n":
-        assert parse_mtsics(line) == streamed
+    async with deadline(STREAM_WITHIN, "the marker command's ES"):
+        while (line := await host.line()) != b"ES\r\n":
+            assert parse_mtsics(line) == streamed
     writes = scale.writes
     assert await host.ask(b"MARK\r\n") == b"ES\r\n"
     assert scale.writes == writes + 1
@@ -403,8 +409,9 @@ TOLEDO = ScaleModel(
 
 async def next_weighing(host: Host, framer: ToledoFramer, *, checksum: bool) -> Weighing:
     frames: list[bytes] = []
-    while not frames:
-        frames = framer.feed(await host.chunk())
+    async with deadline(STREAM_WITHIN, "a whole Toledo frame"):
+        while not frames:
+            frames = framer.feed(await host.chunk())
     return parse_toledo(frames[-1], checksum=checksum)
 
 
@@ -419,8 +426,9 @@ async def test_toledo_continuous_output_over_a_pty(link: NullModem) -> None:
 
         placed = scale.place(12.345)
         seen = [await next_weighing(host, framer, checksum=True)]
-        while not (seen[-1].stable and seen[-1].weight == 12.345):
-            seen.append(await next_weighing(host, framer, checksum=True))
+        async with deadline(STREAM_WITHIN, "a stable 12.345 weighing"):
+            while not (seen[-1].stable and seen[-1].weight == 12.345):
+                seen.append(await next_weighing(host, framer, checksum=True))
         assert any(w.stable is False for w in seen)  # motion while it ramped
         assert now() >= placed.stable_at
         assert all(w.ok for w in seen)
@@ -431,15 +439,17 @@ async def test_toledo_continuous_output_over_a_pty(link: NullModem) -> None:
 
         scale.place(70.0)  # over capacity
         over = await next_weighing(host, framer, checksum=True)
-        while over.ok:
-            over = await next_weighing(host, framer, checksum=True)
+        async with deadline(STREAM_WITHIN, "the overload frame"):
+            while over.ok:
+                over = await next_weighing(host, framer, checksum=True)
         assert over.error == OVERLOAD
 
         scale.inject_garbage(b"\x02\x02noise\r")  # resynchronised, then valid frames again
         scale.faults.unknown_unit = "xyz"
         odd = await next_weighing(host, framer, checksum=True)
-        while odd.error != "unknown unit: status word C has unit code 7":
-            odd = await next_weighing(host, framer, checksum=True)
+        async with deadline(STREAM_WITHIN, "the unknown-unit frame"):
+            while odd.error != "unknown unit: status word C has unit code 7":
+                odd = await next_weighing(host, framer, checksum=True)
         assert framer.discarded > 0
 
 
@@ -456,8 +466,9 @@ async def test_toledo_without_checksum_over_tcp() -> None:
         scale.place(-20.5)
         framer = ToledoFramer()
         reading = await next_weighing(host, framer, checksum=False)
-        while reading.stable is not True:
-            reading = await next_weighing(host, framer, checksum=False)
+        async with deadline(STREAM_WITHIN, "a stable weighing"):
+            while reading.stable is not True:
+                reading = await next_weighing(host, framer, checksum=False)
         assert reading == Weighing(-20.5, "lb", True, None, net=False, tare=0.0)
 
 
@@ -507,13 +518,15 @@ async def test_sbi_auto_print_with_id_codes_over_tcp() -> None:
         await host.send(sbi_command(SbiCommand.TARE))
         await wait_until(lambda: scale.state.tare == 42.0, what="the tare")
         reading = parse_sbi(await host.line())
-        while reading.net is not True:
-            reading = parse_sbi(await host.line())
+        async with deadline(STREAM_WITHIN, "a net reading after the tare"):
+            while reading.net is not True:
+                reading = parse_sbi(await host.line())
         assert reading == Weighing(0.0, "g", True, None, net=True)
         scale.faults.unknown_unit = "xyz"
         odd = parse_sbi(await host.line())
-        while odd.ok:
-            odd = parse_sbi(await host.line())
+        async with deadline(STREAM_WITHIN, "the unknown-unit reading"):
+            while odd.ok:
+                odd = parse_sbi(await host.line())
         assert odd.error == "unknown unit 'xyz'"
 
 

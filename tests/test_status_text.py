@@ -4,6 +4,7 @@ devices, asked of a real agent reading the station simulator; exit 3 while an al
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from simulators.broker import free_port
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.modbus_helpers import wait_until
+from tests.waiting import wait_until
 
 CLI = [sys.executable, "-m", "edge_agent.cli"]
 STATION = re.compile(
@@ -29,9 +30,9 @@ STATION = re.compile(
 )
 
 
-def status(config: Path) -> subprocess.CompletedProcess[str]:
+def status(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, "status", "-c", str(config)], capture_output=True, text=True, timeout=60
+        [*CLI, "status", "-c", str(config), *options], capture_output=True, text=True, timeout=60
     )
 
 
@@ -62,6 +63,8 @@ async def test_status_shows_each_station_with_its_part_and_devices(tmp_path: Pat
                 "two part records per station",
             )
             plain = await asyncio.to_thread(status, config)
+            as_json = await asyncio.to_thread(status, config, "--json")
+            identity = agent.buffer.identity
             agent.alarms.raise_("disk_low", "only 1 GB left on the journal's disk")
             alarmed = await asyncio.to_thread(status, config)
             parts = {st: s.parts for st, s in agent.stats.stations.items()}
@@ -71,6 +74,16 @@ async def test_status_shows_each_station_with_its_part_and_devices(tmp_path: Pat
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.splitlines()
     assert lines[0].startswith(f"agent {raw['agent']['id']}: last seq ")
+    # The journal's identity: with the seq, the key the store keeps each record under.
+    assert lines[1] == (
+        f"identity: journal {identity.journal}, epoch {identity.epoch.id} "
+        f"(from seq {identity.epoch.first})"
+    )
+    assert json.loads(as_json.stdout)["identity"] == {
+        "journal": identity.journal,
+        "epoch": identity.epoch.id,
+        "epoch_first": identity.epoch.first,
+    }
     found = {m[1]: m for m in map(STATION.fullmatch, lines) if m}
     assert set(found) == {"ST10", "ST20"}, plain.stdout
     for i, st in enumerate(("ST10", "ST20")):

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.mqtt_helpers import Mosquitto
-from tests.test_trace_store import (
+from tests.store_helpers import (
     AGENT,
     CONFIRMED,
     PREFIX,
@@ -22,21 +22,15 @@ from tests.test_trace_store import (
     StoreFactory,
     accepted,
     body,
-    db,
     envelope,
-    postgres,
-    publisher,
     read_retained,
     readings,
     salvaged_copy,
-    stores,
     topic,
     write,
 )
 from trace_store.envelope import LEGACY_EPOCH, Reason, Rejection, parse
 from trace_store.storage import SCHEMA_VERSION, Batch, Storage, open_storage
-
-__all__ = ["db", "postgres", "publisher", "stores"]  # fixtures shared with test_trace_store
 
 E1 = "1" * 32
 E2 = "2" * 32

@@ -8,9 +8,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import psutil
@@ -18,15 +16,12 @@ import pytest
 from pydantic import ValidationError
 
 from buffer.sqlite import SqliteBuffer
-from kernel.model import RecordDraft, RecordKind
 from sync.config import MqttConfig
 from sync.mqtt import MqttSync
-from tests.mqtt_helpers import Mosquitto, Received, Subscriber, eventually
+from tests.mqtt_helpers import Mosquitto, Received, Subscriber
+from tests.sync_helpers import AGENT, LINE, SITE, STATIONS, append, new_sync, records, running
+from tests.waiting import deadline, wait_until
 
-AGENT = "agent-7"
-SITE = "plant-a"
-LINE = "line-3"
-STATIONS = ("op10", "op20", "op30")
 ENVELOPE_FIELDS = [
     "schema",
     "v",
@@ -45,73 +40,6 @@ ENVELOPE_FIELDS = [
     "confirm",
     "order",
 ]
-
-
-def config(port: int, **overrides: Any) -> MqttConfig:
-    """Fast retries for tests; small batches so a few hundred records make many messages."""
-    values: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "backoff_initial": 0.02,
-        "backoff_max": 0.1,
-        "connect_timeout": 2.0,
-        "max_inflight": 4,
-        "batch_max_records": 25,
-        "status": False,  # these tests look at record messages only
-    }
-    values.update(overrides)
-    return MqttConfig(**values)
-
-
-def new_sync(buffer: SqliteBuffer, port: int, **overrides: Any) -> MqttSync:
-    return MqttSync(config(port, **overrides), agent_id=AGENT, site=SITE, line=LINE, buffer=buffer)
-
-
-@pytest.fixture
-async def buffer(tmp_path: Path) -> AsyncIterator[SqliteBuffer]:
-    buf = SqliteBuffer(tmp_path / "journal.db", synchronous="NORMAL")
-    await buf.start()
-    try:
-        yield buf
-    finally:
-        await buf.stop()
-
-
-@asynccontextmanager
-async def running(sync: MqttSync) -> AsyncIterator[asyncio.Task[None]]:
-    """Run ``sync`` in a task; cancel it and wait for it on the way out."""
-    task = asyncio.create_task(sync.run(), name="mqtt-sync")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def append(buffer: SqliteBuffer, count: int, stations: Sequence[str] = STATIONS) -> None:
-    """Append ``count`` readings, stations round-robin, and wait for the commit."""
-    first = buffer.last_assigned_seq + 1
-    buffer.append(
-        [
-            RecordDraft(
-                stations[(first + i) % len(stations)],
-                RecordKind.READINGS,
-                {
-                    "kind": "readings",
-                    "station": stations[(first + i) % len(stations)],
-                    "n": first + i,
-                },
-            )
-            for i in range(count)
-        ]
-    )
-    await buffer.flush()
-
-
-def records(messages: Iterable[Received]) -> list[dict[str, Any]]:
-    """The records of every record message (the agent's status messages are skipped)."""
-    return [r for m in messages if m.topic.endswith("/records") for r in m.payload["records"]]
 
 
 def has_all(n: int) -> Any:
@@ -162,11 +90,11 @@ async def test_delivers_every_record_in_order_and_empties_the_journal(
     sync = new_sync(buffer, mosquitto.port)
     async with running(sync):
         messages = await mqtt_subscriber.wait_for(has_all(300))
-        await eventually(lambda: buffer.depth == 0, what="journal drained")
+        await wait_until(lambda: buffer.depth == 0, what="journal drained")
         # Live path: records committed while connected and idle go out too.
         await append(buffer, 7)
         messages = await mqtt_subscriber.wait_for(has_all(307))
-        await eventually(lambda: buffer.depth == 0, what="journal drained")
+        await wait_until(lambda: buffer.depth == 0, what="journal drained")
         assert await buffer.count() == 0
 
     check_envelopes(messages)
@@ -186,7 +114,7 @@ async def test_delivers_every_record_in_order_and_empties_the_journal(
 async def test_socket_has_tcp_nodelay(buffer: SqliteBuffer, mosquitto: Mosquitto) -> None:
     sync = new_sync(buffer, mosquitto.port)
     async with running(sync):
-        await eventually(lambda: sync.status.connected, what="connected")
+        await wait_until(lambda: sync.status.connected, what="connected")
         ours = tcp_to(mosquitto.port)
         assert len(ours) == 1, ours
         with socket.socket(fileno=os.dup(ours[0].fd)) as dup:
@@ -206,7 +134,7 @@ async def test_broker_down_at_start_keeps_journal_then_drains_backlog(
         for round_ in range(1, 5):
             await append(buffer, 40)
             assert buffer.depth == 40 * round_  # acquisition goes on; nothing leaves unconfirmed
-        await eventually(lambda: sync.status.reconnects >= 3, what="three failed attempts")
+        await wait_until(lambda: sync.status.reconnects >= 3, what="three failed attempts")
         assert not sync.status.connected
         assert sync.status.published_messages == 0
         assert "cannot connect" in (sync.status.last_error or "")
@@ -215,7 +143,7 @@ async def test_broker_down_at_start_keeps_journal_then_drains_backlog(
 
         await asyncio.to_thread(mosquitto.start)
         messages = await mqtt_subscriber.wait_for(has_all(160))
-        await eventually(lambda: buffer.depth == 0, what="backlog drained")
+        await wait_until(lambda: buffer.depth == 0, what="backlog drained")
 
     check_envelopes(messages)
     check_first_occurrences_ordered(messages)
@@ -238,12 +166,12 @@ async def test_broker_restart_mid_stream_loses_nothing(
         await mqtt_subscriber.wait_for(lambda messages: len(messages) >= 3)
         await asyncio.to_thread(mosquitto.stop)
         await append(buffer, 200, stations)  # committed while the broker is down
-        await eventually(lambda: sync.status.reconnects >= 2, what="retrying")
+        await wait_until(lambda: sync.status.reconnects >= 2, what="retrying")
         assert buffer.depth > 200
         await asyncio.to_thread(mosquitto.start)
         await append(buffer, 200, stations)
         messages = await mqtt_subscriber.wait_for(has_all(800), timeout=20)
-        await eventually(lambda: buffer.depth == 0, what="journal drained")
+        await wait_until(lambda: buffer.depth == 0, what="journal drained")
         assert sync.status.connected
 
     check_envelopes(messages)
@@ -257,10 +185,10 @@ async def test_rows_stay_until_puback_and_window_is_bounded(
 ) -> None:
     sync = new_sync(buffer, mosquitto.port, max_inflight=3, batch_max_records=10)
     async with running(sync):
-        await eventually(lambda: sync.status.connected, what="connected")
+        await wait_until(lambda: sync.status.connected, what="connected")
         mosquitto.pause()  # connection stays up; no PUBACK can come back
         await append(buffer, 100, ["op10"])
-        await eventually(lambda: sync.status.published_messages == 3, what="window full")
+        await wait_until(lambda: sync.status.published_messages == 3, what="window full")
         assert await buffer.count() == 100  # a round trip through the journal's thread
         assert sync.status.published_messages == 3
         assert (sync.status.inflight, sync.status.confirmed_records) == (3, 0)
@@ -268,7 +196,7 @@ async def test_rows_stay_until_puback_and_window_is_bounded(
 
         mosquitto.resume()
         messages = await mqtt_subscriber.wait_for(has_all(100))
-        await eventually(lambda: buffer.depth == 0, what="journal drained")
+        await wait_until(lambda: buffer.depth == 0, what="journal drained")
     assert sync.status.published_messages == 10
     assert [m.payload["count"] for m in messages] == [10] * 10
 
@@ -279,10 +207,10 @@ async def test_broker_that_never_answers_is_timed_out_and_retried(
     mosquitto.pause()  # the kernel still accepts TCP; no CONNACK ever comes
     sync = new_sync(buffer, mosquitto.port, connect_timeout=0.2)
     async with running(sync):
-        await eventually(lambda: sync.status.reconnects >= 2, what="CONNACK timeouts")
+        await wait_until(lambda: sync.status.reconnects >= 2, what="CONNACK timeouts")
         assert "no CONNACK" in (sync.status.last_error or "")
         mosquitto.resume()
-        await eventually(lambda: sync.status.connected, what="connected")
+        await wait_until(lambda: sync.status.connected, what="connected")
 
 
 def tcp_to(port: int) -> list[Any]:
@@ -305,18 +233,18 @@ async def test_cancel_closes_connection_and_joins_threads(
     task = asyncio.create_task(sync.run())
     if state == "broker-down":
         await asyncio.to_thread(mosquitto.stop)
-        await eventually(lambda: sync.status.reconnects >= 2, what="retrying")
+        await wait_until(lambda: sync.status.reconnects >= 2, what="retrying")
     elif state == "awaiting-connack":
-        await eventually(lambda: len(tcp_to(mosquitto.port)) == 1, what="TCP connected")
+        await wait_until(lambda: len(tcp_to(mosquitto.port)) == 1, what="TCP connected")
     else:
-        await eventually(lambda: sync.status.connected, what="connected")
+        await wait_until(lambda: sync.status.connected, what="connected")
     if state == "inflight":
         mosquitto.pause()
         await append(buffer, 50)
-        await eventually(lambda: sync.status.inflight == 4, what="messages in flight")
+        await wait_until(lambda: sync.status.inflight == 4, what="messages in flight")
 
     task.cancel()
-    async with asyncio.timeout(1.5):  # well under connect_timeout and keepalive
+    async with deadline(1.5, "the cancelled sync to end"):  # under connect_timeout, keepalive
         with contextlib.suppress(asyncio.CancelledError):
             await task
     # The executor's worker (asyncio_N) belongs to the loop and ends with it.

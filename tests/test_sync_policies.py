@@ -20,10 +20,19 @@ from pydantic import SecretStr, ValidationError
 from buffer.sqlite import SqliteBuffer
 from simulators.broker import free_port
 from sync.config import MqttTls
-from tests.mqtt_helpers import Mosquitto, Received, Subscriber, eventually
-from tests.test_sync import AGENT, LINE, SITE, append, buffer, config, new_sync, records, running
-
-__all__ = ["buffer"]  # the fixture, shared with test_sync
+from tests.mqtt_helpers import Mosquitto, Received, Subscriber
+from tests.sync_helpers import (
+    AGENT,
+    LINE,
+    SITE,
+    append,
+    config,
+    drained,
+    new_sync,
+    records,
+    running,
+)
+from tests.waiting import wait_until
 
 STATUS_TOPIC = f"trace/{SITE}/{LINE}/{AGENT}/status"
 CONFIRM_TOPIC = f"trace/{SITE}/{LINE}/{AGENT}/confirmed"
@@ -64,7 +73,7 @@ async def test_each_range_states_exactly_what_the_journal_held(
     await buffer.delete(list(range(50, 100)))  # as telemetry evicted before it went out
     sync = new_sync(buffer, mosquitto.port)
     async with running(sync):
-        await buffer.wait_empty()
+        await drained(buffer)
         await mqtt_subscriber.wait_for(
             lambda ms: sum(len(m.payload["records"]) for m in record_messages(ms)) >= 250
         )
@@ -95,7 +104,7 @@ async def test_mqtt5_delivers_and_status_is_retained_online_then_offline_on_stop
     await append(buffer, 100)
     sync = new_sync(buffer, mosquitto.port, protocol="5", status=True)
     async with running(sync):
-        await buffer.wait_empty()
+        await drained(buffer)
         await mqtt_subscriber.wait_for(lambda ms: any(s["state"] == "online" for s in statuses(ms)))
     await mqtt_subscriber.wait_for(lambda ms: statuses(ms)[-1]["state"] == "offline")
     online, offline = statuses(mqtt_subscriber.messages())[-2:]
@@ -118,7 +127,7 @@ async def test_last_will_says_offline_when_the_connection_dies(
 ) -> None:
     sync = new_sync(buffer, mosquitto.port, backoff_initial=5.0, backoff_max=5.0, status=True)
     async with running(sync):
-        await eventually(lambda: sync._link is not None, what="connected")
+        await wait_until(lambda: sync._link is not None, what="connected")
         await mqtt_subscriber.wait_for(lambda ms: any(s["state"] == "online" for s in statuses(ms)))
         link = sync._link
         assert link is not None
@@ -188,7 +197,7 @@ async def test_mutual_tls_delivers(buffer: SqliteBuffer, tmp_path: Path, ca: tru
         await append(buffer, 50)
         sync = new_sync(buffer, broker.tls_port, tls=tls)  # type: ignore[attr-defined]
         async with running(sync):
-            await buffer.wait_empty()
+            await drained(buffer)
         await subscriber.wait_for(lambda ms: len(records(record_messages(ms))) >= 50)
     finally:
         subscriber.stop()
@@ -206,7 +215,7 @@ async def test_untrusted_broker_certificate_is_a_clear_error_and_records_stay(
         tls = MqttTls(ca_file=str(tmp_path / "other-ca.pem"))
         sync = new_sync(buffer, broker.tls_port, tls=tls)  # type: ignore[attr-defined]
         async with running(sync):
-            await eventually(lambda: sync.status.reconnects >= 2, what="failed attempts")
+            await wait_until(lambda: sync.status.reconnects >= 2, what="failed attempts")
         assert "certificate is not trusted" in (sync.status.last_error or "")
         assert "mqtt.tls.ca_file" in (sync.status.last_error or "")
         assert await buffer.count() == 20
@@ -226,7 +235,7 @@ async def test_broker_requiring_a_client_certificate_refuses_an_agent_without_on
             tls=MqttTls(ca_file=str(tmp_path / "ca.pem")),
         )
         async with running(sync):
-            await eventually(lambda: sync.status.reconnects >= 2, what="failed attempts")
+            await wait_until(lambda: sync.status.reconnects >= 2, what="failed attempts")
         assert sync.status.last_error is not None
         assert not sync.status.connected
         assert await buffer.count() == 5
@@ -237,7 +246,7 @@ async def test_broker_requiring_a_client_certificate_refuses_an_agent_without_on
 async def test_missing_ca_file_names_the_file(buffer: SqliteBuffer, tmp_path: Path) -> None:
     sync = new_sync(buffer, free_port(), tls=MqttTls(ca_file=str(tmp_path / "nope.pem")))
     async with running(sync):
-        await eventually(lambda: sync.status.reconnects >= 1, what="a failed attempt")
+        await wait_until(lambda: sync.status.reconnects >= 1, what="a failed attempt")
     assert "mqtt.tls.ca_file" in (sync.status.last_error or "")
     assert "nope.pem" in (sync.status.last_error or "")
 
@@ -281,7 +290,7 @@ async def test_wrong_password_is_a_clear_error_and_buffering_goes_on(
         protocol=protocol,
     )
     async with running(sync):
-        await eventually(lambda: sync.status.reconnects >= 2, what="failed attempts")
+        await wait_until(lambda: sync.status.reconnects >= 2, what="failed attempts")
     error = (sync.status.last_error or "").lower()
     assert "refused" in error
     assert "not authorized" in error or "bad user name or password" in error
@@ -293,7 +302,7 @@ async def test_right_password_delivers(buffer: SqliteBuffer, auth_broker: Mosqui
     await append(buffer, 10)
     sync = new_sync(buffer, auth_broker.port, username="line3-pc1", password=SecretStr("s3cret"))
     async with running(sync):
-        await buffer.wait_empty()
+        await drained(buffer)
 
 
 # ---- order ---------------------------------------------------------------------------------
@@ -317,7 +326,7 @@ async def test_live_first_sends_new_records_while_the_backlog_drains_at_its_rate
         await mqtt_subscriber.wait_for(lambda ms: 3001 in {r["seq"] for r in records(ms)})
         got = {r["seq"] for r in records(mqtt_subscriber.messages())}
         assert len(got & set(range(1, 3001))) < 3000, "the live record overtook the backlog"
-        await buffer.wait_empty()
+        await drained(buffer)
     got = {r["seq"] for r in records(mqtt_subscriber.messages())}
     assert got == set(range(1, 3002))
 
@@ -342,13 +351,13 @@ async def test_store_mode_keeps_rows_until_the_store_confirms_them(
     sync = new_sync(buffer, mosquitto.port, confirm="store", confirm_timeout=60.0)
     async with running(sync):
         await mqtt_subscriber.wait_for(lambda ms: len({r["seq"] for r in records(ms)}) == 200)
-        await eventually(lambda: sync.status.inflight == 0, what="every PUBACK")
+        await wait_until(lambda: sync.status.inflight == 0, what="every PUBACK")
         assert await buffer.count() == 200, "a PUBACK releases nothing in store mode"
         await asyncio.to_thread(confirm, mosquitto.port, 120)
-        await eventually(lambda: buffer.depth == 80, what="rows up to 120 released")
+        await wait_until(lambda: buffer.depth == 80, what="rows up to 120 released")
         assert sync.status.store_watermark == 120
         await asyncio.to_thread(confirm, mosquitto.port, 200)
-        await buffer.wait_empty()
+        await drained(buffer)
 
 
 async def test_store_mode_resends_what_stays_unconfirmed(
@@ -363,14 +372,14 @@ async def test_store_mode_resends_what_stays_unconfirmed(
         assert sync.status.resends >= 1
         assert sync.status.connected, "a resend does not need a new connection"
         await asyncio.to_thread(confirm, mosquitto.port, 10)
-        await eventually(lambda: buffer.depth == 20, what="rows up to 10 released")
+        await wait_until(lambda: buffer.depth == 20, what="rows up to 10 released")
         # The next resend starts above the watermark.
         before = len(record_messages(mqtt_subscriber.messages()))
         await mqtt_subscriber.wait_for(lambda ms: len(record_messages(ms)) > before + 1)
         later = record_messages(mqtt_subscriber.messages())[before:]
         assert min(m.payload["range"]["after"] for m in later) == 10
         await asyncio.to_thread(confirm, mosquitto.port, 30)
-        await buffer.wait_empty()
+        await drained(buffer)
 
 
 async def test_a_confirmation_beyond_the_journal_releases_nothing_and_raises_an_alarm(
@@ -380,13 +389,13 @@ async def test_a_confirmation_beyond_the_journal_releases_nothing_and_raises_an_
     await asyncio.to_thread(confirm, mosquitto.port, 5000)  # retained, from another history
     sync = new_sync(buffer, mosquitto.port, confirm="store")
     async with running(sync):
-        await eventually(lambda: sync.alarms.is_active("confirm_ahead"), what="the alarm")
+        await wait_until(lambda: sync.alarms.is_active("confirm_ahead"), what="the alarm")
         assert await buffer.count() == 10
         (alarm,) = sync.alarms.active()
         assert "5000" in alarm.message
         assert "last seq is 10" in alarm.message
         await asyncio.to_thread(confirm, mosquitto.port, 10)
-        await buffer.wait_empty()
+        await drained(buffer)
         assert not sync.alarms.is_active("confirm_ahead")
 
 
@@ -396,13 +405,13 @@ async def test_foreign_or_garbled_confirmations_are_ignored(
     await append(buffer, 10)
     sync = new_sync(buffer, mosquitto.port, confirm="store")
     async with running(sync):
-        await eventually(lambda: sync.status.connected, what="connected")
+        await wait_until(lambda: sync.status.connected, what="connected")
         await asyncio.to_thread(confirm, mosquitto.port, 10, "another-agent")
         await asyncio.to_thread(
             publish_retained, mosquitto.port, CONFIRM_TOPIC, {"schema": "x", "seq": 10}
         )
         await asyncio.to_thread(confirm, mosquitto.port, 4)
-        await eventually(lambda: buffer.depth == 6, what="the real confirmation applied")
+        await wait_until(lambda: buffer.depth == 6, what="the real confirmation applied")
         assert sync.status.store_watermark == 4
 
 
@@ -419,11 +428,11 @@ async def test_mqtt5_refused_messages_stay_in_the_journal(
         async with running(sync):
             # Mosquitto 2.0 answers the first denied publish with reason code 0x87 and then
             # drops the connection; either way nothing may be released.
-            await eventually(lambda: sync.status.reconnects >= 2, what="reconnects")
+            await wait_until(lambda: sync.status.reconnects >= 2, what="reconnects")
             # Which comes first, the refusal or the dropped connection, depends on the
             # machine's load: the refusal shows within a few reconnects.
-            await eventually(
-                lambda: "Not authorized" in caplog.text, timeout=20, what="the refusal logged"
+            await wait_until(
+                lambda: "Not authorized" in caplog.text, within=20, what="the refusal logged"
             )
         assert await buffer.count() == 10
     finally:
@@ -442,15 +451,15 @@ async def test_a_refusal_alarm_clears_once_the_broker_accepts_the_records(
         # No status message first: the records are what the broker refuses (reason 0x87).
         sync = new_sync(buffer, broker.port, protocol="5", backoff_initial=0.05, status=False)
         async with running(sync):
-            await eventually(
-                lambda: sync.alarms.is_active("publish_refused"), timeout=20, what="the alarm"
+            await wait_until(
+                lambda: sync.alarms.is_active("publish_refused"), within=20, what="the alarm"
             )
             assert await buffer.count() == 10
             # The plant fixes the ACL: the records go out and the alarm clears by itself.
             acl.write_text("topic readwrite #\n")
             await asyncio.to_thread(broker.stop)
             await asyncio.to_thread(broker.start)
-            await eventually(lambda: buffer.depth == 0, timeout=20, what="the records sent")
+            await wait_until(lambda: buffer.depth == 0, 20, "the records sent")
             assert not sync.alarms.is_active("publish_refused")
     finally:
         broker.close()

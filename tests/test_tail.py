@@ -29,7 +29,7 @@ from simulators.broker import free_port
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
-from tests.modbus_helpers import wait_until
+from tests.waiting import deadline, wait_until
 
 FLOAT32_POINTS = ("temperature", "force", "final_force", "final_depth")
 
@@ -88,13 +88,14 @@ async def test_a_follower_sees_only_committed_matching_records_in_seq_order(
         assert head["stream"] == "tail"
         seen: list[dict[str, Any]] = []
         try:
-            while sum(r["kind"] == "part" for r in seen) < 4:
-                line = await asyncio.wait_for(reader.readline(), 20)
-                assert line, "the stream ended"
-                record = json.loads(line)
-                # Shown only once committed: the journal is at least there when it arrives.
-                assert record["seq"] <= agent.buffer.committed_seq, record
-                seen.append(record)
+            async with deadline(60, "four part records on the tail"):
+                while sum(r["kind"] == "part" for r in seen) < 4:
+                    line = await asyncio.wait_for(reader.readline(), 20)
+                    assert line, "the stream ended"
+                    record = json.loads(line)
+                    # Shown only once committed: the journal is at least there when it arrives.
+                    assert record["seq"] <= agent.buffer.committed_seq, record
+                    seen.append(record)
         finally:
             await close(writer)
         await wait_until(lambda: not agent.tail.subscribers, what="the follower to be dropped")
@@ -233,12 +234,13 @@ async def test_a_stuck_follower_neither_blocks_acquisition_nor_grows(tmp_path: P
             # Now it reads: records in order, then the overflow line, then records again.
             data = b""
             lines: list[dict[str, Any]] = []
-            while not any(r.get("kind") == "tail.overflow" for r in lines[:-5]):
-                chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 20)
-                assert chunk, "the stream ended"
-                data += chunk
-                *complete, data = data.split(b"\n")
-                lines += [json.loads(x) for x in complete]
+            async with deadline(60, "the overflow line and five records after it"):
+                while not any(r.get("kind") == "tail.overflow" for r in lines[:-5]):
+                    chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 20)
+                    assert chunk, "the stream ended"
+                    data += chunk
+                    *complete, data = data.split(b"\n")
+                    lines += [json.loads(x) for x in complete]
             await wait_until(
                 lambda: any(s.skipped for s in agent.tail.subscribers), 30, "the other one stuck"
             )

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.mqtt_helpers import Mosquitto
-from tests.test_trace_store import (
+from tests.store_helpers import (
     AGENT,
     CONFIRMED,
     WAIT,
@@ -34,6 +33,7 @@ from tests.test_trace_store import (
     topic,
     write,
 )
+from tests.waiting import wait_until_sync
 from trace_store import cli as store_cli
 from trace_store.config import StoreConfig
 from trace_store.service import TraceStore
@@ -395,11 +395,12 @@ def test_store_process_killed_mid_stream_loses_and_duplicates_nothing(
             # retained confirmation is already at ``total``, and a SIGTERM must not reach the
             # second run before it has started (and taken over SIGTERM).
             started = tmp_path / "store.log"
-            deadline = time.monotonic() + WAIT
-            while started.read_text().count("connected to MQTT broker") < 2:
+
+            def second_run_connected() -> bool:
                 assert proc.poll() is None, started.read_text()
-                assert time.monotonic() < deadline, "the second run did not connect"
-                time.sleep(0.05)
+                return started.read_text().count("connected to MQTT broker") >= 2
+
+            wait_until_sync(second_run_connected, WAIT, "the second run to connect")
             watcher.wait(total)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -420,7 +421,7 @@ def test_store_process_killed_mid_stream_loses_and_duplicates_nothing(
 def noisy_db(tmp_path: Path) -> str:
     """A serial whose values carry float noise: a scaled integer's 6.0200000000000005 and a
     float32's 20.046875 (exactly representable, so shown as the float32 it is)."""
-    from tests.test_trace_store import body
+    from tests.store_helpers import body
 
     path = str(tmp_path / "noisy.db")
     ctx = {"serial": "N-1", "lot": "L-9", "product": "P-77", "work_order": "WO-3"}

@@ -23,9 +23,8 @@ from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
 from tests.metrics_helpers import CYCLE, DOCS, scrape, scrape_now
-from tests.modbus_helpers import wait_until
 from tests.mqtt_helpers import Mosquitto
-from tests.test_trace_store import (
+from tests.store_helpers import (
     AGENT,
     WAIT,
     Publisher,
@@ -36,6 +35,7 @@ from tests.test_trace_store import (
     wait_messages,
     wait_w,
 )
+from tests.waiting import bounded, wait_until
 from trace_store import cli as store_cli
 from trace_store.config import StoreConfig
 from trace_store.envelope import Reason
@@ -234,7 +234,7 @@ async def test_an_agent_and_its_store_side_by_side(
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         try:
-            await agent.started.wait()
+            await bounded(agent.started.wait(), 30, "the agent to start")
             await wait_until(
                 lambda: agent.stats.parts >= 2 and agent.sync.status.store_watermark >= 50,
                 30,

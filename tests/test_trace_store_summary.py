@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.mqtt_helpers import Mosquitto
-from tests.test_trace_store import (
+from tests.store_helpers import (
     AGENT,
     WAIT,
     Publisher,
@@ -23,6 +22,7 @@ from tests.test_trace_store import (
     wait_messages,
     wait_w,
 )
+from tests.waiting import wait_until_sync
 from trace_store.config import StoreConfig
 from trace_store.service import TraceStore
 from trace_store.summary import StoreSummary, span
@@ -89,10 +89,11 @@ def test_the_thread_logs_every_interval_and_stops(
     with caplog.at_level(logging.INFO, logger="trace_store.summary"):
         summary.start()
         try:
-            deadline = time.monotonic() + WAIT
-            while sum(r.name == "trace_store.summary" for r in caplog.records) < 2:
-                assert time.monotonic() < deadline, "no two summary lines within the deadline"
-                time.sleep(0.01)
+            wait_until_sync(
+                lambda: sum(r.name == "trace_store.summary" for r in caplog.records) >= 2,
+                WAIT,
+                "two summary lines",
+            )
         finally:
             summary.stop()
     assert not summary._thread.is_alive()

@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 
-from tests.test_workbench import chain_db as chain_db
-
 CHROMIUM = "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):

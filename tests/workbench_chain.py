@@ -2,13 +2,17 @@
 simulated PLCs (Modbus) -> ``edge_agent`` (in-process, ``confirm: store``) -> Mosquitto ->
 ``TraceStore`` on SQLite.
 
-Two stations on one clock (cycle k of each runs at the same time):
+Two stations, each holding every finished part until the agent has taken its data (the data
+ready / data taken handshake): every part has its part record and its serial and lot, however
+loaded the machine is, so what the tests count does not depend on timing.
 
 - ST10 makes sub-assemblies ``A-…`` from material lots ``LA…`` (the station's context lot,
   six parts per lot: ``part ctx.lot`` genealogy);
-- ST20 makes finished units ``B-…`` from lots ``LB…`` and consumes each sub-assembly as a
-  component: a third PLC unit (the camera at ST20's infeed) shows the label of the part ST10
-  finished one cycle before, and a scan rule ``consume: {component, product}`` records it.
+- ST20 makes finished units ``B-…`` from lots ``LB…`` and consumes a sub-assembly as a
+  component: a third PLC unit (the camera at ST20's infeed, on the clock) shows the labels
+  ST10's parts carry, and a scan rule ``consume: {component, product}`` records the one read
+  while a finished unit is current. Which ``A-`` goes into which ``B-`` depends on timing;
+  the tests only rely on every edge pointing at a recorded serial.
 
 Every 17th part of a station is NOK (final_force above its limit), so the recall list, the
 Pareto and the control chart have something to show.
@@ -54,6 +58,7 @@ def chain_config(modbus_port: int, mqtt_port: int, buffer: Path) -> dict[str, An
         stations=2,
         poll_interval=POLL,
         agent_id=AGENT,
+        handshake=True,
     )
     cfg["agent"].update(site="plant-a", line="line-3")
     cfg["mqtt"].update(confirm="store", confirm_timeout=2.0, backoff_initial=0.05)
@@ -81,11 +86,15 @@ async def fill_store(folder: Path, parts: int = 36, within: float = 120.0) -> Pa
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     db = folder / "trace.db"
     models = [
+        # Handshake: each finished part waits for the agent's "data taken", so every part
+        # has its record however loaded the machine is (no part missed between two polls).
         StationModel(
-            unit_id=1, serial_prefix="A-", lot_prefix="LA", parts_per_lot=6, cycle_time=CYCLE
+            unit_id=1, serial_prefix="A-", lot_prefix="LA", parts_per_lot=6, cycle_time=CYCLE,
+            handshake=True,
         ),
         StationModel(
-            unit_id=2, serial_prefix="B-", lot_prefix="LB", parts_per_lot=12, cycle_time=CYCLE
+            unit_id=2, serial_prefix="B-", lot_prefix="LB", parts_per_lot=12, cycle_time=CYCLE,
+            handshake=True,
         ),
         # ST20's infeed: ST10's serials one cycle late (first_serial 0, not 1).
         StationModel(

@@ -18,11 +18,11 @@ from trace_store.config import DEFAULT_MAX_HELD_RECORDS, DEFAULT_MAX_MESSAGE_BYT
 
 log = logging.getLogger("trace_store")
 
-COMMANDS = frozenset({"trace-store", "trace", "workbench"})
+COMMANDS = frozenset({"trace-store", "trace", "workbench", "quality"})
 TRACE_FORMATS = ("table", "json", "csv", "xlsx")
 RECORD_KINDS = (
     "readings", "reading", "context", "context_restored", "scan", "consumption", "part", "gap",
-    "unobserved",
+    "unobserved", "gate",
 )  # fmt: skip
 """The kinds of docs/wire-format.md (``kernel.model.RecordKind``)."""
 EXIT_FOUND = 0
@@ -44,8 +44,9 @@ def register(sub: Any) -> None:
         help="run the central trace store: records from MQTT into SQLite/PostgreSQL, "
         "confirmations back to the agents",
         description="Subscribe to <prefix>/+/+/+/records with a persistent session, store every "
-        "record once by (agent, seq), and publish each agent's confirmed watermark (retained) "
-        "to <prefix>/<site>/<line>/<agent>/confirmed. SIGTERM or Ctrl-C stops it cleanly.",
+        "record once by (agent, epoch, seq), and publish each agent's confirmed watermark "
+        "(retained) to <prefix>/<site>/<line>/<agent>/confirmed. SIGTERM or Ctrl-C stops it "
+        "cleanly.",
     )
     p.add_argument(
         "--broker",
@@ -105,6 +106,12 @@ def register(sub: Any) -> None:
         "every SECONDS (default 300; 0: never)",
     )
     p.add_argument(
+        "--rules",
+        metavar="FILE",
+        help="quality rules (YAML, docs/quality.md): NOK rate, consecutive NOK, run rules, Cpk; "
+        "alerts go to <prefix>/alerts/<rule id> and the rules' webhooks. Checked at start",
+    )
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (ingest by kind, rejected "
@@ -149,6 +156,9 @@ def register(sub: Any) -> None:
     from trace_store.web.command import register as register_workbench
 
     register_workbench(sub)
+    from trace_store.quality.command import register as register_quality
+
+    register_quality(sub)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -158,6 +168,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from trace_store.web.command import run as run_workbench
 
         return run_workbench(args)
+    if args.command == "quality":
+        from trace_store.quality.command import run as run_quality
+
+        return run_quality(args)
     return _query(args)
 
 
@@ -215,11 +229,20 @@ def _run_store(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"trace-store: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    rules = None
+    if args.rules is not None:
+        from trace_store.quality.ruleconf import RulesError, load_rules
+
+        try:
+            rules = load_rules(args.rules)
+        except RulesError as exc:
+            print(f"trace-store: --rules: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    store = TraceStore(config)
+    store = TraceStore(config, rules)
     metrics = None
     if args.metrics is not None:
         from trace_store.metrics import MetricsServer

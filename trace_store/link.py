@@ -38,6 +38,8 @@ PROBE_EVERY = 1.0
 a broker that comes back is used within about this, whatever the backoff has grown to."""
 PROBE_TIMEOUT = 1.0
 
+ASK_SUFFIX = "/route/ask"
+
 Marks = dict[Stream, int]
 """The watermarks a confirmation carried, per (agent, epoch)."""
 
@@ -61,6 +63,11 @@ class Inbound:
     payload: bytes
 
 
+def ask_filter(config: StoreConfig) -> str:
+    """The route questions of every agent: ``<prefix>/<site>/<line>/<agent>/route/ask``."""
+    return f"{config.topic_prefix}/+/+/+{ASK_SUFFIX}"
+
+
 def tls_context(config: StoreConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=config.tls_ca)
     if config.tls_cert is not None:
@@ -81,9 +88,13 @@ class Link:
         deliver: Callable[[Inbound], None],
         changed: Callable[[], None],
         confirmed: Callable[[str, Marks], None],
+        asks: Callable[[Inbound], None] | None = None,
     ) -> None:
         self._config = config
         self._deliver = deliver
+        # Route questions (docs/quality.md): answered by the quality publisher, not the writer.
+        self._asks = asks
+        self._asks_mid: int | None = None
         self._notify = changed
         self._confirmed = confirmed
         # Confirmations waiting for their PUBACK: mid -> (agent, its watermarks). paho calls
@@ -91,6 +102,7 @@ class Link:
         self._confirm_lock = threading.Lock()
         self._confirm_pending: dict[int, tuple[str, Marks]] = {}
         self._acked_early: set[int] = set()  # PUBACKs that beat publish() returning
+        self._other_pending: set[int] = set()  # ``publish`` messages waiting for their PUBACK
         self._changed = threading.Event()
         self.subscribed = threading.Event()
         self.lost = threading.Event()
@@ -182,6 +194,20 @@ class Link:
             self._confirmed(agent, marks)
         return True
 
+    def publish(self, topic: str, payload: bytes, *, retain: bool) -> bool:
+        """Publish QoS 1 (the blocked set, route answers, alerts); False if paho refused it
+        (not connected). Its PUBACK is only kept apart from the confirmations' so that a
+        reused message id never passes for a confirmation's."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        with self._confirm_lock:
+            if info.mid in self._acked_early:
+                self._acked_early.discard(info.mid)
+            else:
+                self._other_pending.add(info.mid)
+        return True
+
     def close(self) -> None:
         """Disconnect and join paho's thread. Safe in any state."""
         self.closed = True
@@ -233,7 +259,12 @@ class Link:
             return
         self.session_present = bool(flags.session_present)
         # Again on every connection: harmless when the session kept it, needed when the
-        # broker lost its persistence.
+        # broker lost its persistence. Route questions first, so that the records' SUBACK
+        # (which makes the link usable) means both are in place. QoS 0 for them: a question
+        # the store missed while down is stale anyway (the agent has applied its policy), and
+        # it needs no PUBACK among the records' ordered ones.
+        if self._asks is not None:
+            self._asks_mid = client.subscribe(ask_filter(self._config), qos=0)[1]
         client.subscribe(self._config.subscription, qos=1)
 
     def _on_subscribe(
@@ -244,6 +275,14 @@ class Link:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
+        if mid == self._asks_mid:
+            if any(code.is_failure for code in reason_codes):
+                log.warning(
+                    "broker refused the subscription to %s: route questions go unanswered "
+                    "(docs/plant-it.md lists the ACL lines)",
+                    ask_filter(self._config),
+                )
+            return
         if any(code.is_failure for code in reason_codes):
             self._set_lost(f"broker refused the subscription to {self._config.subscription}")
             client.disconnect()
@@ -256,7 +295,11 @@ class Link:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers refuse such topics; be safe anyway
             topic = bytes(getattr(msg, "_topic", b"")).decode("utf-8", "replace")
-        self._deliver(Inbound(self, msg.mid, msg.qos, topic, bytes(msg.payload)))
+        inbound = Inbound(self, msg.mid, msg.qos, topic, bytes(msg.payload))
+        if self._asks is not None and topic.endswith(ASK_SUFFIX):
+            self._asks(inbound)
+            return
+        self._deliver(inbound)
 
     def _on_publish(
         self,
@@ -267,6 +310,9 @@ class Link:
         properties: Properties,
     ) -> None:
         with self._confirm_lock:
+            if mid in self._other_pending:
+                self._other_pending.discard(mid)
+                return
             entry = self._confirm_pending.pop(mid, None)
             if entry is None:
                 self._acked_early.add(mid)

@@ -28,6 +28,18 @@ def redact(url: str) -> str:
 
 class PostgresStorage(Storage):
     greatest = "GREATEST"
+    _undecoded = "CASE WHEN j IS NULL THEN body END"
+
+    def _documents(self, columns: str, where: str) -> str:
+        # jsonb refuses \u0000 (a garbled scan in a context): such bodies come undecoded.
+        # OFFSET 0 keeps the subquery whole, so each body is converted once, not per field.
+        return (
+            f"(SELECT {columns}, CASE WHEN strpos(body, '\\u0000') = 0 THEN body::jsonb END "
+            f"AS j FROM records WHERE {where} OFFSET 0) AS d"
+        )
+
+    def _json_at(self, keys: Sequence[str]) -> tuple[str, list[Any]]:
+        return "(j #>> ?)", [list(keys)]
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self._url = url
@@ -73,6 +85,10 @@ class PostgresStorage(Storage):
         self._execute(f"ALTER TABLE {table} ADD COLUMN epoch TEXT NOT NULL DEFAULT ''")
         self._execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
         self._execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")
+
+    def _has_index(self, name: str) -> bool:
+        rows = self._execute("SELECT to_regclass(?)", (name,))
+        return bool(rows and rows[0][0] is not None)
 
     def close(self) -> None:
         self._conn.close()

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trace_store.facts import PartFact, part_facts
 from trace_store.storage import CHUNK, Storage, StoredEdge, StoredRecord
 
 READINGS_KINDS = frozenset({"readings", "reading"})
@@ -187,33 +188,30 @@ def _forward(
 
 
 def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSummary]:
-    """Each serial's ``PartSummary``; serials without a part record are left out."""
-    by_serial: dict[str, list[StoredRecord]] = {}
-    for record in storage.parts_of(serials):
-        if record.serial is not None:
-            by_serial.setdefault(record.serial, []).append(record)
-    return {serial: summarize_parts(serial, records) for serial, records in by_serial.items()}
+    """Each serial's ``PartSummary``; serials without a part record are left out. The
+    database reads the fields out of the bodies (``facts.part_facts``)."""
+    by_serial: dict[str, list[PartFact]] = {}
+    for fact in part_facts(storage, serials):
+        by_serial.setdefault(fact.serial, []).append(fact)
+    return {serial: summarize_parts(serial, facts) for serial, facts in by_serial.items()}
 
 
-def summarize_parts(serial: str, records: Sequence[StoredRecord]) -> PartSummary:
-    ordered = sorted(records, key=lambda r: (r.ts, r.agent, r.seq))
+def summarize_parts(serial: str, facts: Sequence[PartFact]) -> PartSummary:
+    ordered = sorted(facts, key=lambda f: (f.ts, f.agent, f.seq))
     last = ordered[-1]
     product = work_order = None
-    for record in ordered:
-        ctx = record.body.get("ctx")
-        if isinstance(ctx, dict):
-            product = _text(ctx.get("product")) or product
-            work_order = _text(ctx.get("work_order")) or work_order
-    result = last.body.get("result")
+    for fact in ordered:
+        product = fact.product or product
+        work_order = fact.work_order or work_order
     return PartSummary(
         serial,
-        result if isinstance(result, str) else None,
+        last.result,
         last.station,
         last.ts,
         product,
         work_order,
         len(ordered),
-        sum(1 for r in ordered if r.body.get("result") == "nok"),
+        sum(1 for f in ordered if f.result == "nok"),
     )
 
 

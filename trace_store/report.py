@@ -133,6 +133,9 @@ def summary(record: StoredRecord) -> str:
             f"{b.get('device')}: changes of {names} from {since} to {_v(b.get('until'))} "
             f"may be missing ({_v(b.get('reason'))})"
         )
+    if kind == "gate":  # a station gate's decision (docs/quality.md)
+        what = " ".join(f"{k} {b[k]}" for k in ("lot", "serial", "text") if b.get(k))
+        return f"gate {_v(b.get('decision'))} ({_v(b.get('check'))}) {what}: {_v(b.get('reason'))}"
     rest = {k: v for k, v in b.items() if k not in ("seq", "kind", "station", "ts", "ctx")}
     return _compact(rest)
 

@@ -18,9 +18,15 @@ Threads and ownership
   identity"); messages without an epoch (agents of the previous version) are the legacy
   epoch ``''``. Two epochs of one agent writing at once (two PCs with one agent id) are logged
   (``writers.py``); both are kept.
-- **the link keeper** (``trace-store-mqtt``) connects, notices a lost connection and connects
-  again with jittered backoff, probing a broker it could not reach so that one coming back is
-  used at once (``link.py``). Like ``sync/mqtt.py`` every attempt gets a fresh paho client.
+- **the link keeper** (``trace-store-mqtt``, ``keeper.py``) connects, notices a lost
+  connection and connects again with jittered backoff, probing a broker it could not reach so
+  that one coming back is used at once (``link.py``). Like ``sync/mqtt.py`` every attempt
+  gets a fresh paho client.
+- **the quality thread** (``trace-store-quality``, ``quality/publisher.py``) has its own
+  database connection: it publishes the blocked set (on each connection and when the blocks'
+  change counter moves) and answers the agents' route questions (docs/quality.md).
+- Counters and watermarks other threads read are in ``observe.py``; log lines in
+  ``ingest_log.py``.
 
 The session is persistent (fixed client id, ``clean_session=False``, QoS 1 subscription):
 the broker queues records while the store is down, and redelivers, on the next connection,
@@ -44,28 +50,30 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 from kernel.backoff import backoff_delay
 from trace_store.config import StoreConfig
 from trace_store.confirm import SESSION_KEY, Confirmations, new_session
 from trace_store.envelope import (
-    LEGACY_EPOCH,
     Accepted,
     Reason,
     Rejection,
     Stream,
     parse,
 )
-from trace_store.held import Held, HeldMessages
-from trace_store.link import Inbound, Link, LinkError, Marks, tls_context, wait_to_retry
+from trace_store.held import HeldMessages
+from trace_store.ingest_log import arrivals, log_holding, log_identity
+from trace_store.keeper import LinkKeeper
+from trace_store.link import Inbound, Link, Marks, tls_context
+from trace_store.observe import AgentIngest, StoreView
+from trace_store.observe import AgentView as AgentView  # re-exported: metrics, summary
+from trace_store.quality.publisher import QualityPublisher
+from trace_store.quality.ruleconf import RuleSet
 from trace_store.ranges import RangeTracker
 from trace_store.select import Selection, journal_of, select
 from trace_store.storage import (
-    Batch,
     Storage,
     StorageError,
     StorageUnavailable,
@@ -82,31 +90,6 @@ JOIN_TIMEOUT = 15.0  # seconds to wait for our own threads on stop (> a blocking
 CLASH_LOG_INTERVAL = 60.0  # seconds: at most one log line per agent with two live journals
 
 
-@dataclass(slots=True)
-class AgentIngest:
-    """What the store has seen of one agent (guarded by the store's lock). Seqs and
-    watermarks are those of its current epoch: the one it began most recently."""
-
-    epoch: str = LEGACY_EPOCH  # its current epoch
-    received_seq: int = 0  # highest seq of an accepted message (or the stored watermark)
-    last_arrival: float | None = None  # wall clock of its last accepted message, this run
-    held: int = 0  # records held now, waiting for a gap below them
-    clash: Clash | None = None  # two of its epochs last seen writing at once (this run)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentView:
-    """One agent as ``agent_stats`` shows it (its current epoch)."""
-
-    received_seq: int
-    watermark: int  # committed in the database
-    confirmed: int  # acknowledged by the broker as the retained confirmation
-    held_records: int
-    last_arrival: float | None
-    epoch: str = LEGACY_EPOCH
-    clash: Clash | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class _Up:
     link: Link
@@ -115,7 +98,7 @@ class _Up:
 _STOP = object()
 
 
-class TraceStore:
+class TraceStore(StoreView):
     """Subscribes to every agent's records, stores them idempotently, confirms watermarks.
 
     In-process::
@@ -129,7 +112,7 @@ class TraceStore:
     or ``with TraceStore(config) as store: ...``; ``run(stop_event)`` for a daemon.
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, rules: RuleSet | None = None) -> None:
         self.config = config
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._storage: Storage | None = None
@@ -143,42 +126,12 @@ class TraceStore:
         self._held = HeldMessages(config.max_held_records)
         self._held_log = Throttle()
         self._clash_log = Throttle(CLASH_LOG_INTERVAL)
-        # Shared with other threads: guarded by _lock (stats, watermarks) or events.
-        self._lock = threading.Condition()
-        self._committed: dict[Stream, int] = {}
-        self._published: dict[Stream, int] = {}
-        self._counters: dict[str, int] = dict.fromkeys(
-            (
-                "messages",
-                "accepted",
-                "rejected",
-                "records",
-                "inserted",
-                "duplicates",
-                "batches",
-                "confirmations",
-                "storage_failures",
-                "connections",
-                "disconnects",
-                "held_records",
-                "held_dropped",
-                "conflicts",
-                "clashes",
-            ),
-            0,
-        )
-        self._rejected: dict[str, int] = {}
-        self._kinds: dict[str, int] = {}  # records of accepted messages by kind, on arrival
-        self._agents: dict[str, AgentIngest] = {}
-        self._ready = threading.Event()
+        StoreView.__init__(self)
         self._stop_writer = threading.Event()
-        self._stop_link = threading.Event()
-        self._cycle = threading.Event()
-        self._wake = threading.Event()  # the link keeper's doorbell
         self._failed: BaseException | None = None
         self._failed_event = threading.Event()
-        self._current: Link | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._keeper: LinkKeeper | None = None
+        self.quality = QualityPublisher(config, self._current_link, rules)
         self._threads: list[threading.Thread] = []
         self._started = False
 
@@ -190,9 +143,10 @@ class TraceStore:
         if self._started:
             raise RuntimeError("a TraceStore runs once: make a new one to start again")
         self._started = True
+        tls: ssl.SSLContext | None = None
         if self.config.use_tls:
             try:
-                self._tls = tls_context(self.config)
+                tls = tls_context(self.config)
             except (OSError, ValueError) as exc:  # a missing file, a bad certificate
                 raise ValueError(f"TLS settings: {exc}") from exc
         storage = open_storage(self.config.db)
@@ -210,12 +164,22 @@ class TraceStore:
             self.config.port,
             self.config.subscription,
         )
+        self._keeper = LinkKeeper(
+            self.config,
+            tls,
+            self._inbox.put,
+            self._broker_has,
+            self._link_up,
+            self._count,
+            self.quality.ask,
+        )
         self._threads = [
             threading.Thread(target=self._writer_main, name="trace-store-writer", daemon=True),
             threading.Thread(target=self._link_main, name="trace-store-mqtt", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
+        self.quality.start()
 
     def stop(self) -> None:
         """Process what already arrived, publish pending confirmations, disconnect, and join
@@ -232,11 +196,9 @@ class TraceStore:
             log.info(
                 "%d held records dropped at stop; their agents resend them", self._held.records
             )
-        self._stop_link.set()
-        current = self._current
-        if current is not None:
-            current.abort()
-        self._wake.set()
+        self.quality.stop()
+        if self._keeper is not None:
+            self._keeper.stop()
         keeper.join(JOIN_TIMEOUT)
         alive = [t.name for t in self._threads if t.is_alive()]
         self._threads = []
@@ -270,93 +232,11 @@ class TraceStore:
 
     def wait_ready(self, timeout: float) -> bool:
         """True once connected and subscribed (messages published from now on reach us)."""
-        return self._ready.wait(timeout)
+        return self._keeper is not None and self._keeper.ready.wait(timeout)
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
-
-    def watermark(self, agent: str, epoch: str | None = None) -> int:
-        """The watermark of the agent's ``epoch`` (by default its current one: the epoch it
-        began most recently) as committed in the database."""
-        with self._lock:
-            return self._committed.get(self._stream(agent, epoch), 0)
-
-    def confirmed(self, agent: str, epoch: str | None = None) -> int:
-        """The highest watermark of the agent's ``epoch`` (by default its current one) the
-        broker has acknowledged (PUBACK) from us: it holds it as the retained confirmation."""
-        with self._lock:
-            return self._published.get(self._stream(agent, epoch), 0)
-
-    def epochs(self, agent: str) -> dict[str, int]:
-        """Every epoch of ``agent`` the store knows, with its committed watermark."""
-        with self._lock:
-            return {e: w for (a, e), w in self._committed.items() if a == agent}
-
-    def wait_watermark(
-        self,
-        agent: str,
-        seq: int,
-        timeout: float,
-        *,
-        published: bool = False,
-        epoch: str | None = None,
-    ) -> bool:
-        """Wait until the watermark of the agent's ``epoch`` (by default its current one)
-        reaches ``seq``: committed in the database, or with ``published``, acknowledged by the
-        broker as the retained confirmation."""
-        source = self._published if published else self._committed
-        with self._lock:
-            return self._lock.wait_for(
-                lambda: source.get(self._stream(agent, epoch), 0) >= seq, timeout
-            )
-
-    def _stream(self, agent: str, epoch: str | None) -> Stream:
-        if epoch is None:
-            seen = self._agents.get(agent)
-            epoch = seen.epoch if seen is not None else LEGACY_EPOCH
-        return (agent, epoch)
-
-    def wait_stats(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> bool:
-        """Wait until ``predicate(stats())`` holds; re-checked after every commit."""
-        with self._lock:
-            return self._lock.wait_for(lambda: predicate(self._stats()), timeout)
-
-    def stats(self) -> dict[str, Any]:
-        """Counters since start: messages (acknowledged, held ones included), accepted,
-        rejected (total and ``by_reason``), records (of accepted messages, on arrival;
-        ``by_kind``), inserted, duplicates (records stored already: conflicts, held copies,
-        records the watermark had passed), batches (transactions), confirmations
-        (acknowledged by the broker), storage_failures, connections (successful), disconnects
-        (failed attempts and lost connections), held_dropped (messages that would have exceeded
-        ``max_held_records``, or released by a batch the database refused), conflicts (records
-        whose key the database held for another record: kept aside, see ``keys.py``), clashes
-        (times two journals were seen writing at once under one agent id, at most one per agent
-        a minute). And one gauge: held_records (records held now, every agent)."""
-        with self._lock:
-            return self._stats()
-
-    def _stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self._counters)
-        out["by_reason"] = dict(self._rejected)
-        out["by_kind"] = dict(self._kinds)
-        return out
-
-    def agent_stats(self) -> dict[str, AgentView]:
-        """Per agent known to this store: what arrived and what is confirmed (metrics)."""
-        with self._lock:
-            return {
-                agent: AgentView(
-                    received_seq=seen.received_seq,
-                    watermark=self._committed.get((agent, seen.epoch), 0),
-                    confirmed=self._published.get((agent, seen.epoch), 0),
-                    held_records=seen.held,
-                    last_arrival=seen.last_arrival,
-                    epoch=seen.epoch,
-                    clash=seen.clash,
-                )
-                for agent, seen in self._agents.items()
-            }
+        return self._keeper is not None and self._keeper.ready.is_set()
 
     @property
     def failed(self) -> BaseException | None:
@@ -367,90 +247,25 @@ class TraceStore:
 
     def _link_main(self) -> None:
         try:
-            self._link_loop()
+            assert self._keeper is not None
+            self._keeper.run()
         except BaseException as exc:  # a bug: make it visible and let run() end the process
             log.critical("trace store MQTT link failed", exc_info=True)
             self._failed = exc
             self._failed_event.set()
 
-    def _link_loop(self) -> None:
-        cfg = self.config
-        attempt = 0
-        down_since: float | None = None
-        failures = 0
-        while not self._stop_link.is_set():
-            link = Link(cfg, self._tls, self._inbox.put, self._wake.set, self._broker_has)
-            self._current = link
-            up_at: float | None = None
-            try:
-                link.open()
-                up_at = time.monotonic()
-                if down_since is None:
-                    log.info(
-                        "connected to MQTT broker %s:%d as %s (%s session)",
-                        cfg.host,
-                        cfg.port,
-                        cfg.client_id,
-                        "resumed" if link.session_present else "new",
-                    )
-                else:
-                    log.info(
-                        "MQTT broker %s:%d reachable again after %.1f s (%d failed attempts)",
-                        cfg.host,
-                        cfg.port,
-                        time.monotonic() - down_since,
-                        failures,
-                    )
-                    down_since, failures = None, 0
-                with self._lock:
-                    self._counters["connections"] += 1
-                    self._lock.notify_all()
-                self._inbox.put(_Up(link))
-                self._ready.set()
-                while not (link.lost.is_set() or self._stop_link.is_set() or self._cycle.is_set()):
-                    self._wake.wait()
-                    self._wake.clear()
-                reason = link.reason or "closed"
-                unreachable = False
-            except LinkError as exc:
-                reason = str(exc)
-                unreachable = exc.unreachable
-            finally:
-                self._ready.clear()
-                link.close()
-                self._current = None
-            if self._stop_link.is_set():
-                break
-            if self._cycle.is_set():
-                self._cycle.clear()
-                log.info("reconnecting so that the broker redelivers unacknowledged messages")
-                attempt = 0
-                continue
-            # A connection that held a while resets the backoff; one dropped at once (a second
-            # store with our client id) does not.
-            if up_at is not None and time.monotonic() - up_at >= cfg.backoff_max:
-                attempt = 0
-            failures += 1
-            with self._lock:
-                self._counters["disconnects"] += 1
-                self._lock.notify_all()
-            if down_since is None:
-                down_since = time.monotonic()
-                log.error(
-                    "MQTT broker %s:%d %s: %s; retrying with backoff",
-                    cfg.host,
-                    cfg.port,
-                    "lost" if up_at is not None else "unreachable",
-                    reason,
-                )
-            else:
-                log.debug("MQTT broker %s:%d still unreachable: %s", cfg.host, cfg.port, reason)
-            wait_to_retry(cfg, attempt, unreachable, self._stop_link)
-            attempt += 1
+    def _link_up(self, link: Link) -> None:
+        """Link keeper: a connection is up. The writer republishes the confirmations, the
+        quality thread the blocked set."""
+        self._inbox.put(_Up(link))
+        self.quality.connected(link)
+
+    def _current_link(self) -> Link | None:
+        return self._keeper.current if self._keeper is not None else None
 
     def _request_cycle(self) -> None:
-        self._cycle.set()
-        self._wake.set()
+        if self._keeper is not None:
+            self._keeper.request_cycle()
 
     # ---- writer thread -----------------------------------------------------------------------
 
@@ -589,6 +404,7 @@ class TraceStore:
         # The one commit. A batch of held messages only has nothing to write.
         inserted = storage.write(batch) if written else 0
         tracker.apply(plan)
+        self.quality.records(batch.rows)  # committed: the rules may see them
         involved = selection.released.keys() | {h.message.stream for h in selection.hold}
         had = {stream: self._held.records_of(stream) for stream in involved}
         for stream, n in selection.released.items():
@@ -614,7 +430,7 @@ class TraceStore:
                 if clash is not None:
                     clashes[clash.agent] = clash
         accepted = len(checked) - len(batch.rejected)
-        kinds, arrived = _arrivals(checked)
+        kinds, arrived = arrivals(checked)
         now = time.time()
         logged = [c for c in clashes.values() if self._clash_log(c.agent) is not None]
         with self._lock:
@@ -655,35 +471,11 @@ class TraceStore:
         for message, result in checked:
             if isinstance(result, Rejection):
                 self._reject_log(result, message.topic, len(message.payload))
-        self._log_holding(had, dropped)
-        self._log_identity(batch, logged)
+        log_holding(self._held, self._tracker, self._held_log, had, dropped)
+        log_identity(batch, logged)
 
     def _held_of(self, agent: str) -> int:
         return sum(self._held.records_of(s) for s in self._held.agents() if s[0] == agent)
-
-    def _log_identity(self, batch: Batch, clashes: list[Clash]) -> None:
-        for clash in clashes:
-            log.warning(
-                "agent %s: two journals write at once under this agent id (journal %s epoch "
-                "%s, and journal %s epoch %s: %.0f s of record time in common); the records of "
-                "both are kept apart, by epoch. Give one of the PCs its own agent.id "
-                "(docs/operator.md, duplicate_agent)",
-                clash.agent,
-                clash.one.journal or "?",
-                clash.one.epoch or "(legacy)",
-                clash.other.journal or "?",
-                clash.other.epoch or "(legacy)",
-                clash.overlap,
-            )
-        for row in batch.conflicts[:10]:
-            log.error(
-                "agent %s: record seq %d (epoch %s) arrived with the key of another record the "
-                "store holds; kept in the conflicts table, not dropped (an agent of the "
-                "previous version with a replaced journal, or a cloned running PC)",
-                row.agent,
-                row.seq,
-                row.epoch or "(legacy)",
-            )
 
     def _drop_released(self, selection: Selection, exc: Exception) -> None:
         """Forget the held messages a failed commit would have released."""
@@ -703,44 +495,6 @@ class TraceStore:
             for agent in {stream[0] for stream in selection.released}:
                 self._agents.setdefault(agent, AgentIngest()).held = self._held_of(agent)
             self._lock.notify_all()
-
-    def _log_holding(self, had: dict[Stream, int], dropped: list[Held]) -> None:
-        """A gap opening or closing (INFO), the bound reached (WARNING); each at most once per
-        stream per interval. ``had``: the records held before the commit, per stream involved."""
-        held = self._held
-        for stream, before in sorted(had.items()):
-            now = held.records_of(stream)
-            if before == 0 and now:
-                kind, text = "gap", "holding messages above the gap after watermark %d"
-            elif before and now == 0:
-                kind, text = "closed", "gap closed, held messages released; watermark %d"
-            else:
-                continue
-            quiet = self._held_log((kind, stream))
-            if quiet is not None:
-                log.info(
-                    "agent %s: " + text + " (%d records held before, %d now)%s",
-                    _named(stream),
-                    self._tracker.watermark(stream),
-                    before,
-                    now,
-                    f" (+{quiet} more not logged)" if quiet else "",
-                )
-        for h in dropped:
-            stream = h.message.stream
-            quiet = self._held_log(("dropped", stream))
-            if quiet is not None:
-                log.warning(
-                    "agent %s: dropped a message of range (%d, %d] instead of holding it: "
-                    "%d records held already, at most %d (--max-held-records); the agent "
-                    "resends it%s",
-                    _named(stream),
-                    h.range.after,
-                    h.range.last,
-                    held.records_of(stream),
-                    held.max_records,
-                    f" (+{quiet} more not logged)" if quiet else "",
-                )
 
     def _recover(self, exc: StorageUnavailable) -> None:
         """The database failed: nothing of the batch is committed or acknowledged. Reopen it,
@@ -805,23 +559,3 @@ class TraceStore:
             for stream, seq in marks.items():
                 self._published[stream] = max(self._published.get(stream, 0), seq)
             self._lock.notify_all()
-
-
-def _arrivals(
-    checked: list[tuple[Inbound, Accepted | Rejection]],
-) -> tuple[dict[str, int], dict[Stream, int]]:
-    """Records by kind and the highest seq per stream, of a batch's accepted messages."""
-    kinds: dict[str, int] = {}
-    last: dict[Stream, int] = {}
-    for _, result in checked:
-        if isinstance(result, Accepted):
-            for row in result.rows:
-                kinds[row.kind] = kinds.get(row.kind, 0) + 1
-            last[result.stream] = max(last.get(result.stream, 0), result.last_seq)
-    return kinds, last
-
-
-def _named(stream: Stream) -> str:
-    """An agent, and its epoch when it has one, for the log."""
-    agent, epoch = stream
-    return f"{agent} (epoch {epoch})" if epoch else agent

@@ -22,6 +22,9 @@ nothing and changes nothing.
 from __future__ import annotations
 
 import json
+import logging
+import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +33,15 @@ from typing import Any, Self
 
 from trace_store import keys
 from trace_store.envelope import LEGACY_EPOCH, Edge, Row, Stream
+from trace_store.quality import tables as quality_tables
 
 SCHEMA_VERSION = 2
 """2 keyed records by (agent, epoch, seq) and added ``epochs`` and ``conflicts``; a version-1
 database is migrated when the store opens it (``keys.migrate_v1``)."""
 CHUNK = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
+_NEW_INDEX = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+) ON (\w+)")
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(Exception):
@@ -154,7 +161,14 @@ class AgentFreshness:
         return 0 if self.last_seq is None else max(0, self.last_seq - self.watermark)
 
 
+PageKey = tuple[str, str, str, int]
+"""(ts, agent, epoch, seq): where a keyset page of a station's records ends."""
+
 RECORD_COLUMNS = "agent, seq, site, line, station, kind, ts, serial, body, received_at, epoch"
+
+
+def page_key(record: StoredRecord) -> PageKey:
+    return (record.ts, record.agent, record.epoch, record.seq)
 
 
 def utc_now() -> str:
@@ -195,6 +209,25 @@ class Storage(ABC):
         self.close()
 
     greatest = "MAX"  # the two-argument maximum: MAX in SQLite, GREATEST in PostgreSQL
+
+    # JSON inside the database (``trace_store/facts.py``): ``_documents`` is a FROM source of
+    # the records ``where`` with ``columns`` and their body as the document ``j``; ``_json_at``
+    # the SQL (and its parameters) for the value at a path of keys in ``j``; ``_undecoded`` a
+    # column holding the body where ``j`` could not be made (else NULL).
+    # SQLite's json_extract ends a text at a \u0000 (a garbled scan in a context): such
+    # bodies are decoded in Python.
+    _undecoded = "CASE WHEN instr(body, '\\u0000') > 0 THEN body END"
+    # The name of SQLite's index on the parts' result and repeat (``facts.minute_tallies``)
+    # when the database has it; None: PostgreSQL, or a store not yet upgraded.
+    _part_index: str | None = None
+
+    def _documents(self, columns: str, where: str) -> str:
+        return f"(SELECT {columns}, body AS j FROM records WHERE {where}) AS d"
+
+    def _json_at(self, keys: Sequence[str]) -> tuple[str, list[Any]]:
+        if any('"' in key for key in keys):
+            return "NULL", []  # SQLite's JSON paths cannot name such a key
+        return "json_extract(j, ?)", ["$" + "".join(f'."{key}"' for key in keys)]
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -362,13 +395,14 @@ class Storage(ABC):
         since: str,
         until: str,
         *,
-        after: tuple[str, str, int] | None = None,
+        after: PageKey | None = None,
         limit: int = 1000,
         line: str | None = None,
     ) -> list[StoredRecord]:
         """One page of ``kind`` records of ``station`` with ``since <= ts < until``, ordered by
-        (ts, agent, seq); ``after`` is the previous page's last (ts, agent, seq). Index
-        ``records_station_kind_ts`` gives both the range and the order: a page costs its own
+        (ts, agent, epoch, seq), the records' order-and-identity key (two journal epochs of one
+        agent may share a ts and a seq); ``after`` is the previous page's last such key. Index
+        ``records_station_kind_key`` gives both the range and the order: a page costs its own
         rows, however long the window."""
         sql = (
             f"SELECT {RECORD_COLUMNS} FROM records "
@@ -376,12 +410,12 @@ class Storage(ABC):
         )
         params: list[Any] = [station, kind, since, until]
         if after is not None:
-            sql += " AND (ts, agent, seq) > (?, ?, ?)"
+            sql += " AND (ts, agent, epoch, seq) > (?, ?, ?, ?)"
             params += list(after)
         if line is not None:
             sql += " AND line = ?"
             params.append(line)
-        sql += " ORDER BY ts, agent, seq LIMIT ?"
+        sql += " ORDER BY ts, agent, epoch, seq LIMIT ?"
         params.append(limit)
         with self._transaction():
             rows = self._execute(sql, params)
@@ -402,11 +436,14 @@ class Storage(ABC):
         of the table."""
         out: list[tuple[str, str, str]] = []
         with self._transaction():
+            # Every station first (each step one probe on the index's first column), then
+            # its newest part: a filter on kind inside the skip would walk a station's other
+            # kinds (a year of consumption records sorts before 'part').
             names = self._execute(
                 "WITH RECURSIVE s(name) AS ("
-                "SELECT MIN(station) FROM records WHERE kind = 'part' "
+                "SELECT MIN(station) FROM records "
                 "UNION ALL SELECT (SELECT MIN(station) FROM records "
-                "WHERE station > s.name AND kind = 'part') FROM s WHERE s.name IS NOT NULL) "
+                "WHERE station > s.name) FROM s WHERE s.name IS NOT NULL) "
                 "SELECT name FROM s WHERE name IS NOT NULL"
             )
             for (name,) in names:
@@ -545,7 +582,11 @@ class Storage(ABC):
             if version == 1:
                 keys.migrate_v1(self, ddl)
             for statement in ddl:
-                self._execute(statement)
+                index = _NEW_INDEX.match(statement) if version is not None else None
+                if index is not None and not self._has_index(index.group(1)):
+                    self._build_index(statement, index.group(1), index.group(2))
+                else:
+                    self._execute(statement)
             if version == 1:
                 keys.adopt_v1_watermarks(self)
             if version != SCHEMA_VERSION:
@@ -554,6 +595,23 @@ class Storage(ABC):
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(SCHEMA_VERSION),),
                 )
+
+    def _has_index(self, name: str) -> bool:
+        return bool(
+            self._execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
+        )
+
+    def _build_index(self, statement: str, name: str, table: str) -> None:
+        """An index this version adds, built on an existing database: on years of records
+        that takes minutes (docs/workbench.md, "Performance at plant scale"), so say so."""
+        log.warning(
+            "%s: building index %s on %s (first start after an upgrade: on a large database "
+            "this may take minutes; the store starts when it is done)",
+            self.location, name, table,
+        )  # fmt: skip
+        started = time.monotonic()
+        self._execute(statement)
+        log.warning("%s: index %s built in %.1f s", self.location, name, time.monotonic() - started)
 
     def _rekey(self, table: str, create: str, columns: str, key: str) -> None:
         """Schema 1 -> 2: give ``table`` an ``epoch`` column (``''`` for every row) and the
@@ -587,13 +645,18 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
             received_at TEXT NOT NULL,
             epoch TEXT NOT NULL DEFAULT '',
             PRIMARY KEY (agent, epoch, seq))""",
-        "CREATE INDEX IF NOT EXISTS records_serial ON records (serial) WHERE serial IS NOT NULL",
-        # The workbench's lookups (docs/workbench.md, "Query plans"): a serial's part records
-        # without its readings; a station's parts in a time window, in page order.
+        # records_serial (serial) was the first serial index: records_serial_kind serves
+        # every lookup by serial as well (its first column), so it only cost writes and space.
+        "DROP INDEX IF EXISTS records_serial",
+        # The workbench's lookups (docs/workbench.md, "Performance at plant scale"): a serial's
+        # records, or its part records without its readings; a station's parts in a time
+        # window, in page order.
         "CREATE INDEX IF NOT EXISTS records_serial_kind ON records (serial, kind) "
         "WHERE serial IS NOT NULL",
-        "CREATE INDEX IF NOT EXISTS records_station_kind_ts ON records "
-        "(station, kind, ts, agent, seq)",
+        # records_station_kind_ts lacked the epoch: replaced by records_station_kind_key.
+        "DROP INDEX IF EXISTS records_station_kind_ts",
+        "CREATE INDEX IF NOT EXISTS records_station_kind_key ON records "
+        "(station, kind, ts, agent, epoch, seq)",
         f"""CREATE TABLE IF NOT EXISTS genealogy (
             agent TEXT NOT NULL,
             seq {integer} NOT NULL,
@@ -621,6 +684,7 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
             epoch TEXT NOT NULL DEFAULT '',
             journal TEXT)""",
         *keys.ddl(integer),
+        *quality_tables.ddl(integer, identity),
         f"""CREATE TABLE IF NOT EXISTS rejected (
             id {identity},
             received_at TEXT NOT NULL,

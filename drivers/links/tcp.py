@@ -211,6 +211,13 @@ class TcpServerLink:
             log.info("%s: reader connected from %s", self.device, peer)
         self._changed.set()
 
+    async def wait_reader(self) -> None:
+        """Return once a reader is connected (at once if one is) or the link is closed: a
+        device that connects to us cannot be asked anything before it has."""
+        while self._listening and self._current is None:
+            self._changed.clear()
+            await self._changed.wait()
+
     async def chunks(self) -> AsyncIterator[bytes]:
         reading: _Connection | None = None
         while self._listening:

@@ -12,7 +12,11 @@ the overrides turn a secured device's security off (and its user certificate); a
 accepted with the config's password.
 
 Faults: ``restart`` and ``unplug`` (the server stops, sessions and subscriptions are lost,
-and it starts again on the same port after the fault's duration, with the same node ids).
+and it starts again on the same port after the fault's duration, with the same node ids),
+and ``silent`` (the server hangs: connections stay open, even new ones, but no request is
+read, so none is answered; the agent learns it from its timeouts and the missing
+keep-alives, and its session may live on once the server reads again). A fault on one device
+of an endpoint is the whole server's: every device it serves is affected.
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ class OpcUaEndpoint(Endpoint):
         self._task: asyncio.Task[None] | None = None
         self._next_subscription = 1000
         self._down: set[str] = set()
+        self._silent: set[str] = set()
         first = urlparse(devices[0].endpoint)
         self._path = first.path or "/"
 
@@ -158,6 +163,7 @@ class OpcUaEndpoint(Endpoint):
             description.EndpointUrl = self.endpoint
             description.Server.DiscoveryUrls = [self.endpoint]
         self._server = server
+        self._hush()
         self._task = asyncio.create_task(self._show_values(), name=f"simulate: opcua {self.port}")
 
     async def stop(self) -> None:
@@ -189,12 +195,26 @@ class OpcUaEndpoint(Endpoint):
             if not self._down:
                 await self.stop()
             self._down.add(device)
+        elif fault.kind == "silent":
+            self._silent.add(device)
+            self._hush()
 
     async def fault_ended(self, device: str, fault: ActiveFault) -> None:
         if fault.kind in ("restart", "unplug") and device in self._down:
             self._down.discard(device)
             if not self._down:
                 await self.start()
+        elif fault.kind == "silent":
+            self._silent.discard(device)
+            self._hush()
+
+    def _hush(self) -> None:
+        """The server silent while any of its devices has a silent fault (a restarted server
+        is silent from its start if one is still in force)."""
+        if self._server is not None:
+            iserver = self._server.iserver
+            assert isinstance(iserver, StationInternalServer)
+            iserver.set_silent(bool(self._silent))
 
     # ---- the address space -------------------------------------------------------------------
 
@@ -301,7 +321,7 @@ def _match(point: OpcUaPoint) -> re.Match[str] | None:
 
 
 class OpcUaSimulator(KindSimulator):
-    faults = frozenset({"restart", "unplug"})
+    faults = frozenset({"silent", "restart", "unplug"})
 
     def value_spec(self, device: DeviceConfig, point: str) -> ValueSpec | None:
         p = next((q for q in cast(OpcUaDevice, device).points if q.name == point), None)

@@ -31,6 +31,7 @@ from drivers.base import StreamingDriver
 from drivers.links.base import Link, read_frames
 from drivers.links.factory import make_link
 from drivers.links.framing import Frame, Framer
+from drivers.links.tcp import TcpServerLink
 from drivers.registry import DriverContext
 from drivers.scale.config import ScaleDevice
 from drivers.scale.protocols import (
@@ -174,6 +175,13 @@ class ScaleDriver(StreamingDriver):
         due = loop.time()
         try:
             while True:
+                link = self._link
+                if isinstance(link, TcpServerLink) and link.peer is None:
+                    # A scale that connects to the agent (listen_port): asking before it has
+                    # would time out and mark it down, and a reconnecting scale would never
+                    # get in. Wait for it; the first poll goes out as it connects.
+                    await link.wait_reader()
+                    due = loop.time()
                 reply = await self._request(command, d.timeout)
                 if isinstance(reply, Weighing):
                     self._record(reply, queue)

@@ -4,9 +4,12 @@ pty null modem for a serial port or a TCP server for ``host``, in the config's u
 shows the scenario's loads (``weights``) from their moments: the reading ramps to the load
 and settles, as on a scale.
 
+A scale that connects to the agent (``listen_port``) is a client of the port the overrides
+give the agent to listen on, reconnecting whenever the connection is lost.
+
 Faults: ``silent`` (no answer and no streamed reading), ``garbage`` (bytes that are not text
-in front of the next reply) and ``unplug`` (the port vanishes, or the TCP server closes,
-until the fault ends). A scale that connects to the agent (``listen_port``) is not simulated.
+in front of the next reply) and ``unplug`` (the port vanishes, the TCP server closes, or
+the dialling scale hangs up and stays away, until the fault ends).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from simulators.devicemap.kinds import (
     ValueSpec,
     World,
 )
-from simulators.devicemap.streams import GARBAGE
+from simulators.devicemap.streams import GARBAGE, free_port
 from simulators.scale import ScaleModel, ScaleProtocol, ScaleSimulator
 from simulators.serial_link import NullModem
 
@@ -50,10 +53,14 @@ class ScaleEndpoint(Endpoint):
         self.device = device
         self.devices = (device.name,)
         self.modem: NullModem | None = None
+        self.listen: tuple[str, int] | None = None
         if device.port is not None:
             name = place.port_name(device.port)
             self.modem = NullModem(place.pty_dir, name, f".{name}.device")
             self.scale = ScaleSimulator(scale_model(device), serial_path=self.modem.b_path)
+        elif device.listen_port is not None:
+            self.listen = (place.host, free_port(place.host))
+            self.scale = ScaleSimulator(scale_model(device), dial=self.listen)
         else:
             self.scale = ScaleSimulator(scale_model(device), tcp=True, host=place.host)
 
@@ -70,14 +77,19 @@ class ScaleEndpoint(Endpoint):
     def overrides(self) -> dict[str, dict[str, Any]]:
         if self.modem is not None:
             return {self.device.name: {"port": str(self.modem.a_path)}}
+        if self.listen is not None:
+            return {
+                self.device.name: {"listen_host": self.listen[0], "listen_port": self.listen[1]}
+            }
         return {self.device.name: {"host": self.scale.host, "tcp_port": self.scale.port}}
 
     def describe(self) -> str:
-        where = (
-            f"serial port {self.modem.a_path}"
-            if self.modem is not None
-            else f"TCP server {self.scale.host}:{self.scale.port}"
-        )
+        if self.modem is not None:
+            where = f"serial port {self.modem.a_path}"
+        elif self.listen is not None:
+            where = f"TCP client of the agent's listen port {self.listen[0]}:{self.listen[1]}"
+        else:
+            where = f"TCP server {self.scale.host}:{self.scale.port}"
         return f"scale {self.device.name} ({self.device.protocol}) on {where}"
 
     async def weigh(self, device: str, weight: float) -> None:
@@ -110,8 +122,6 @@ class ScaleKindSimulator(KindSimulator):
         return None  # loads are events (weights:), not values
 
     def device_issue(self, device: DeviceConfig) -> str | None:
-        if cast(ScaleDevice, device).listen_port is not None:
-            return "a scale that connects to the agent (listen_port) is not simulated yet"
         try:
             scale_model(cast(ScaleDevice, device))
         except ValueError as exc:

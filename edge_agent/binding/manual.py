@@ -1,4 +1,5 @@
-"""Context set by hand (``edge-agent context set``) and the context restored at start."""
+"""Context set by hand (``edge-agent context set``), a gate's interlock released by hand
+(``edge-agent gate release``), and the context restored at start."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from edge_agent.binding.rules import (
     BindingRules,
     State,
     Step,
+    WriteInterlock,
     context_value,
     station_state,
 )
@@ -43,6 +45,37 @@ def set_manual(
     source: dict[str, Any] = {"manual": True, "user": user}
     for key, value in values.items():
         set_context(st, station, key, context_value(value), ts, source, step)
+    return step
+
+
+def release_interlock(
+    state: State, station: str, rules: BindingRules, *, ts: float, user: str | None
+) -> Step:
+    """``edge-agent gate release``: the operator lowers a station's interlock (the refused
+    part was taken out, the blocked material put aside) without waiting for the next scan
+    the gate lets through; recorded as a gate decision like the refusal that raised it."""
+    if station not in rules.station_keys:
+        raise ContextRejected(_unknown("station", station, rules.station_keys))
+    gate = rules.gates.get(station)
+    lock = gate.interlock if gate is not None else None
+    if lock is None:
+        raise ContextRejected(f"station {station} has no gate interlock to release")
+    st = station_state(state, station)
+    step = Step()
+    body: dict[str, Any] = {
+        "kind": RecordKind.GATE.value,
+        "station": station,
+        "ts": iso_utc(ts),
+        "decision": "released",
+        "check": "operator",
+        "reason": "interlock released by the operator",
+        "user": user,
+        "ctx": st.ctx,
+        "serial": st.ctx.get("serial"),
+    }
+    step.drafts.append(RecordDraft(station, RecordKind.GATE, body))
+    st.interlock = False
+    step.actions.append(WriteInterlock(station, lock.device, lock.point, lock.release))
     return step
 
 

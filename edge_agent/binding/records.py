@@ -15,20 +15,25 @@ from edge_agent.binding.rules import (
     UNASSIGNED,
     UNSEEN,
     Acknowledge,
+    AskRoute,
     BindingRules,
     PointKey,
     State,
     StationState,
     Step,
     TriggerRead,
+    WriteInterlock,
     context_value,
     station_state,
 )
+from edge_agent.gate.decide import Gate, RouteAnswer, Verdict
 from edge_agent.scan import classify
 from kernel.model import Observation, Quality, RecordDraft, RecordKind, Value, iso_utc
 
 
-def bind(state: State, batch: Sequence[Observation], rules: BindingRules) -> Step:
+def bind(
+    state: State, batch: Sequence[Observation], rules: BindingRules, gate: Gate | None = None
+) -> Step:
     """Bind a batch of observations, in order, updating ``state``.
 
     A batch may hold several device responses (one poll of a group spanning several
@@ -43,14 +48,18 @@ def bind(state: State, batch: Sequence[Observation], rules: BindingRules) -> Ste
     start = 0
     for i in range(1, len(batch) + 1):
         if i == len(batch) or batch[i].ts != batch[start].ts:
-            _bind_response(state, batch[start:i], rules, step)
+            _bind_response(state, batch[start:i], rules, step, gate)
             start = i
     return step
 
 
 
 def _bind_response(
-    state: State, response: Sequence[Observation], rules: BindingRules, step: Step
+    state: State,
+    response: Sequence[Observation],
+    rules: BindingRules,
+    step: Step,
+    gate: Gate | None = None,
 ) -> None:
     context_of = rules.context_of
     if any(obs.unobserved is not None for obs in response):
@@ -72,10 +81,13 @@ def _bind_response(
             if scan_stations:
                 consumed.add(i)
                 accepted = True
+                held = False
                 for station in scan_stations:
                     scanned = station_state(state, station)
-                    accepted &= _scan(scanned, station, obs, rules, step) == "accepted"
-                if (obs.device, obs.point) in rules.acknowledged:
+                    status = _scan(scanned, station, obs, rules, step, gate)
+                    accepted &= status == "accepted"
+                    held |= status == "held"
+                if (obs.device, obs.point) in rules.acknowledged and not held:
                     # One answer per scan, whatever number of stations it fed.
                     step.actions.append(
                         Acknowledge(scan_stations[0], obs.device, obs.point, accepted)
@@ -220,11 +232,44 @@ def set_context(
     step.drafts.append(RecordDraft(station, RecordKind.CONTEXT, body, state=st.durable()))
 
 
+def answered(
+    state: State,
+    station: str,
+    answers: Mapping[int, RouteAnswer | None],
+    rules: BindingRules,
+    gate: Gate,
+) -> Step:
+    """The trace store answered (or did not, in time) the route question of the station's
+    first held scan: bind it with the answers, then the scans held behind it, in order (one of
+    them may ask again and hold the rest)."""
+    step = Step()
+    st = station_state(state, station)
+    held, st.held = st.held, []
+    for i, obs in enumerate(held):
+        if st.held:
+            st.held.append(obs)
+            continue
+        status = _scan(st, station, obs, rules, step, gate, answers if i == 0 else None)
+        if status != "held" and (obs.device, obs.point) in rules.acknowledged:
+            step.actions.append(Acknowledge(station, obs.device, obs.point, status == "accepted"))
+    return step
+
+
 def _scan(
-    st: StationState, station: str, obs: Observation, rules: BindingRules, step: Step
+    st: StationState,
+    station: str,
+    obs: Observation,
+    rules: BindingRules,
+    step: Step,
+    gate: Gate | None = None,
+    answers: Mapping[int, RouteAnswer | None] | None = None,
 ) -> str:
-    """A scan is always recorded (accepted, unclassified or rejected); an accepted one may
-    then set context keys and record a consumption. Returns the scan's status."""
+    """A scan is always recorded (accepted, unclassified, rejected, or refused by the gate);
+    an accepted one may then set context keys and record a consumption. Returns the scan's
+    status, or "held" while the gate waits for the trace store (recorded once answered)."""
+    if st.held and answers is None:
+        st.held.append(obs)  # behind a scan waiting for the store: keep their order
+        return "held"
     body: dict[str, Any] = {
         "kind": RecordKind.SCAN.value,
         "station": station,
@@ -246,12 +291,23 @@ def _scan(
         step.drafts.append(RecordDraft(station, RecordKind.SCAN, body))
         return "rejected"
     scan = classify(str(obs.value), rules.scan_rules.get(station, ()))
+    verdict: Verdict | None = None
+    if scan.status == "accepted" and gate is not None and station in gate.configs:
+        verdict = gate.check(station, st.ctx, scan, answers)
+        if verdict.ask:
+            st.held.insert(0, obs)
+            step.actions.append(AskRoute(station, str(scan.context["serial"]), verdict.ask))
+            return "held"
+    status: str = scan.status
+    error = scan.error
+    if verdict is not None and verdict.refused:
+        status, error = "refused", _refusal(verdict)
     quality = {"accepted": Quality.GOOD, "unclassified": Quality.UNCERTAIN}.get(
-        scan.status, Quality.BAD
+        status, Quality.BAD
     )
     body.update(
         text=scan.text,
-        status=scan.status,
+        status=status,
         rule=scan.rule,
         quality=quality.value,
         ctx=st.ctx,
@@ -263,13 +319,24 @@ def _scan(
         body["fields"] = dict(scan.fields)
     if scan.gs1 is not None:
         body["gs1"] = dict(scan.gs1)
-    if scan.error is not None:
-        body["error"] = scan.error
+    if error is not None:
+        body["error"] = error
     if obs.detail is not None:
         body["detail"] = dict(obs.detail)
+    if verdict is not None:
+        body["gate"] = {
+            "decision": _overall(verdict),
+            "version": gate.blocked.version if gate is not None else 0,
+        }
+        if verdict.refused and scan.consume:
+            # What it would have consumed: no consumption record is written for a refused
+            # scan, since receivers take every consumption record as a genealogy edge.
+            body["consume"] = dict(scan.consume)
     step.drafts.append(RecordDraft(station, RecordKind.SCAN, body))
-    if scan.status != "accepted":
-        return scan.status
+    if verdict is not None:
+        _gate_records(st, station, obs, verdict, rules, step)
+    if status != "accepted":
+        return status
     source = {"device": obs.device, "point": obs.point, "rule": scan.rule}
     for key, value in scan.context.items():
         set_context(st, station, key, context_value(value), obs.ts, source, step)
@@ -287,7 +354,58 @@ def _scan(
         }
         if serial is None:
             cons["error"] = "no serial current: consumption not bound to a part"
+        if verdict is not None and _overall(verdict) == "flagged":
+            cons["gate"] = "flagged"  # let through, but see the gate record
         step.drafts.append(RecordDraft(station, RecordKind.CONSUMPTION, cons))
-    return scan.status
+    return status
 
 
+def _overall(verdict: Verdict) -> str:
+    decisions = {d["decision"] for d in verdict.decisions}
+    for decision in ("refused", "flagged"):
+        if decision in decisions:
+            return decision
+    return "allowed"
+
+
+def _refusal(verdict: Verdict) -> str:
+    first = verdict.first_refusal()
+    return f"refused by the gate: {first['reason']}" if first is not None else "refused"
+
+
+def _gate_records(
+    st: StationState,
+    station: str,
+    obs: Observation,
+    verdict: Verdict,
+    rules: BindingRules,
+    step: Step,
+) -> None:
+    """One ``gate`` record per decision, then the interlock: raised by a refusal, released by
+    the next scan the gate lets through."""
+    ts = iso_utc(obs.ts)
+    text = str(obs.value)
+    for decision in verdict.decisions:
+        body: dict[str, Any] = {
+            "kind": RecordKind.GATE.value,
+            "station": station,
+            "ts": ts,
+            "device": obs.device,
+            "point": obs.point,
+            "text": text,
+            **decision,
+            "ctx": st.ctx,
+        }
+        # The part the decision concerns: the scanned serial, else the one at the station.
+        body.setdefault("serial", st.ctx.get("serial"))
+        step.drafts.append(RecordDraft(station, RecordKind.GATE, body))
+    cfg = rules.gates[station]
+    lock = cfg.interlock
+    if lock is None:
+        return
+    if verdict.refused:
+        st.interlock = True
+        step.actions.append(WriteInterlock(station, lock.device, lock.point, lock.value))
+    elif st.interlock is not False:
+        st.interlock = False
+        step.actions.append(WriteInterlock(station, lock.device, lock.point, lock.release))

@@ -9,6 +9,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.gate.config import GateConfig
+from edge_agent.gate.decide import Remote
 from edge_agent.scan import ScanRule
 from kernel.model import Observation, Quality, RecordDraft, RecordKind, Value
 
@@ -58,6 +60,10 @@ class StationState:
     parts: dict[str, int] = field(default_factory=dict)  # serial -> part records here
     # Last level of each point that triggers a reader of this station (part present).
     levels: dict[PointKey, Value | _Unseen] = field(default_factory=dict)
+    # The gate: scans waiting for the trace store's route answer (the first one asked), in
+    # arrival order, and whether the interlock is up (None: unknown, after a start).
+    held: list[Observation] = field(default_factory=list)
+    interlock: bool | None = None
 
     def durable(self) -> dict[str, Any]:
         """The part of the state that must survive a restart (kept with each record)."""
@@ -118,7 +124,27 @@ class TriggerRead:
     device: str
 
 
-Action = Capture | WriteTaken | Acknowledge | TriggerRead
+@dataclass(frozen=True, slots=True)
+class WriteInterlock:
+    """Action: write the gate's interlock point (``value``: refused, or released)."""
+
+    station: str
+    device: str
+    point: str
+    value: bool | int
+
+
+@dataclass(frozen=True, slots=True)
+class AskRoute:
+    """Action: ask the trace store about ``serial`` at each of ``checks``' stations, then
+    call ``Binder.answered``; the station's scans wait (``StationState.held``) until then."""
+
+    station: str
+    serial: str
+    checks: tuple[Remote, ...]
+
+
+Action = Capture | WriteTaken | Acknowledge | TriggerRead | WriteInterlock | AskRoute
 
 
 @dataclass
@@ -144,6 +170,8 @@ class BindingRules:
     # trigger point -> ((station, reader device), ...) read on its rising edge
     read_triggers: Mapping[PointKey, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     max_serials: int = MAX_SERIALS
+    gates: Mapping[str, GateConfig] = field(default_factory=dict)
+    line: str = ""
 
     @classmethod
     def from_config(cls, cfg: AgentConfig) -> BindingRules:
@@ -194,6 +222,8 @@ class BindingRules:
             parts={st.name: st.part for st in cfg.stations if st.part is not None},
             acknowledged=frozenset(acknowledged),
             read_triggers={k: tuple(v) for k, v in read_triggers.items()},
+            gates={st.name: st.gate for st in cfg.stations if st.gate is not None},
+            line=cfg.agent.line,
         )
 
     def empty_contexts(self) -> dict[str, Context]:

@@ -174,6 +174,45 @@ def _station_issues(
             out.extend(((*path, "scans", "rules", j, *p), m) for p, m in rule.issues())
     if st.part is not None:
         out.extend(_part_issues(cfg, st.part, (*path, "part"), devices))
+    if st.gate is not None:
+        out.extend(_gate_issues(cfg, st, (*path, "gate"), devices))
+    return out
+
+
+def _gate_issues(
+    cfg: AgentConfig, st: StationConfig, path: Path, devices: dict[str, int]
+) -> list[Issue]:
+    """An interlock that cannot be written, and route rules that cannot hold, are found at
+    start-up like a handshake bit, not at the first refused part."""
+    gate = st.gate
+    assert gate is not None
+    out: list[Issue] = [((*path, *p), m) for p, m in gate.issues()]
+    if st.scans is None:
+        out.append((path, "a gate checks scans: give the station scans.sources and rules"))
+    lock = gate.interlock
+    if lock is not None:
+        found = _point_issue(cfg, (*path, "interlock"), lock.device, lock.point, devices)
+        out.extend(found)
+        if not found:
+            why = cfg.devices[devices[lock.device]].write_issue(lock.point)
+            if why is not None:
+                out.append(((*path, "interlock", "point"), f"cannot be written: {why}"))
+    by_name = {s.name: s for s in cfg.stations}
+    for i, rule in enumerate(gate.route):
+        if rule.line is not None and rule.line != cfg.agent.line:
+            continue  # another line's station: the trace store answers for it
+        at: Path = (*path, "route", i, "requires")
+        required = by_name.get(rule.requires)
+        if rule.requires == st.name:
+            out.append((at, "a station cannot require itself"))
+        elif required is not None and required.part is None:
+            out.append(
+                (
+                    at,
+                    f"station {rule.requires!r} records no parts (no part: section): no serial "
+                    "could ever pass",
+                )
+            )
     return out
 
 

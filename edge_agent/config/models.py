@@ -16,6 +16,7 @@ from buffer.config import BufferConfig
 from drivers import registry
 from drivers.device import DeviceConfig
 from edge_agent.config.refs import with_station_device
+from edge_agent.gate.config import GateConfig
 from edge_agent.scan import ScanRule
 from kernel.names import Issue, Name
 from kernel.net import parse_listen
@@ -228,6 +229,11 @@ class StationConfig(BaseModel):
     )
     part: PartConfig | None = Field(
         default=None, description="Triggered part records (one per cycle)."
+    )
+    gate: GateConfig | None = Field(
+        default=None,
+        description="The gate: scans of blocked lots, serials or products, and serials that "
+        "skipped a required station, are refused (docs/gate.md).",
     )
 
     @model_validator(mode="before")

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from edge_agent.testing.load import LoadedCase, find_cases, load_case, select
+from edge_agent.testing.load import LoadedCase, RefusalCase, find_cases, load_case, select
 from edge_agent.testing.logcapture import routed
+from edge_agent.testing.refusal import judge_refusal
 from edge_agent.testing.run import CaseResult, run_case
 from kernel.errors import ConfigError
 
@@ -45,11 +46,12 @@ def test_command(args: argparse.Namespace) -> int:
             print(f"{ref.name}  ({ref.file})")
         return EXIT_BAD_INPUT if missing else 0
     loaded: list[LoadedCase] = []
+    refusals: list[RefusalCase] = []
     results: list[CaseResult] = []
     bad_input = bool(missing)
     for ref in refs:
         try:
-            loaded.append(load_case(ref))
+            one = load_case(ref)
         except ConfigError as exc:
             bad_input = True
             for issue in exc.issues:
@@ -67,13 +69,24 @@ def test_command(args: argparse.Namespace) -> int:
                     bad_input=True,
                 )
             )
+        else:
+            if isinstance(one, RefusalCase):
+                refusals.append(one)
+            else:
+                loaded.append(one)
     jobs = max(1, args.jobs or os.cpu_count() or 1)
     out = sys.stdout
     status = 0
-    if loaded:
+    if loaded or refusals:
         print(
-            f"edge-agent test: {len(loaded)} case(s), up to {jobs} at a time", file=out, flush=True
+            f"edge-agent test: {len(loaded) + len(refusals)} case(s), up to {jobs} at a time",
+            file=out,
+            flush=True,
         )
+    for refusal in refusals:  # no broker, no simulator: judged at once
+        results.append(judge_refusal(refusal))
+        _line(results[-1], out)
+    if loaded:
         try:
             results += asyncio.run(run_cases(loaded, jobs, args.broker, lambda r: _line(r, out)))
         except _BrokerError as exc:

@@ -61,6 +61,20 @@ class LoadedCase:
         return min(self.case.within or duration, duration)
 
 
+@dataclass(frozen=True)
+class RefusalCase:
+    """A case whose config must be refused (``expect_refused``): loaded, nothing to run."""
+
+    ref: CaseRef
+    case: TestCase
+    config_file: Path
+    issues: list[ConfigIssue] | None
+    """The problems the config was refused with, as ``edge-agent validate`` prints them;
+    None: it was accepted."""
+    line: int = 0
+    """The line of ``expect_refused`` in the case file, for the report."""
+
+
 # ---- finding cases --------------------------------------------------------------------------
 
 
@@ -126,7 +140,7 @@ def select(cases: Sequence[CaseRef], keywords: Sequence[str] | None) -> list[Cas
 # ---- loading a case -------------------------------------------------------------------------
 
 
-def load_case(ref: CaseRef, env: Mapping[str, str] | None = None) -> LoadedCase:
+def load_case(ref: CaseRef, env: Mapping[str, str] | None = None) -> LoadedCase | RefusalCase:
     """Read and check one case, its config and its scenario; raise ConfigError listing every
     problem (in the case file, the config file or the scenario file, each where it is)."""
     try:
@@ -142,7 +156,9 @@ def load_case(ref: CaseRef, env: Mapping[str, str] | None = None) -> LoadedCase:
     return parse_case(text, ref, env)
 
 
-def parse_case(text: str, ref: CaseRef, env: Mapping[str, str] | None = None) -> LoadedCase:
+def parse_case(
+    text: str, ref: CaseRef, env: Mapping[str, str] | None = None
+) -> LoadedCase | RefusalCase:
     """:func:`load_case` for the text of ``ref.file``."""
     file = str(ref.file)
     data, smap, issues = load_yaml(text, file, env)
@@ -167,6 +183,15 @@ def parse_case(text: str, ref: CaseRef, env: Mapping[str, str] | None = None) ->
     if not config_file.is_file():
         issues.append(smap.issue(("config",), f"no such file: {config_file}"))
         raise ConfigError(issues)
+    if case.expect_refused is not None:
+        try:
+            load_config(config_file, env)  # as `edge-agent validate` loads it
+        except ConfigError as exc:
+            refused: list[ConfigIssue] | None = list(exc.issues)
+        else:
+            refused = None
+        line = smap.locate(("expect_refused",))[0] or 0
+        return RefusalCase(ref, case, config_file, refused, line)
     config = load_config(config_file, env)  # its issues name its own file
     scenario = _scenario(case, text, smap, config, base, env)
     issues += [smap.issue(path, msg) for path, msg in check_expectations(case, config)]
@@ -179,9 +204,20 @@ def parse_case(text: str, ref: CaseRef, env: Mapping[str, str] | None = None) ->
                 "simulated devices stop: give at most its duration, or a longer scenario",
             )
         )
+    window = min(case.within or duration, duration)
+    for i, e in enumerate(case.expectations):
+        if e.within is not None and e.within > window:
+            what = "the case's within" if case.within is not None else "the scenario's end"
+            issues.append(
+                smap.issue(
+                    ("expect", i, "within"),
+                    f"{e.within:g} s is past {what} ({window:g} s), when the case stops "
+                    "watching: give at most that",
+                )
+            )
     if issues:
         raise ConfigError(_tidy(issues))
-    lines = {i: smap.locate(("expect", i))[0] or 0 for i in range(len(case.expect))}
+    lines = {i: smap.locate(("expect", i))[0] or 0 for i in range(len(case.expectations))}
     return LoadedCase(ref, case, config, config_file, scenario, lines)
 
 
@@ -195,6 +231,7 @@ def _scenario(
 ) -> Any:
     from simulators.devicemap import load_scenario, parse_scenario
 
+    assert case.scenario is not None  # the model requires it without expect_refused
     if isinstance(case.scenario, str):
         path = base / case.scenario
         if not path.is_file():
@@ -238,11 +275,11 @@ def check_expectations(
     stations = [s.name for s in config.stations]
     devices = [d.name for d in config.devices]
     points = sorted({p for d in config.devices for p in d.point_names()})
-    for i, e in enumerate(case.expect):
+    for i, e in enumerate(case.expectations):
         at: tuple[str | int, ...] = ("expect", i)
         foreign: set[str] = set()  # fields the kind does not carry: nothing more to say
         if e.kind is not None:
-            allowed = (*COMMON_FIELDS, *RECORD_FIELDS[e.kind.value])
+            allowed = (*COMMON_FIELDS, *RECORD_FIELDS.get(e.kind.value, ()))
             foreign = {key for key in e.matchers() if key not in allowed}
             out += [
                 (
@@ -267,4 +304,3 @@ def check_expectations(
 
 def _exact_text(m: Match | None) -> str | None:
     return m.value if m is not None and m.equal and isinstance(m.value, str) else None
-

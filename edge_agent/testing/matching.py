@@ -13,6 +13,7 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from edge_agent.testing.model import Expectation, Match, Order
@@ -166,13 +167,24 @@ class Outcome:
     """With count: every matching record; without: the record assigned to it (if any)."""
 
 
+SETTLE_MARGIN = 0.5
+"""Seconds past an expectation's ``within`` after which it counts as settled while the case
+runs: a record made just before it may still be on its way through the broker (the verdict
+itself is made from every record delivered, whenever it came)."""
+
+
 class Tally:
     """The expectations of one case over the records seen so far: records are added as they
-    arrive (in any order); each expectation keeps the records it matches."""
+    arrive (in any order); each expectation keeps the records it matches. ``start`` is the
+    wall-clock time the scenario started, for expectations with ``within`` (a record's time
+    is its ``ts``)."""
 
-    def __init__(self, expect: Sequence[Expectation], order: Order = "any") -> None:
+    def __init__(
+        self, expect: Sequence[Expectation], order: Order = "any", start: float | None = None
+    ) -> None:
         self.expect = list(expect)
         self.order = order
+        self.start = start
         self.records: list[Record] = []
         self._candidates: list[list[Record]] = [[] for _ in self.expect]
 
@@ -180,31 +192,54 @@ class Tally:
         for r in records:
             self.records.append(r)
             for i, e in enumerate(self.expect):
-                if matches(e, r):
+                if matches(e, r) and self.in_time(e, r):
                     self._candidates[i].append(r)
 
-    def outcomes(self) -> list[Outcome]:
+    def time_of(self, record: Record) -> float | None:
+        """Seconds from the scenario's start to the record's ``ts`` (None: not known)."""
+        ts = record.get("ts")
+        if self.start is None or not isinstance(ts, str):
+            return None
+        try:
+            return datetime.fromisoformat(ts).timestamp() - self.start
+        except ValueError:
+            return None
+
+    def in_time(self, e: Expectation, record: Record) -> bool:
+        if e.within is None:
+            return True
+        t = self.time_of(record)
+        return t is not None and t <= e.within
+
+    def outcomes(self, now: float | None = None) -> list[Outcome]:
+        """Where each expectation stands; ``now`` (seconds from the scenario's start) settles
+        those whose ``within`` is over."""
         out: list[Outcome | None] = [None] * len(self.expect)
         single = [i for i, e in enumerate(self.expect) if e.count is None]
         assigned = self._assign(single)
+
+        def over(e: Expectation) -> bool:
+            return e.within is not None and now is not None and now > e.within + SETTLE_MARGIN
+
         for i in single:
             rec = assigned.get(i)
-            out[i] = Outcome(i, rec is not None, rec is not None, [] if rec is None else [rec])
+            met = rec is not None
+            out[i] = Outcome(i, met, met or over(self.expect[i]), [] if rec is None else [rec])
         for i, e in enumerate(self.expect):
             if e.count is None:
                 continue
             found = sorted(self._candidates[i], key=_seq)
             n = len(found)
             met = e.count.holds(n)
-            over = e.count.max is not None and n > e.count.max
-            settled = over or (met and e.count.max is None)
+            above = e.count.max is not None and n > e.count.max
+            settled = above or (met and e.count.max is None) or over(e)
             out[i] = Outcome(i, met, settled, found)
         return [o for o in out if o is not None]
 
-    def settled(self) -> bool:
+    def settled(self, now: float | None = None) -> bool:
         """Whether more records can change nothing: every expectation met for good, or
-        broken for good (a count over its max)."""
-        return all(o.settled for o in self.outcomes())
+        broken for good (a count over its max, or its ``within`` over at ``now``)."""
+        return all(o.settled for o in self.outcomes(now))
 
     def _assign(self, indexes: list[int]) -> dict[int, Record]:
         """A record of its own for as many expectations as possible: in written order by

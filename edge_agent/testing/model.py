@@ -68,10 +68,23 @@ RECORD_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "gap": ("previous", "counter", "missed"),
     "unobserved": ("device", "points", "reason"),
+    "gate": (
+        "device",
+        "point",
+        "text",
+        "serial",
+        "decision",
+        "check",
+        "reason",
+        "requires",
+        "source",
+        "lot",
+        "product",
+    ),
 }
 """The fields of each record kind an expectation may name (docs/wire-format.md; seq and the
-timestamps vary from run to run, so they are not matched)."""
-assert set(RECORD_FIELDS) == {k.value for k in RecordKind}
+timestamps vary from run to run, so they are not matched). A kind missing here (a new one)
+takes the common fields only; the tests check every kind is listed."""
 
 
 class _Model(BaseModel):
@@ -224,6 +237,14 @@ class Expectation(_Model):
         "default: at least one (a record of its own).",
         examples=[10, 0, {"min": 3}],
     )
+    within: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds from the scenario's start by which the record(s) must have been "
+        "made (their ts): later ones do not count for this expectation; default: the case's "
+        "window.",
+        examples=[2.0],
+    )
     station: Match | None = _field("The station.", "ST10")
     device: Match | None = _field("readings, scan, unobserved: the device.", "press10")
     point: Match | None = _field("scan: the scanner's point.")
@@ -251,7 +272,9 @@ class Expectation(_Model):
     previous: Match | None = _field(
         "context: the value before; gap: the counter of the last part record."
     )
-    source: Match | None = _field("context: what set it.", {"device": "scanner10"})
+    source: Match | None = _field(
+        "context: what set it; gate: local, store or unreachable.", {"device": "scanner10"}
+    )
     repeat: Match | None = _field("part, context: part records this serial had before.")
     counter: Match | None = _field("part: the PLC's counter; gap: the counter after it.")
     missed: Match | None = _field("gap: parts without a record.", 2)
@@ -268,15 +291,18 @@ class Expectation(_Model):
     product: Match | None = _field("consumption: the product.")
     quantity: Match | None = _field("consumption: how much.")
     unit: Match | None = _field("consumption: the unit; reading: the point's unit.")
+    decision: Match | None = _field("gate: allowed, flagged or refused.", "refused")
+    check: Match | None = _field("gate: the check that decided: blocked or route.", "route")
+    requires: Match | None = _field("gate: the station a route rule requires.", "ST10")
     points: Match | None = _field("unobserved: the points (the list holds these).")
-    reason: Match | None = _field("unobserved: why.")
+    reason: Match | None = _field("unobserved, gate: why.")
     ctx: Match | None = _field(
         "The station context: key -> value.", {"lot": "0042", "serial": {"pattern": "SN.*"}}
     )
 
     def matchers(self) -> dict[str, Match]:
         """The record fields this expectation looks at, in the order they were written."""
-        skip = {"name", "kind", "count"}
+        skip = {"name", "kind", "count", "within"}
         return {
             k: m
             for k in type(self).model_fields
@@ -302,9 +328,10 @@ class TestCase(_Model):
         "the real file is tested.",
         examples=["../../lines/line3.yaml"],
     )
-    scenario: str | dict[str, Any] = Field(
+    scenario: str | dict[str, Any] | None = Field(
+        default=None,
         description="What the devices do: a scenario file (relative to this file) or the "
-        "scenario itself (docs/simulate.md).",
+        "scenario itself (docs/simulate.md). Required unless expect_refused.",
         examples=["../../scenarios/shift-start.yaml"],
     )
     within: float | None = Field(
@@ -320,6 +347,54 @@ class TestCase(_Model):
         description="any: expectations without count may match records in any order; seq: "
         "they match records in the order written (by seq).",
     )
-    expect: list[Expectation] = Field(
-        min_length=1, description="The records the agent must send (and counts of them)."
+    expect: list[Expectation] | None = Field(
+        default=None,
+        min_length=1,
+        description="The records the agent must send (and counts of them). Required unless "
+        "expect_refused.",
     )
+    expect_refused: str | list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Instead of running: the config must be refused as `edge-agent validate` "
+        "refuses it, with a problem matching each of these regular expressions (searched in "
+        "each `file:line:col: key.path: message` line). A text is one pattern.",
+        examples=[["poll_interval .* is shorter than timeout"]],
+    )
+
+    @field_validator("expect_refused")
+    @classmethod
+    def _patterns(cls, patterns: str | list[str] | None) -> str | list[str] | None:
+        for text in [patterns] if isinstance(patterns, str) else patterns or []:
+            try:
+                re.compile(text)
+            except re.error as exc:
+                raise ValueError(f"{text!r} is not a regular expression: {exc}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _run_or_refuse(self) -> TestCase:
+        if self.expect_refused is not None:
+            given = [k for k in ("scenario", "expect", "within") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"a case with expect_refused runs nothing: leave out {', '.join(given)}"
+                )
+        else:
+            missing = [k for k in ("scenario", "expect") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"give {' and '.join(missing)} (or expect_refused: the config must be refused)"
+                )
+        return self
+
+    @property
+    def refusal_patterns(self) -> list[str]:
+        """``expect_refused`` as a list (a text is one pattern)."""
+        given = self.expect_refused
+        return [given] if isinstance(given, str) else list(given or [])
+
+    @property
+    def expectations(self) -> list[Expectation]:
+        """``expect``, or none for a case that expects the config refused."""
+        return self.expect or []

@@ -42,13 +42,14 @@ def failures(case: LoadedCase, tally: Tally, outcomes: Sequence[Outcome]) -> lis
         if e.name:
             where += f" ({e.name})"
         lines = []
+        by = f" within {e.within:g} s" if e.within is not None else ""
         if e.count is None:
-            lines.append(f"{where}: no record matches")
+            lines.append(f"{where}: no record matches{by}")
             lines.append(f"  expected: {expectation_text(e)}")
             lines += _nearest(e, tally, taken, case)
         else:
             n = len(o.matched)
-            lines.append(f"{where}: expected {e.count.text()} matching record(s), found {n}")
+            lines.append(f"{where}: expected {e.count.text()} matching record(s){by}, found {n}")
             lines.append(f"  expected: {expectation_text(e)}")
             for i, r in enumerate(o.matched[:SHOWN]):
                 lines.append(f"  {'found:   ' if i == 0 else '         '} {summary(r)}")
@@ -65,6 +66,13 @@ def _nearest(e: Expectation, pool: Tally, taken: dict[int, int], case: LoadedCas
     if best is None:
         return ["  nearest:  none (no record came from the agent)"]
     record, misses = best
+    t = pool.time_of(record)
+    if not misses and e.within is not None and (t is None or t > e.within):
+        when = "at an unknown time" if t is None else f"{t:.2f} s after the start"
+        return [
+            f"  nearest:  {summary(record)}",
+            f"    matches, but it was made {when}, past its within ({e.within:g} s)",
+        ]
     if not misses:
         other = taken.get(id(record))
         if other is None:  # order: seq, and it comes too early

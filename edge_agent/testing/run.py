@@ -125,6 +125,8 @@ class _CaseRun:
         self.uid = uuid.uuid4().hex[:10]
         self.committed: set[int] = set()
         self.mqtt_keys = mqtt_keys
+        self.started: float | None = None
+        """Wall-clock time the scenario started."""
 
     async def run(self) -> None:
         from simulators.devicemap import Simulation, apply_overrides
@@ -148,13 +150,14 @@ class _CaseRun:
             await self._devices_up(agent, runner, set(sim.overrides))
             self.phase = "playing the scenario"
             sim.play()
-            tally = Tally(case.case.expect, case.case.order)
+            self.started = time.time()  # the records' ts are the agent's wall clock
+            tally = Tally(case.case.expectations, case.case.order, self.started)
             seen = 0
             deadline = time.monotonic() + case.window
             while True:
                 records, seen = _take(collector, seen)
                 tally.add(records)
-                if tally.settled() or time.monotonic() >= deadline:
+                if tally.settled(sim.world.now()) or time.monotonic() >= deadline:
                     break
                 if runner.done():
                     raise CaseError(f"the agent stopped: {_ended(runner)}")
@@ -294,7 +297,7 @@ class _CaseRun:
     def _judge(self, records: list[Record], missing: list[int], window: float) -> None:
         case, result = self.case, self.result
         result.records = len(records)
-        tally = Tally(case.case.expect, case.case.order)
+        tally = Tally(case.case.expectations, case.case.order, self.started)
         tally.add(records)
         outcomes = tally.outcomes()
         result.details = failures(case, tally, outcomes)

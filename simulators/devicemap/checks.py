@@ -19,7 +19,14 @@ from edge_agent.config.checks import unknown
 from kernel.names import Issue
 from simulators.devicemap.cycle import CycleRoles, PointKey
 from simulators.devicemap.kinds import FAULT_KINDS, Lookup, ValueSpec, simulators_of
-from simulators.devicemap.scenario import PartCycle, PointRef, ScanEvent, Scenario, WeightEvent
+from simulators.devicemap.scenario import (
+    PartCycle,
+    PointRef,
+    ScanEvent,
+    Scenario,
+    TagEvent,
+    WeightEvent,
+)
 
 EXCEPTION_CODES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11)
 """Modbus exception codes a device can answer with."""
@@ -288,9 +295,10 @@ class _Checker:
 
     def events(self) -> None:
         end = self.scenario.duration
-        sections: list[tuple[str, Sequence[ScanEvent | WeightEvent]]] = [
+        sections: list[tuple[str, Sequence[ScanEvent | WeightEvent | TagEvent]]] = [
             ("scans", self.scenario.scans),
             ("weights", self.scenario.weights),
+            ("tags", self.scenario.tags),
         ]
         for section, events in sections:
             for i, e in enumerate(events):
@@ -303,7 +311,7 @@ class _Checker:
                 sim = self.lookups[device.type].simulator
                 assert sim is not None
                 if section not in sim.events:
-                    what = "scans" if section == "scans" else "loads (weights)"
+                    what = _SECTION_WHAT[section]
                     self.issue((*path, "device"), f"a {device.type} device takes no {what}")
                 data = getattr(e, "data", None)
                 if data is not None:
@@ -312,6 +320,43 @@ class _Checker:
                     except ValueError as exc:
                         self.issue((*path, "data"), str(exc))
 
+    def reads(self) -> None:
+        for name, reads in self.scenario.reads.items():
+            path: Path = ("reads", name)
+            device = self.device(name, path)
+            if device is None:
+                continue
+            sim = self.lookups[device.type].simulator
+            assert sim is not None
+            if "reads" not in sim.events:
+                self.issue(path, f"a {device.type} device answers no trigger commands")
+                continue
+            why = sim.event_issue(device, "reads")
+            if why is not None:
+                self.issue(path, why)
+            timeout = getattr(getattr(device, "trigger", None), "read_timeout", None)
+            if timeout is not None and reads.delay >= timeout:
+                self.issue(
+                    (*path, "delay"),
+                    f"{reads.delay:g} s is not within the trigger's read_timeout "
+                    f"({timeout:g} s): every answer would come after the agent's no-read",
+                )
+            for i, code in enumerate(reads.codes or []):
+                if code is None:
+                    continue
+                try:
+                    control_bytes(code)
+                except ValueError as exc:
+                    self.issue((*path, "codes", i), str(exc))
+            if reads.pattern is not None:
+                try:
+                    control_bytes(reads.pattern.format(n=reads.first))
+                except ValueError as exc:
+                    self.issue((*path, "pattern"), str(exc))
+
+
+_SECTION_WHAT = {"scans": "scans", "weights": "loads (weights)", "tags": "RFID tags (tags)"}
+
 
 def _events_hint(events: frozenset[str]) -> str:
     """Where the values of a device without scriptable points come from."""
@@ -319,6 +364,8 @@ def _events_hint(events: frozenset[str]) -> str:
         return " (its codes are scans: entries)"
     if "weights" in events:
         return " (its loads are weights: entries)"
+    if "tags" in events:
+        return " (its tags are tags: entries)"
     return ""
 
 
@@ -333,4 +380,5 @@ def check_scenario(scenario: Scenario, config: AgentConfig) -> Checked:
     checker.points()
     checker.faults()
     checker.events()
+    checker.reads()
     return checker.out

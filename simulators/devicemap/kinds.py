@@ -29,8 +29,9 @@ from kernel.model import Value
 
 FAULT_KINDS = ("silent", "exception", "garbage", "unplug", "restart")
 """Faults a scenario can name; each kind's simulator says which of them it plays."""
-EVENT_KINDS = ("scans", "weights")
-"""Scenario events a kind's simulator may take: a scan sent, a load placed."""
+EVENT_KINDS = ("scans", "weights", "tags", "reads")
+"""Scenario events a kind's simulator may take: a scan sent, a load placed, an RFID tag in
+the field, the answers to the agent's trigger commands."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,17 @@ class ActiveFault:
     """garbage: the bytes to send (None: the kind's own idea of noise)."""
     duration: float = 0.0
     """Seconds the fault lasts; 0 for a one-off (a burst of garbage)."""
+
+
+@dataclass(frozen=True)
+class TagInField:
+    """An RFID tag in a reader's field, from the scenario's ``tags:``."""
+
+    epc: str
+    """Upper-case hex."""
+    dwell: float
+    antenna: int = 1
+    rssi: float = -50.0
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,19 @@ class Placement:
         return name
 
 
+class TriggerAnswers(Protocol):
+    """What a triggered reader answers, from the scenario's ``reads:``."""
+
+    @property
+    def delay(self) -> float:
+        """Seconds from a trigger command to its answer."""
+        ...
+
+    def answer(self, k: int) -> str | None:
+        """The answer to trigger k (0 for the first); None: a no-read."""
+        ...
+
+
 class World(Protocol):
     """What a kind's simulator asks of the scenario while it serves."""
 
@@ -185,6 +210,15 @@ class World(Protocol):
 
     def fault(self, device: str) -> ActiveFault | None:
         """The fault in force on the device now, if any."""
+        ...
+
+    def trigger_answers(self, device: str) -> TriggerAnswers | None:
+        """What the device answers to trigger commands; None: the scenario does not say
+        (the reader never answers: every trigger is a no-read)."""
+        ...
+
+    def now(self) -> float:
+        """Seconds since the scenario started."""
         ...
 
 
@@ -225,6 +259,11 @@ class Endpoint(ABC):
         """Put a load on the scale (kinds that take ``weights``)."""
         raise NotImplementedError
 
+    async def tag(self, device: str, tag: TagInField) -> None:
+        """Carry a tag into the reader's field (kinds that take ``tags``); returns at once,
+        the reads go on for the tag's dwell."""
+        raise NotImplementedError
+
 
 class KindSimulator(ABC):
     """What a kind's ``SIMULATOR`` offers: the types of its points and its endpoints."""
@@ -249,6 +288,11 @@ class KindSimulator(ABC):
     def device_issue(self, device: DeviceConfig) -> str | None:
         """Why this device cannot be simulated although its kind can (a setting the
         simulator does not play), or None."""
+        return None
+
+    def event_issue(self, device: DeviceConfig, event: str) -> str | None:
+        """Why this device cannot take ``event`` (one of :data:`EVENT_KINDS`) although the
+        kind does (a reader without a trigger has no trigger to answer), or None."""
         return None
 
     def fault_issue(self, device: DeviceConfig, fault: str) -> str | None:

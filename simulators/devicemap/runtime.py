@@ -25,7 +25,13 @@ from typing import Any
 from drivers.device import DeviceConfig
 from drivers.links.config import control_bytes
 from edge_agent.config import AgentConfig
-from simulators.devicemap.kinds import ActiveFault, Endpoint, Placement, simulators_of
+from simulators.devicemap.kinds import (
+    ActiveFault,
+    Endpoint,
+    Placement,
+    TagInField,
+    simulators_of,
+)
 from simulators.devicemap.loader import LoadedScenario
 from simulators.devicemap.world import ScriptedWorld
 
@@ -190,6 +196,9 @@ class Simulation:
             steps.append(
                 (w.at, 2, w.device, f"weight {w.weight:g}", self._weigh(w.device, w.weight))
             )
+        for g in s.tags:
+            tag = TagInField(g.epc, g.dwell, g.antenna, g.rssi)
+            steps.append((g.at, 2, g.device, f"tag {g.epc}", self._tag(g.device, tag)))
         return sorted(steps, key=lambda x: (x[0], x[1]))
 
     async def _play(self) -> None:
@@ -242,6 +251,12 @@ class Simulation:
             await self._endpoint[device].scan(device, data)
 
         return scan
+
+    def _tag(self, device: str, tag: TagInField) -> Callable[[], Awaitable[None]]:
+        async def carry() -> None:
+            await self._endpoint[device].tag(device, tag)
+
+        return carry
 
     def _weigh(self, device: str, weight: float) -> Callable[[], Awaitable[None]]:
         async def weigh() -> None:

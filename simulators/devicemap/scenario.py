@@ -234,6 +234,96 @@ class WeightEvent(_Model):
     weight: float = Field(description="The load, in the scale's unit.", examples=[1.25])
 
 
+class TagEvent(_Model):
+    """A tag carried into an RFID reader's field at a moment: read on `antenna` 20 times a
+    second for `dwell` seconds, as the reader prints reads in its configured format."""
+
+    device: Name = Field(description="The RFID reader.", examples=["rfid10"])
+    at: float = Field(ge=0, description="Seconds from the start.", examples=[2.0])
+    epc: str = Field(
+        description="The tag's EPC in hex (an even number of digits).",
+        examples=["3034257BF7194E4000000001"],
+    )
+    dwell: float = Field(
+        default=0.5, gt=0, description="Seconds the tag stays in the field.", examples=[0.8]
+    )
+    antenna: int = Field(default=1, ge=0, le=65535, description="Antenna that reads it.")
+    rssi: float = Field(default=-50.0, description="Signal strength of its reads, dBm.")
+
+    @field_validator("epc")
+    @classmethod
+    def _hex(cls, epc: str) -> str:
+        digits = epc.replace(" ", "")
+        if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
+            raise ValueError(f"EPC {epc!r} is not hexadecimal")
+        if len(digits) % 2:
+            raise ValueError(f"EPC {epc} has an odd number of hex digits ({len(digits)})")
+        return digits.upper()
+
+
+class TriggerReads(_Model):
+    """What a triggered reader (a scanner with `trigger:` in the config) answers to each of
+    the agent's trigger commands: give codes or pattern. A no-read is silence, or, when the
+    config has a stop command, the reader's no-read text in answer to it (its first
+    `no_read` text), as a Keyence reader answers LOFF with ERROR."""
+
+    codes: list[str | None] | None = Field(
+        default=None,
+        min_length=1,
+        description="The answers to the first, second, ... trigger: a code as the reader "
+        "sends it (without its line end; <GS>, <CR> by name), or null for a no-read.",
+        examples=[["L0042", None, "L0043"]],
+    )
+    pattern: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Instead of codes: the answer to trigger n (from `first`), a Python "
+        "format string of n, e.g. SN{n:06d}.",
+        examples=["SN{n:06d}"],
+    )
+    first: int = Field(default=1, ge=0, description="pattern: n of the first trigger.")
+    repeat: bool = Field(
+        default=False,
+        description="codes: after the last, start again from the first; false: every later "
+        "trigger is a no-read.",
+    )
+    delay: float = Field(
+        default=0.05,
+        ge=0,
+        description="Seconds from the trigger command to the answer (the reader decoding); "
+        "keep it under the config's read_timeout.",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
+        try:
+            text.format(n=1)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise ValueError(
+                f"not a code pattern ({exc}): write the trigger number as {{n}} or {{n:06d}}"
+            ) from None
+        return text
+
+    @model_validator(mode="after")
+    def _one(self) -> TriggerReads:
+        if (self.codes is None) == (self.pattern is None):
+            found = "both" if self.codes is not None else "neither"
+            raise ValueError(f"give one of codes or pattern; found {found}")
+        return self
+
+    def answer(self, k: int) -> str | None:
+        """The answer to trigger k (0 for the first); None: a no-read."""
+        if self.pattern is not None:
+            return self.pattern.format(n=self.first + k)
+        assert self.codes is not None
+        if k >= len(self.codes) and not self.repeat:
+            return None
+        return self.codes[k % len(self.codes)]
+
+
 class Scenario(_Model):
     """A scenario: values, part cycles, faults and events, for `duration` seconds."""
 
@@ -257,4 +347,13 @@ class Scenario(_Model):
     scans: list[ScanEvent] = Field(default_factory=list, description="Scans at given moments.")
     weights: list[WeightEvent] = Field(
         default_factory=list, description="Loads on scales at given moments."
+    )
+    tags: list[TagEvent] = Field(
+        default_factory=list, description="RFID tags in a reader's field at given moments."
+    )
+    reads: dict[Name, TriggerReads] = Field(
+        default_factory=dict,
+        description="Triggered reader -> what it answers to each trigger command the agent "
+        "sends (codes in turn, or no-reads).",
+        examples=[{"scanner10": {"codes": ["SN000001", None, "SN000002"]}}],
     )

@@ -42,7 +42,8 @@ def frame(device: LinkDevice, payload: bytes) -> bytes:
     return payload
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port nobody listens on now, for a listen port the overrides give the agent."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -69,7 +70,7 @@ class StreamEndpoint(Endpoint):
             name = place.port_name(device.port)
             self._modem = NullModem(place.pty_dir, name, f".{name}.device")
         elif device.listen_port is not None:
-            self._port = _free_port(place.host)
+            self._port = free_port(place.host)
 
     @property
     def mode(self) -> str:

@@ -13,6 +13,7 @@ from kernel.model import Value
 from simulators.devicemap.cycle import PartCycle, PointKey
 from simulators.devicemap.kinds import ActiveFault
 from simulators.devicemap.loader import LoadedScenario
+from simulators.devicemap.scenario import TriggerReads
 from simulators.devicemap.signals import Signal, signal
 
 MAX_WRITES = 10_000
@@ -40,9 +41,11 @@ class ScriptedWorld:
         self._cycle_of: dict[PointKey, PartCycle] = {}
         self.faults: dict[str, ActiveFault] = {}
         self.writes: deque[Write] = deque(maxlen=MAX_WRITES)
+        self.reads: dict[str, TriggerReads] = {}
         if loaded is None:
             return
         scenario = loaded.scenario
+        self.reads = dict(scenario.reads)
         for device, scripts in scenario.points.items():
             for point, script in scripts.items():
                 self.signals[(device, point)] = signal(script, device, point, scenario.seed)
@@ -97,3 +100,6 @@ class ScriptedWorld:
 
     def fault(self, device: str) -> ActiveFault | None:
         return self.faults.get(device)
+
+    def trigger_answers(self, device: str) -> TriggerReads | None:
+        return self.reads.get(device)

@@ -9,6 +9,8 @@ it cleans up after ``Server.stop()`` (:meth:`StationInternalServer.close_session
   to a watched node (``data_taken``) is handed to the simulator before the Write response
   goes out, as a PLC acts on a coil write.
 - Republish: answered as OPC UA Part 4 specifies (see :class:`HonestSubscriptionService`).
+- Silence (``set_silent``): every client connection stops being read, new ones from
+  their first byte, through asyncua's list of transports (:class:`_Transports`).
 - The standard address space: a copy of a template built once per process (in a thread of
   our own), instead of asyncua rebuilding it on every start (1.5-2 s of CPU) in the default
   executor's threads, which outlive the server.
@@ -123,6 +125,18 @@ class StationInternalServer(InternalServer):  # type: ignore[misc]
         self.subscription_service = subscriptions
         self.isession.subscription_service = subscriptions
         self.station_subscriptions = subscriptions
+        self.asyncio_transports = _Transports()
+
+    @property
+    def silent(self) -> bool:
+        return self.asyncio_transports.silent
+
+    def set_silent(self, silent: bool) -> None:
+        """Stop (or resume) reading every client connection, open or opened from now on:
+        requests are neither answered nor refused, as a hung server's. The TCP connections
+        stay up (the kernel still accepts them), so a client learns it only from its
+        timeouts and its subscription's missing keep-alives."""
+        self.asyncio_transports.set_silent(silent)
 
     async def load_standard_address_space(self, shelf_file: Path | None = None) -> None:
         nodes = await in_own_thread(standard_nodes, "opcua-sim-address-space")
@@ -147,6 +161,30 @@ class StationInternalServer(InternalServer):  # type: ignore[misc]
         """
         for session in list(self._external_sessions.values()):
             await session.close_session(True)
+
+
+class _Transports(list[asyncio.Transport]):
+    """asyncua's list of client transports, which its protocol appends each new connection
+    to before any byte of it is read: the one place a connection can be paused from birth."""
+
+    silent = False
+
+    def append(self, transport: asyncio.Transport) -> None:
+        super().append(transport)
+        if self.silent:
+            transport.pause_reading()
+
+    def set_silent(self, silent: bool) -> None:
+        if silent == self.silent:
+            return
+        self.silent = silent
+        for transport in self:
+            if transport.is_closing():
+                continue
+            if silent:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
 
 _template_lock = threading.Lock()

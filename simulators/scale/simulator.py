@@ -14,6 +14,9 @@ from simulators.scale.wires import _PtyWire, _TcpWire, _Wire
 
 log = logging.getLogger(__name__)
 
+DIAL_RETRY = 0.1
+"""Seconds between a dialling scale's attempts to reach the agent."""
+
 
 class ScaleSimulator:
     """A scale on a serial port path (``serial_path``, e.g. a NullModem end) and/or on TCP.
@@ -31,9 +34,10 @@ class ScaleSimulator:
         tcp: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        dial: tuple[str, int] | None = None,
     ) -> None:
-        if serial_path is None and not tcp:
-            raise ValueError("give the simulator a serial_path, tcp=True, or both")
+        if serial_path is None and not tcp and dial is None:
+            raise ValueError("give the simulator a serial_path, tcp=True, dial, or some of them")
         self.model = model or ScaleModel()
         self.serial_path = serial_path
         self.tcp = tcp
@@ -48,8 +52,12 @@ class ScaleSimulator:
         self.silenced = 0
         """Replies and streamed readings swallowed by :attr:`Faults.silent`."""
         self._state: ScaleState | None = None
+        self.dial = dial
+        """(host, port) the scale connects to, as a scale set up as a TCP client reaches the
+        agent's listen port; again whenever the connection is lost."""
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], _Session] = {}
+        self._dialer: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -63,12 +71,19 @@ class ScaleSimulator:
             if self.tcp:
                 self._server = await asyncio.start_server(self._on_client, self.host, self.port)
                 self.port = self._server.sockets[0].getsockname()[1]
+            if self.dial is not None:
+                self._dialer = asyncio.create_task(self._dial(*self.dial), name="scale dialer")
         except BaseException:
             await self.close()
             raise
         log.info("simulated %s scale on %s", self.model.protocol, self._where())
 
     async def close(self) -> None:
+        dialer, self._dialer = self._dialer, None
+        if dialer is not None:
+            dialer.cancel()
+            with suppress(asyncio.CancelledError):
+                await dialer
         server, self._server = self._server, None
         if server is not None:
             server.close()  # no new clients; 3.11 leaves the connected ones to us
@@ -92,7 +107,26 @@ class ScaleSimulator:
         places = [str(self.serial_path)] if self.serial_path is not None else []
         if self.tcp:
             places.append(f"{self.host}:{self.port}")
+        if self.dial is not None:
+            places.append(f"a client of {self.dial[0]}:{self.dial[1]}")
         return " and ".join(places)
+
+    async def _dial(self, host: str, port: int) -> None:
+        """One conversation at a time with whoever listens at host:port; each runs in a task
+        of its own (tracked like a TCP client's), so ``close`` ends it like the others."""
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(DIAL_RETRY)
+                continue
+            session = _Session(self, _TcpWire(reader, writer), f"scale client of {host}:{port}")
+            task = asyncio.create_task(session.run(), name=f"scale client of {host}:{port}")
+            self._track(task, session)
+            await asyncio.wait({task})  # close() cancels the session after this loop
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("scale client of %s:%s: %r", host, port, task.exception())
+            await asyncio.sleep(DIAL_RETRY)
 
     def _serve(self, wire: _Wire, name: str) -> None:
         session = _Session(self, wire, name)

@@ -33,6 +33,8 @@ from trace_store.storage import Storage, StorageError, StorageUnavailable
 from trace_store.web.auth import SESSION_COOKIE, SESSION_SECONDS, Access
 from trace_store.web.db import Pool
 from trace_store.web.params import BadParameter, NotFound
+from trace_store.web.plant_time import PlantTime
+from trace_store.web.prefix import PrefixMiddleware
 
 log = logging.getLogger("trace_store.web")
 
@@ -45,8 +47,9 @@ class WorkbenchConfig:
     db: str
     access: Access = field(default_factory=Access)
     refresh: int = 30  # seconds between reloads of the Lines and Dashboard pages; 0: never
-    shifts: list[str] = field(default_factory=lambda: ["06:00", "14:00", "22:00"])
+    plant: PlantTime = field(default_factory=PlantTime)  # the zone times are shown in, shifts
     page_size: int = 100
+    root_path: str = ""  # the path prefix behind a reverse proxy (``prefix.py``), "" for none
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Page:
     refresh: int = 0
 
 
-def _environment() -> Environment:
+def _environment(plant: PlantTime) -> Environment:
     env = Environment(
         loader=PackageLoader("trace_store.web", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -80,7 +83,8 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda v: "" if v is None else number_text(v)
-    env.filters["ts"] = lambda v: "" if not v else f"{v[:10]} {v[11:19]}"
+    env.filters["ts"] = plant.shown  # the plant's local time
+    env.globals["zone"] = plant.zone_name
     env.filters["q"] = lambda v: quote(str(v), safe="")
     env.globals["url"] = lambda path, **kw: (
         path + "?" + urlencode({k: v for k, v in kw.items() if v not in (None, "")}, doseq=True)
@@ -97,9 +101,16 @@ def create_app(
 ) -> ASGIApp:
     """The application; ``on_ready`` runs once the server has started (signal handlers in
     place, the socket listening)."""
-    from trace_store.web import pages_dash, pages_lines, pages_lot, pages_serial, pages_window
+    from trace_store.web import (
+        pages_dash,
+        pages_lines,
+        pages_lot,
+        pages_quality,
+        pages_serial,
+        pages_window,
+    )
 
-    env = _environment()
+    env = _environment(config.plant)
     pool = pool if pool is not None else Pool(config.db)
 
     def render(page: Page, request: Request, status: int = 200) -> HTMLResponse:
@@ -212,7 +223,10 @@ def create_app(
         Route("/window", page(pages_window.window_page)),
         Route("/window/export", page(pages_window.export)),
         Route("/lines", page(pages_lines.lines_page)),
+        Route("/lines/export", page(pages_lines.export)),
         Route("/dashboard", page(pages_dash.dashboard_page)),
+        Route("/dashboard/export", page(pages_dash.export)),
+        *pages_quality.routes(page, error, config),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/healthz", healthz),
@@ -229,7 +243,8 @@ def create_app(
             pool.close()
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
-    return AccessMiddleware(app, config.access, error)
+    guarded = AccessMiddleware(app, config.access, error)
+    return PrefixMiddleware(guarded, config.root_path) if config.root_path else guarded
 
 
 class AccessMiddleware:

@@ -2,7 +2,9 @@
 then a signed session cookie), or the user a trusted reverse proxy names in a header.
 
 - The users file holds one ``name:hash`` per line (``#`` comments and blank lines allowed);
-  ``edge-agent workbench hash-password NAME`` prints such a line. The hash is
+  ``edge-agent workbench hash-password NAME`` prints such a line. A third field gives roles,
+  comma-separated: ``name:hash:quality`` may block and release (``ROLES``); a user without
+  one reads only. A user a proxy names gets the roles the users file gives that name. The hash is
   ``scrypt$N$r$p$salt$key`` (base64), Python's ``hashlib.scrypt``: nothing to install.
 - A session is ``name|expiry|hmac`` in an HttpOnly, SameSite=Strict cookie, signed with a key
   made when the workbench starts: a restart logs everyone out, which costs a login and keeps
@@ -31,6 +33,9 @@ SCRYPT_MAXMEM = 64 * 1024 * 1024
 SESSION_COOKIE = "workbench_session"
 SESSION_SECONDS = 12 * 3600  # a shift and then some
 MAX_NAME = 64
+QUALITY = "quality"
+ROLES = frozenset({QUALITY})
+"""``quality``: block and release lots, serials and products, sign recall reports off."""
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -81,11 +86,20 @@ def check_hash(stored: str) -> None:
 
 def load_users(path: str | Path) -> dict[str, str]:
     """name -> hash from a users file. Raises UsersFileError naming the file and line."""
+    return {name: stored for name, (stored, _) in _load(path).items()}
+
+
+def load_roles(path: str | Path) -> dict[str, frozenset[str]]:
+    """name -> roles from a users file (only users that have some)."""
+    return {name: roles for name, (_, roles) in _load(path).items() if roles}
+
+
+def _load(path: str | Path) -> dict[str, tuple[str, frozenset[str]]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsersFileError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    users: dict[str, str] = {}
+    users: dict[str, tuple[str, frozenset[str]]] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -94,13 +108,19 @@ def load_users(path: str | Path) -> dict[str, str]:
         where = f"{path}:{number}"
         if not sep or not valid_name(name):
             raise UsersFileError(f"{where}: expected NAME:HASH (a name of 1-{MAX_NAME} letters)")
+        # A hash holds no ':' (base64 and '$'): a third field is the roles.
+        stored, _, listed = stored.partition(":")
+        roles = frozenset(r.strip() for r in listed.split(",") if r.strip())
         try:
             check_hash(stored)
         except ValueError as exc:
             raise UsersFileError(f"{where}: {exc}") from exc
+        if roles - ROLES:
+            unknown = ", ".join(sorted(roles - ROLES))
+            raise UsersFileError(f"{where}: unknown role {unknown} (roles: {', '.join(ROLES)})")
         if name in users:
             raise UsersFileError(f"{where}: user {name!r} twice")
-        users[name] = stored
+        users[name] = (stored, roles)
     if not users:
         raise UsersFileError(f"{path}: no users in it")
     return users
@@ -130,6 +150,11 @@ class Access:
     proxy_header: str | None = None
     trusted: Sequence[Network] = ()
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    roles: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def has_role(self, user: str | None, role: str) -> bool:
+        """Only named users have roles: an open workbench (no login) reads only."""
+        return user is not None and role in self.roles.get(user, frozenset())
 
     @property
     def open(self) -> bool:

@@ -63,7 +63,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--users",
         metavar="FILE",
-        help="users file, one NAME:HASH per line (hash-password makes them): a login is required",
+        help="users file, one NAME:HASH per line (hash-password makes them): a login is "
+        "required; NAME:HASH:quality lets that user block and release (docs/quality.md)",
     )
     p.add_argument(
         "--proxy-user-header",
@@ -87,11 +88,26 @@ def register(sub: Any) -> None:
         "0 never)",
     )
     p.add_argument(
+        "--root-path",
+        default="",
+        metavar="PATH",
+        help="serve under this path prefix behind a reverse proxy, e.g. /quality: links, "
+        "assets and redirects carry it (the proxy may pass it on or strip it)",
+    )
+    p.add_argument(
+        "--time-zone",
+        default="UTC",
+        metavar="ZONE",
+        help="the plant's time zone, e.g. Europe/Berlin: pages show and read times in it, "
+        "hours and shifts are counted in it (default UTC)",
+    )
+    p.add_argument(
         "--shifts",
         default="06:00,14:00,22:00",
-        metavar="HH:MM,...",
-        help="shift start times (UTC) for the dashboards' per-shift figures "
-        "(default 06:00,14:00,22:00)",
+        metavar="[NAME=]HH:MM,...",
+        help="shift start times in the plant's time zone, named S1, S2 ... in time order or "
+        "as given (early=06:00,late=14:00,night=22:00); for the per-shift figures and the "
+        "Window page's shift filter (default 06:00,14:00,22:00)",
     )
 
 
@@ -133,8 +149,9 @@ def loopback(host: str) -> bool:
 
 def config_from_args(args: argparse.Namespace, host: str) -> Any:
     from trace_store.web.app import WorkbenchConfig
-    from trace_store.web.auth import Access, load_users, parse_networks
-    from trace_store.web.stats import parse_shifts
+    from trace_store.web.auth import Access, load_roles, load_users, parse_networks
+    from trace_store.web.plant_time import PlantTime, parse_shifts, parse_zone
+    from trace_store.web.prefix import parse_root_path
 
     users = load_users(args.users) if args.users else {}
     header = args.proxy_user_header
@@ -153,8 +170,18 @@ def config_from_args(args: argparse.Namespace, host: str) -> Any:
         shifts = parse_shifts(args.shifts)
     except ValueError as exc:
         raise ValueError(f"--shifts: {exc}") from exc
-    access = Access(users, header, parse_networks(args.trusted_proxy))
-    return WorkbenchConfig(args.db, access, args.refresh, shifts)
+    try:
+        zone = parse_zone(args.time_zone)
+    except ValueError as exc:
+        raise ValueError(f"--time-zone: {exc}") from exc
+    roles = load_roles(args.users) if args.users else {}
+    access = Access(users, header, parse_networks(args.trusted_proxy), roles=roles)
+    try:
+        root_path = parse_root_path(args.root_path)
+    except ValueError as exc:
+        raise ValueError(f"--root-path {exc}") from exc
+    plant = PlantTime(zone, shifts)
+    return WorkbenchConfig(args.db, access, args.refresh, plant=plant, root_path=root_path)
 
 
 def _serve(config: Any, host: str, port: int) -> int:

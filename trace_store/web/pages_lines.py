@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from starlette.responses import Response
+
+from trace_store.export import Table
+from trace_store.storage import Storage
+from trace_store.web import params
 from trace_store.web.app import Ctx, Page
+from trace_store.web.export import stream
 from trace_store.web.params import parse_wire
 
 STALE_SECONDS = 300  # no record for this long: the row is marked
@@ -52,3 +58,21 @@ def _age(seconds: float | None) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h ago"
     return f"{seconds / 86400:.0f} days ago"
+
+
+def export(ctx: Ctx) -> Response:
+    fmt = params.choice(ctx.params, "format", ("csv", "xlsx"))
+    return stream(ctx.pool, lines_table, fmt, "lines")
+
+
+def lines_table(storage: Storage) -> Table:
+    headers = [
+        "site", "line", "agent", "last_received", "last_seq", "last_ts", "last_station",
+        "watermark", "watermark_moved", "stored_above_watermark",
+    ]  # fmt: skip
+    rows = [
+        [f.site, f.line, f.agent, f.last_received, f.last_seq, f.last_ts, f.last_station,
+         f.watermark, f.watermark_at, f.ahead]
+        for f in storage.freshness()
+    ]  # fmt: skip
+    return Table(headers, rows, "lines")

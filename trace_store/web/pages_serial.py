@@ -33,7 +33,9 @@ from trace_store.web.export import stream
 from trace_store.web.params import NotFound, parse_wire
 from trace_store.web.svg import Span, sparkline, timeline
 
-KINDS = ("part", "context", "context_restored", "scan", "consumption", "gap", "unobserved")
+KINDS = (
+    "part", "context", "context_restored", "scan", "consumption", "gap", "unobserved", "gate",
+)  # fmt: skip
 MAX_READING_ROWS = 200  # listed under a visit's chart; the CSV export has every one
 
 

@@ -10,18 +10,19 @@ request reads at most ``MAX_SCAN`` rows and offers to go on from there.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from starlette.responses import Response
 
 from trace_store.export import Table, out_of_limits, record_values, value_columns
-from trace_store.storage import Storage, StoredRecord
+from trace_store.storage import PageKey, Storage, StoredRecord, page_key
 from trace_store.web import params
 from trace_store.web.app import Ctx, Page
 from trace_store.web.export import stream
-from trace_store.web.params import NotFound, encode_cursor, form_time, shifted
+from trace_store.web.params import NotFound, encode_cursor, shifted
+from trace_store.web.plant_time import PlantTime
 
 BATCH = 500
 MAX_SCAN = 20_000
@@ -39,17 +40,22 @@ class Window:
     value: str | None = None
     low: float | None = None
     high: float | None = None
+    shift: str | None = None  # a shift's name: only parts made in that shift
+    plant: PlantTime = field(default_factory=PlantTime, compare=False)
 
     def args(self) -> dict[str, Any]:
         return {
-            "station": self.station, "line": self.line, "from": form_time(self.since),
-            "to": form_time(self.until), "operator": self.operator, "result": self.result,
-            "value": self.value, "min": self.low, "max": self.high,
+            "station": self.station, "line": self.line, "from": self.plant.form(self.since),
+            "to": self.plant.form(self.until), "operator": self.operator,
+            "result": self.result, "value": self.value, "min": self.low, "max": self.high,
+            "shift": self.shift,
         }  # fmt: skip
 
     def matches(self, record: StoredRecord) -> bool:
         b = record.body
         if self.result and b.get("result") != self.result:
+            return False
+        if self.shift and self.plant.shift_of(record.ts)[1].name != self.shift:
             return False
         if self.operator:
             ctx = b.get("ctx")
@@ -73,7 +79,8 @@ def read_window(ctx: Ctx) -> Window | None:
     station = params.text(q, "station")
     if station is None:
         return None
-    since, until = params.when(q, "from"), params.when(q, "to")
+    plant = ctx.config.plant
+    since, until = params.when(q, "from", plant), params.when(q, "to", plant)
     if until is None:
         last = ctx.storage.last_ts(station)
         if last is None:
@@ -90,15 +97,17 @@ def read_window(ctx: Ctx) -> Window | None:
         raise params.BadParameter("value", "name the value that 'min'/'max' bound")
     if low is not None and high is not None and low > high:
         raise params.BadParameter("min", "is above 'max'")
+    names = [s.name for s in plant.shifts]
+    shift = params.choice(q, "shift", ("", *names)) if q.get("shift") else None
     return Window(
         station, since, until, params.text(q, "line"), params.text(q, "operator"), result,
-        value, low, high,
+        value, low, high, shift or None, plant,
     )  # fmt: skip
 
 
 def scan(
-    storage: Storage, w: Window, after: tuple[str, str, int] | None, want: int, budget: int
-) -> tuple[list[StoredRecord], tuple[str, str, int] | None]:
+    storage: Storage, w: Window, after: PageKey | None, want: int, budget: int
+) -> tuple[list[StoredRecord], PageKey | None]:
     """Up to ``want`` matching records after ``after``, reading at most ``budget`` rows;
     returns them and the cursor to go on from (None: the window is done)."""
     found: list[StoredRecord] = []
@@ -113,11 +122,10 @@ def scan(
                 found.append(record)
                 if len(found) == want:
                     more = i < len(page) - 1 or len(page) == BATCH
-                    return found, (record.ts, record.agent, record.seq) if more else None
+                    return found, page_key(record) if more else None
         if len(page) < BATCH:
             return found, None
-        last = page[-1]
-        after = (last.ts, last.agent, last.seq)
+        after = page_key(page[-1])
         if read >= budget:
             return found, after
 
@@ -125,7 +133,10 @@ def scan(
 def window_page(ctx: Ctx) -> Page:
     stations = ctx.storage.stations()
     w = read_window(ctx)
-    values: dict[str, Any] = {"stations": stations, "w": w, "rows": [], "next": None}
+    values: dict[str, Any] = {
+        "stations": stations, "w": w, "rows": [], "next": None,
+        "shifts": ctx.config.plant.shifts,
+    }  # fmt: skip
     if w is not None:
         after = params.cursor(ctx.params)
         rows, next_key = scan(ctx.storage, w, after, ctx.config.page_size, MAX_SCAN)

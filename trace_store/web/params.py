@@ -13,6 +13,9 @@ import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
+from trace_store.storage import PageKey
+from trace_store.web.plant_time import PlantTime
+
 MAX_ID = 256  # characters in a serial, lot, station or operator
 MAX_PAGE = 100_000
 
@@ -75,9 +78,9 @@ def choice(params: Mapping[str, str], name: str, choices: tuple[str, ...]) -> st
     return raw
 
 
-def when(params: Mapping[str, str], name: str) -> str | None:
-    """A time (``2026-11-21T10:00``, with seconds, a ``Z`` or an offset; UTC if none) as the
-    wire format's text, which orders as time does."""
+def when(params: Mapping[str, str], name: str, plant: PlantTime | None = None) -> str | None:
+    """A time (``2026-11-21T10:00``, with seconds, a ``Z`` or an offset; without one, the
+    plant's time zone) as the wire format's text, which orders as time does."""
     raw = params.get(name, "").strip()
     if not raw:
         return None
@@ -85,9 +88,7 @@ def when(params: Mapping[str, str], name: str) -> str | None:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "T", 1))
     except ValueError:
         raise BadParameter(name, f"{_quote(raw)} is not a time like 2026-11-21T10:00") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return wire_time(moment)
+    return wire_time((plant or PlantTime()).to_utc(moment))
 
 
 def wire_time(moment: datetime) -> str:
@@ -102,27 +103,30 @@ def shifted(ts: str, delta: timedelta) -> str:
     return wire_time(parse_wire(ts) + delta)
 
 
-def form_time(ts: str | None) -> str:
-    """A wire time as an ``<input type=datetime-local>`` value (UTC, minutes)."""
-    return "" if not ts else ts[:16]
-
-
-def cursor(params: Mapping[str, str], name: str = "after") -> tuple[str, str, int] | None:
-    """A keyset page cursor: the last (ts, agent, seq) of the page before."""
+def cursor(params: Mapping[str, str], name: str = "after") -> PageKey | None:
+    """A keyset page cursor: the last (ts, agent, epoch, seq) of the page before."""
     raw = params.get(name, "").strip()
     if not raw:
         return None
     try:
         padded = raw + "=" * (-len(raw) % 4)
-        ts, agent, seq = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not (isinstance(ts, str) and isinstance(agent, str) and type(seq) is int):
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if isinstance(key, list) and len(key) == 3:  # a link from before epochs were in it
+            key = [key[0], key[1], "", key[2]]
+        ts, agent, epoch, seq = key
+        if not (
+            isinstance(ts, str)
+            and isinstance(agent, str)
+            and isinstance(epoch, str)
+            and type(seq) is int
+        ):
             raise ValueError(raw)
     except (ValueError, TypeError):
         raise BadParameter(name, "not a page cursor from this workbench") from None
-    return ts, agent, seq
+    return ts, agent, epoch, seq
 
 
-def encode_cursor(key: tuple[str, str, int]) -> str:
+def encode_cursor(key: PageKey) -> str:
     data = json.dumps(list(key), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 

@@ -2,9 +2,9 @@
 yield per hour and per shift, the Pareto of NOK causes, and one process value's control
 chart with Cpk.
 
-The part records are read page by page in time order (index ``records_station_kind_ts``)
-and folded as they come; at most ``MAX_PARTS`` are read, the newest window first being the
-caller's to choose (the page says when the window was cut).
+The database counts the part records per minute, result and first pass over the index range
+(``records_station_kind_key``; ``trace_store.facts``), so a month costs a fraction of a second
+and no window is cut short (docs/workbench.md, "Performance at plant scale").
 
 - First pass: a part record whose ``repeat`` is 0 or absent (the serial's first cycle at the
   station); first-pass yield is the share of those that were OK.
@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from trace_store.storage import Storage, StoredRecord
-from trace_store.web.params import parse_wire, shifted, wire_time
+from trace_store import facts
+from trace_store.storage import Storage
+from trace_store.web.params import parse_wire, wire_time
+from trace_store.web.plant_time import PlantTime
 
-PAGE = 2000
-MAX_PARTS = 100_000
+SAMPLE = 500  # first parts of the window whose value names the form offers
+SERIES = 5000  # newest parts of the window in the control chart and Cpk
 D2 = 1.128  # the moving range's d2 for subgroups of 2
 
 
@@ -77,8 +79,8 @@ class StationStats:
     series: list[tuple[float, float, bool]] = field(default_factory=list)  # (t, v, nok)
     limits: tuple[float | None, float | None] = (None, None)
     unit: str | None = None
-    truncated: bool = False
     last_ts: str | None = None
+    value: str | None = None  # the value charted
 
     def hour_list(self) -> list[Bucket]:
         """Every hour from the first part's to the last's, empty ones included (at most
@@ -133,30 +135,6 @@ def _index(mean: float, sigma: float, lsl: float | None, usl: float | None) -> f
     return min(sides)
 
 
-def parse_shifts(text: str) -> list[str]:
-    """``06:00,14:00,22:00`` -> sorted start times; ValueError names a bad one."""
-    starts = []
-    for part in text.split(","):
-        part = part.strip()
-        hh, sep, mm = part.partition(":")
-        if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
-            raise ValueError(f"shift start {part!r} is not HH:MM")
-        starts.append(f"{int(hh):02d}:{int(mm):02d}")
-    if not starts:
-        raise ValueError("no shift starts")
-    return sorted(set(starts))
-
-
-def shift_of(ts: str, starts: list[str]) -> str:
-    """The shift a time falls in, as ``DATE START``; a time before the first start belongs
-    to the previous day's last shift."""
-    clock = ts[11:16]
-    before = [s for s in starts if s <= clock]
-    if before:
-        return f"{ts[:10]} {before[-1]}"
-    return f"{shifted(ts, timedelta(days=-1))[:10]} {starts[-1]}"
-
-
 def station_stats(
     storage: Storage,
     station: str,
@@ -165,65 +143,61 @@ def station_stats(
     *,
     line: str | None = None,
     value: str | None = None,
-    shifts: list[str] | None = None,
-    max_parts: int = MAX_PARTS,
+    plant: PlantTime | None = None,
 ) -> StationStats:
+    """The figures (``trace_store.facts``): counts per minute folded into the plant's hours
+    and shifts, the causes of the NOK parts, and the chart and Cpk of ``value`` over the
+    window's newest ``SERIES`` parts. Without ``value``, the chart is of the value most
+    parts have (``stats.value``)."""
     stats = StationStats(station, since, until)
-    starts = shifts or ["06:00", "14:00", "22:00"]
-    after: tuple[str, str, int] | None = None
-    read = 0
-    while True:
-        page = storage.records_at(station, "part", since, until, after=after, line=line, limit=PAGE)
-        for record in page:
-            _fold(stats, record, value, starts)
-        read += len(page)
-        if len(page) < PAGE:
-            break
-        if read >= max_parts:
-            stats.truncated = True
-            break
-        last = page[-1]
-        after = (last.ts, last.agent, last.seq)
+    clock = plant or PlantTime()
+    # The names to choose from, from the window's first parts (a sample: a station's
+    # characteristics do not change by the minute).
+    for record in storage.records_at(station, "part", since, until, line=line, limit=SAMPLE):
+        names = record.body.get("values")
+        for name in names if isinstance(names, dict) else {}:
+            stats.values[name] = stats.values.get(name, 0) + 1
+    if value is None and stats.values:
+        value = max(stats.values, key=lambda name: stats.values[name])
+    stats.value = value
+    width = 13 if clock.whole_hours(since, until) else 16  # count per hour or per minute
+    for tally in facts.minute_tallies(storage, station, since, until, line, width=width):
+        _count(stats, tally, clock)
+    for values in facts.nok_values(storage, station, since, until, line):
+        for cause in nok_causes(values):
+            stats.causes[cause] += 1
+    if value:
+        for ts, entry in facts.newest_values(storage, station, since, until, value, SERIES, line):
+            _point(stats, ts, entry)
     return stats
 
 
-def _fold(stats: StationStats, record: StoredRecord, value: str | None, starts: list[str]) -> None:
-    b = record.body
-    result = b.get("result")
-    first = not b.get("repeat")
-    stats.last_ts = record.ts
+def _count(stats: StationStats, t: facts.MinuteTally, clock: PlantTime) -> None:
+    minute = t.minute + (":00:00" if len(t.minute) == 13 else ":00")
+    hour = clock.hour(minute)  # the plant's local hour and shift
+    shift = clock.shift_label(minute)
+    stats.last_ts = minute
     for bucket in (
         stats.total,
-        stats.hours.setdefault(record.ts[:13], Bucket(record.ts[:13])),
-        stats.shifts.setdefault(shift_of(record.ts, starts), Bucket(shift_of(record.ts, starts))),
+        stats.hours.get(hour) or stats.hours.setdefault(hour, Bucket(hour)),
+        stats.shifts.get(shift) or stats.shifts.setdefault(shift, Bucket(shift)),
     ):
-        if result == "ok":
-            bucket.ok += 1
-        elif result == "nok":
-            bucket.nok += 1
-        else:
-            bucket.other += 1
-        if first:
-            bucket.first += 1
-            bucket.first_ok += result == "ok"
-    values = b.get("values")
-    values = values if isinstance(values, dict) else {}
-    for name in values:
-        stats.values[name] = stats.values.get(name, 0) + 1
-    if result == "nok":
-        for cause in nok_causes(values):
-            stats.causes[cause] += 1
-    entry = values.get(value) if value else None
-    if isinstance(entry, dict):
-        v = entry.get("value")
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            t = parse_wire(record.ts).timestamp()
-            stats.series.append((t, float(v), entry.get("ok") is False))
-            stats.limits = (
-                _num(entry.get("min"), stats.limits[0]),
-                _num(entry.get("max"), stats.limits[1]),
-            )
-            stats.unit = entry.get("unit") or stats.unit
+        bucket.ok += t.ok
+        bucket.nok += t.nok
+        bucket.other += t.other
+        bucket.first += t.first
+        bucket.first_ok += t.first_ok
+
+
+def _point(stats: StationStats, ts: str, entry: dict[str, Any]) -> None:
+    v = entry.get("value")
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        stats.series.append((parse_wire(ts).timestamp(), float(v), entry.get("ok") is False))
+        stats.limits = (
+            _num(entry.get("min"), stats.limits[0]),
+            _num(entry.get("max"), stats.limits[1]),
+        )
+        stats.unit = entry.get("unit") or stats.unit
 
 
 def nok_causes(values: dict[str, Any]) -> list[str]:
