@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kernel.model import Value
 from kernel.names import Issue, Name
 
 
@@ -125,6 +126,12 @@ class DeviceConfig(BaseModel):
         """Why ``point`` (known to exist) cannot be written (PLC handshake bits); None if it
         can. Default: this kind writes nothing."""
         return f"a {self.type} device is never written to"
+
+    def value_issue(self, point: str, value: Value) -> str | None:
+        """Why ``value`` cannot be written to ``point`` (known to be writable), or None. A
+        value the config names (a gate's interlock) is checked at load, not at the first
+        refusal. Default: the device decides when written."""
+        return None
 
     def identity(self) -> Hashable | None:
         """What identifies the physical device, so that two entries for one device (which

@@ -10,7 +10,8 @@ store says it lost its broker session. Receivers therefore see duplicates and de
 
 Every message names the journal and the epoch its records were made in (``streams.py``):
 with the seq, the record's key, unique forever whatever happens to the journal file. The agent
-watches its own status topic for another agent with its id (``duplicates.py``).
+says online/offline on its own status topic and watches it for another agent with its id
+(``presence.py``, ``duplicates.py``).
 
 Threads and ownership
 ---------------------
@@ -29,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -38,9 +38,10 @@ from kernel.alarms import Alarms
 from kernel.errors import BufferError_, SyncError
 from sync.config import MqttConfig, invalid_topic_level
 from sync.confirm import Confirmation, parse_confirmation
-from sync.duplicates import HEARTBEAT, DuplicateWatch
-from sync.link import CLOSE_GRACE, Link, Unreachable, wait_to_retry
+from sync.duplicates import HEARTBEAT
+from sync.link import Link, Unreachable, wait_to_retry
 from sync.pending import Deleter, Session
+from sync.presence import Presence
 from sync.status import Outage, SyncStatus
 from sync.streams import Streams
 from sync.wire import (
@@ -50,7 +51,6 @@ from sync.wire import (
     by_station,
     envelope,
     envelope_head,
-    status_payload,
     topic_for,
 )
 
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 RESEND_BACKOFF_MAX = 16
 """The longest wait between two resends without progress, in units of confirm_timeout."""
-HOST = socket.gethostname()
 
 
 class MqttSync:
@@ -111,7 +110,9 @@ class MqttSync:
         self._outage = Outage(config, self.status, self.client_id)
         # Made in ``run`` from the journal's identity (the journal is open by then).
         self._streams: Streams | None = None
-        self._dups: DuplicateWatch | None = None
+        self._presence = Presence(
+            config, agent_id, self.status_topic, buffer, self.alarms, lambda: self._link
+        )
         # confirm: store. Where the confirmed prefix ends, the highest seq published since
         # the last (re)start of publishing, and when the confirmation last moved (loop time).
         self._confirmed_through = 0
@@ -136,20 +137,12 @@ class MqttSync:
         cfg = self.config
         identity = self._buffer.identity
         self._streams = Streams(identity)
-        self._dups = DuplicateWatch(self.agent_id, identity.journal, identity.epoch.id, self.alarms)
         self._foreign(await self._buffer.claim(self.agent_id))
         attempt = 0
-        will = (
-            (
-                self.status_topic,
-                status_payload(self.agent_id, "offline", reason="connection lost", **self._who()),
-            )
-            if cfg.status
-            else None
-        )
+        will = self._presence.will()
         self._progress = asyncio.Event()  # of the running loop
         self._resend_now = asyncio.Event()
-        self.alarms.subscribe(self._alarms_changed)
+        self._presence.start()
         heartbeat = asyncio.create_task(self._heartbeat(), name="mqtt-sync-heartbeat")
         try:
             while True:
@@ -177,7 +170,7 @@ class MqttSync:
                     unreachable = isinstance(exc, Unreachable)
                 except asyncio.CancelledError:
                     if link is not None and self._link is link and cfg.status:
-                        await self._say_offline(link)
+                        await self._presence.say_offline(link)
                     raise
                 finally:
                     self._session = None
@@ -196,19 +189,14 @@ class MqttSync:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            self.alarms.unsubscribe(self._alarms_changed)
+            self._presence.stop()
             self.status.connected = False
             await self._deleter.wait()
-
-    def _who(self) -> dict[str, str]:
-        """What the status says about this journal and PC (the duplicate-agent check)."""
-        identity = self._buffer.identity
-        return {"journal": identity.journal, "epoch": identity.epoch.id, "host": HOST}
 
     def _client_id(self) -> str:
         """Ours, or, once another agent with our id was seen, one of our own: two agents
         with one client id take each other's connection over endlessly."""
-        dups = self._dups
+        dups = self._presence.dups
         if dups is not None and dups.seen_once and not self.config.client_id:
             return f"{self.client_id}-{self._buffer.identity.journal[:8]}"
         return self.client_id
@@ -221,8 +209,8 @@ class MqttSync:
         # Let deletes confirmed on the previous connection land first, so the re-read below
         # does not send them again.
         await self._deleter.wait()
-        assert self._dups is not None
-        self._dups.connected()
+        assert self._presence.dups is not None
+        self._presence.dups.connected()
         if cfg.confirm == "store":
             link.subscribe(self.confirm_topic)  # the retained watermark arrives at once
         for topic in self.listeners:
@@ -231,7 +219,7 @@ class MqttSync:
             # Before our own status goes out: the retained one we get is the last word of
             # whoever published before us (duplicates.py).
             link.subscribe(self.status_topic)
-            self._publish_status(link)
+            self._presence.publish(link)
         while True:
             self._resend_now.clear()
             publisher = asyncio.create_task(self._publish(link, session), name="mqtt-sync-publish")
@@ -439,9 +427,8 @@ class MqttSync:
             listener(payload, retained)
             return
         if topic == self.status_topic:
-            if self._dups is not None:
-                with contextlib.suppress(ValueError):
-                    self._dups.status(json.loads(payload), retained)
+            with contextlib.suppress(ValueError):
+                self._presence.heard(json.loads(payload), retained)
             return
         if topic != self.confirm_topic or self.config.confirm != "store":
             return
@@ -590,15 +577,9 @@ class MqttSync:
     async def _heartbeat(self) -> None:
         """While another agent with our id is about: keep telling it we are here, and notice
         when it is gone. And notice when the rows of another agent id are all delivered."""
-        dups = self._dups
-        assert dups is not None
         while True:
             await asyncio.sleep(HEARTBEAT)
-            dups.expire()
-            link = self._link
-            if dups.active and link is not None and link.connected.done() and self.config.status:
-                with contextlib.suppress(SyncError):
-                    self._publish_status(link)
+            self._presence.beat()
             if self.alarms.is_active("journal_foreign"):
                 with contextlib.suppress(BufferError_):
                     left = await self._buffer.read_batch(0, 1, until_seq=self._foreign_through)
@@ -606,42 +587,6 @@ class MqttSync:
                         self.alarms.clear(
                             "journal_foreign", "the other agent's records are all delivered"
                         )
-
-    # ---- status -----------------------------------------------------------------------
-
-    def _publish_status(self, link: Link) -> None:
-        alarms = [a.as_dict() for a in self.alarms.active()]
-        done = link.publish_retained(
-            self.status_topic,
-            status_payload(self.agent_id, "online", alarms=alarms, **self._who()),
-        )
-        done.add_done_callback(self._status_done)
-
-    def _status_done(self, done: asyncio.Future[None]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            _log_status_failure(done)
-        elif self._dups is not None:
-            self._dups.acknowledged()
-
-    def _alarms_changed(self) -> None:
-        link = self._link
-        if link is not None and self.config.status and link.connected.done():
-            with contextlib.suppress(SyncError):
-                self._publish_status(link)
-
-    async def _say_offline(self, link: Link) -> None:
-        """Before a clean disconnect (which suppresses the Last Will): say so ourselves."""
-        if link.lost.done():
-            return
-        try:
-            done = link.publish_retained(
-                self.status_topic,
-                status_payload(self.agent_id, "offline", reason="stopped", **self._who()),
-            )
-            async with asyncio.timeout(CLOSE_GRACE):
-                await done
-        except (SyncError, TimeoutError) as exc:
-            log.warning("could not publish the offline status: %s", exc)
 
     def _station(self, epoch: Epoch, station: str) -> tuple[str, str]:
         known = self._stations.get((epoch.id, station))
@@ -660,8 +605,3 @@ def _quiet(done: asyncio.Future[None]) -> None:
     """A question's PUBACK is not waited for: its answer (or none) is what counts."""
     if not done.cancelled():
         done.exception()
-
-
-def _log_status_failure(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and done.exception() is not None:
-        log.warning("status message not delivered: %s", done.exception())

@@ -236,6 +236,10 @@ def test_a_garbled_set_does_not_parse(payload: bytes) -> None:
             "ST20.gate.interlock.point: cannot be written: only single-register",
         ),
         ("gate: {interlock: {device: plc, point: nope}}", "unknown point of 'plc' 'nope'"),
+        (
+            "gate: {interlock: {device: plc, point: refused, value: 2}}",
+            "ST20.gate.interlock.value: cannot be written there: a coil takes true/false",
+        ),
         ("gate: {route: [{requires: ST20}]}", "a station cannot require itself"),
         ("gate: {route: [{requires: ST30}]}", "station 'ST30' records no parts"),
         ("gate: {route: [{requires: ST10, timeout: 0}]}", "expected more than 0, found 0"),

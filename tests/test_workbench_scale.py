@@ -18,7 +18,7 @@ def test_the_history_is_a_store_the_queries_understand(tmp_path: Path) -> None:
     db = str(tmp_path / "trace.db")
     h = workbench_history.build(db, 0.05, log=lambda _: None)  # 144 units
     assert h.records == 144 * 24 + sum(
-        1 for rows, _ in workbench_history.generate(144) for r in rows if '"repeat":1' in r[8]
+        1 for rows, _, _ in workbench_history.generate(144) for r in rows if '"repeat":1' in r[8]
     )
     with open_storage(db, read_only=True) as storage:
         lot = trace_lot(storage, "LA00000", details=True)

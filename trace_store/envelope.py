@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeGuard
+
+from trace_store.parts import PartFields, part_fields
 
 SCHEMA = "edge-agent.records"
 VERSION = 2
@@ -112,6 +114,9 @@ class Row:
     serial: str | None
     body: str
     epoch: str = LEGACY_EPOCH
+    # A part record's fields for the ``parts`` table, read here where the body is decoded
+    # (``trace_store/parts.py``); None: the store reads them from ``body``.
+    part: PartFields | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +338,7 @@ def _check(
                 serial,
                 _dump(record),
                 key_epoch,
+                part_fields(record) if kind == "part" else None,
             )
         )
         edges.extend(_edges(record, kind, ctx, agent, (key_epoch, key), site, line, station, ts))

@@ -1,25 +1,29 @@
-"""What lists and dashboards need from part records, read out of the bodies by the database.
+"""What lists and dashboards need from part records: read from the part facts table.
 
 A recall list of 10,000 serials has 50,000 part records and a month's dashboard of one station
-86,000: decoding each body's JSON in Python cost most of a second per 50,000. Here the
-database extracts the few fields needed (SQLite's ``json_extract``, PostgreSQL's ``jsonb``
-operators, see ``Storage._documents`` / ``_json_at``); a dashboard's counts come from
-SQLite's expression index on the parts' result and repeat without reading bodies.
+88,000: reading fields out of their JSON bodies cost a disk read per scattered body and, on
+PostgreSQL, a ``jsonb`` conversion of each. The store writes those fields at ingest into
+``parts`` (``trace_store/parts.py``); here they are read from it: a recall list's facts
+through ``parts_serial``, a dashboard's counts from ``parts_station_ts`` alone (covering).
 
-A body holding ``\\u0000`` (a garbled scan in the station context) is one PostgreSQL cannot
-read as ``jsonb`` and SQLite's ``json_extract`` cuts short: such a row comes with its body
-(``Storage._undecoded``) and is decoded here.
+A part whose fields are not database text (``\\u0000`` from a garbled scan: ``parts.raw``)
+comes with its record's body and is decoded here, as is every part of a database whose store
+has not been upgraded yet (a reader of it: ``Storage._parts`` False), whose fields the
+database reads out of the bodies (``Storage._documents`` / ``_json_at``).
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from trace_store.storage import CHUNK, Storage
+
+FIELDS = (("result",), ("ctx", "product"), ("ctx", "work_order"))
+# A part's record body (in a query of ``parts p``), by its primary key.
+BODY = "SELECT body FROM records r WHERE r.agent = p.agent AND r.epoch = p.epoch AND r.seq = p.seq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,40 +53,51 @@ class MinuteTally:
 
 
 def part_facts(storage: Storage, serials: Sequence[str]) -> list[PartFact]:
-    """The part records of ``serials`` (index ``records_serial_kind``), in no particular
-    order (``queries.summarize_parts`` orders each serial's by time)."""
-    fields = (("result",), ("ctx", "product"), ("ctx", "work_order"))
+    """The part records of ``serials`` (index ``parts_serial``), in no particular order
+    (``queries.summarize_parts`` orders each serial's by time)."""
     out: list[PartFact] = []
     with storage._transaction():
         for chunk in _chunks(sorted(set(serials))):
             marks = ", ".join("?" * len(chunk))
-            exprs, params = _fields(storage, fields)
-            source = storage._documents(
-                "serial, agent, seq, station, ts, body", f"serial IN ({marks}) AND kind = 'part'"
-            )
-            rows = storage._execute(
-                f"SELECT serial, agent, seq, station, ts, {exprs}, {storage._undecoded} "
-                f"FROM {source}",
-                [*params, *chunk],
-            )
+            if storage._parts:
+                rows = storage._execute(
+                    "SELECT serial, agent, seq, station, ts, result, product, work_order, "
+                    f"CASE WHEN raw = 1 THEN ({BODY}) END FROM parts p WHERE serial IN ({marks})",
+                    list(chunk),
+                )
+            else:
+                exprs, params = _fields(storage, FIELDS)
+                source = storage._documents(
+                    "serial, agent, seq, station, ts, body",
+                    f"serial IN ({marks}) AND kind = 'part'",
+                )
+                rows = storage._execute(
+                    f"SELECT serial, agent, seq, station, ts, {exprs}, {storage._undecoded} "
+                    f"FROM {source}",
+                    [*params, *chunk],
+                )
             for r in rows:
-                values = list(r[5:8]) if r[8] is None else _decoded(r[8], fields)
+                if r[8] is None and storage._parts:
+                    # Stored as ``parts.text`` made them: None or a non-empty text.
+                    out.append(PartFact(r[0], r[1], int(r[2]), r[3], r[4], r[5], r[6], r[7]))
+                    continue
+                values = list(r[5:8]) if r[8] is None else _decoded(r[8], FIELDS)
                 out.append(PartFact(r[0], r[1], int(r[2]), r[3], r[4], *(_text(v) for v in values)))
     return out
 
 
-def _window(station: str, since: str, until: str, line: str | None) -> tuple[str, list[Any]]:
-    where = "station = ? AND kind = 'part' AND ts >= ? AND ts < ?"
+def _window(
+    station: str, since: str, until: str, line: str | None, *, kind: bool = True
+) -> tuple[str, list[Any]]:
+    """The WHERE of a station's parts in a window: of ``records`` (``kind``) or ``parts``."""
+    where = "station = ? AND ts >= ? AND ts < ?"
+    if kind:
+        where += " AND kind = 'part'"
     params: list[Any] = [station, since, until]
     if line is not None:
         where += " AND line = ?"
         params.append(line)
     return where, params
-
-
-RESULT = "json_extract(body, '$.result')"
-REPEAT = "json_extract(body, '$.repeat')"
-AGAIN = f"NOT ({REPEAT} IS NULL OR {REPEAT} = 0 OR {REPEAT} = '')"  # not a first pass
 
 
 def minute_tallies(
@@ -95,88 +110,59 @@ def minute_tallies(
     width: int = 16,
 ) -> list[MinuteTally]:
     """The station's part records in ``[since, until)`` counted per minute (``width`` 16:
-    ``YYYY-MM-DDTHH:MM``) or per hour (13).
-
-    With SQLite's index on the parts' result and repeat (``records_part_result``) no body is
-    read but those of the rare rows that are not a first-pass OK: every part counted from
-    ``records_station_kind_key`` alone, then the others (not OK; repeats) found through the
-    expressions stored in the index. Otherwise each body is read once (``_documents``)."""
-    where, wparams = _window(station, since, until, line)
+    ``YYYY-MM-DDTHH:MM``) or per hour (13): from the index ``parts_station_ts`` alone, no
+    body read (but those of parts whose fields are not database text)."""
     tallies: dict[str, MinuteTally] = {}
-
-    def tally(minute: str) -> MinuteTally:
-        found = tallies.get(minute)
-        if found is None:
-            found = tallies[minute] = MinuteTally(minute)
-        return found
-
     with storage._transaction():
-        if storage._part_index is not None:
-            hint = f"INDEXED BY {storage._part_index}"
-            # The times only (a covering index scan), counted here: cheaper than SQLite's
-            # GROUP BY on an expression of ts, which sorts.
-            counts = Counter(ts[:width] for (ts,) in storage._execute(
-                f"SELECT ts FROM records WHERE {where}", wparams
-            ))  # fmt: skip
-            for minute, n in counts.items():
-                t = tally(minute)
-                t.ok = t.first = t.first_ok = n  # corrected below by the exceptions
-            for minute, result, n in storage._execute(
-                f"SELECT substr(ts, 1, {width}), {RESULT}, COUNT(*) FROM records {hint} "
-                f"WHERE {where} AND {RESULT} IS NOT 'ok' GROUP BY 1, 2",
+        if storage._parts:
+            where, wparams = _window(station, since, until, line, kind=False)
+            rows = storage._execute(
+                f"SELECT substr(ts, 1, {width}), result, repeat, NULL, COUNT(*) FROM parts "
+                f"WHERE {where} AND raw = 0 GROUP BY 1, 2, 3",
                 wparams,
-            ):
-                t = tally(minute)
-                t.ok -= int(n)
-                t.first_ok -= int(n)
-                if result == "nok":
-                    t.nok += int(n)
-                else:
-                    t.other += int(n)
-            for minute, ok, n in storage._execute(
-                f"SELECT substr(ts, 1, {width}), {RESULT} IS 'ok', COUNT(*) FROM records {hint} "
-                f"WHERE {where} AND {AGAIN} GROUP BY 1, 2",
+            )
+            rows += storage._execute(
+                f"SELECT substr(ts, 1, {width}), NULL, NULL, ({BODY}), 1 FROM parts p "
+                f"WHERE {where} AND raw = 1",
                 wparams,
-            ):
-                t = tally(minute)
-                t.first -= int(n)
-                if ok:
-                    t.first_ok -= int(n)
+            )
         else:
+            where, wparams = _window(station, since, until, line)
             exprs, params = _fields(storage, (("result",), ("repeat",)))
-            for minute, result, repeat, undecoded, n in storage._execute(
+            rows = storage._execute(
                 f"SELECT substr(ts, 1, {width}), {exprs}, {storage._undecoded}, COUNT(*) "
                 f"FROM {storage._documents('ts, body', where)} GROUP BY 1, 2, 3, 4",
                 [*params, *wparams],
-            ):
-                if undecoded is not None:
-                    result, repeat = _decoded(undecoded, (("result",), ("repeat",)))
-                t = tally(minute)
-                outcome = _text(result)
-                if outcome == "ok":
-                    t.ok += int(n)
-                elif outcome == "nok":
-                    t.nok += int(n)
-                else:
-                    t.other += int(n)
-                if _first(repeat):
-                    t.first += int(n)
-                    t.first_ok += int(n) if outcome == "ok" else 0
+            )
+    for minute, result, repeat, undecoded, n in rows:
+        if undecoded is not None:
+            result, repeat = _decoded(undecoded, (("result",), ("repeat",)))
+        t = tallies.get(minute)
+        if t is None:
+            t = tallies[minute] = MinuteTally(minute)
+        outcome = _text(result)
+        if outcome == "ok":
+            t.ok += int(n)
+        elif outcome == "nok":
+            t.nok += int(n)
+        else:
+            t.other += int(n)
+        if _first(repeat):
+            t.first += int(n)
+            t.first_ok += int(n) if outcome == "ok" else 0
     return [tallies[m] for m in sorted(tallies)]
 
 
 def nok_values(
     storage: Storage, station: str, since: str, until: str, line: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    """The ``values`` of the station's NOK part records in the window (for their causes)."""
-    where, wparams = _window(station, since, until, line)
-    if storage._part_index is not None:
-        sql = (
-            f"SELECT body FROM records INDEXED BY {storage._part_index} "
-            f"WHERE {where} AND {RESULT} = 'nok'"
-        )
-        params = wparams
+    """The ``values`` of the station's NOK part records in the window (for their causes):
+    found in ``parts``, only their bodies read (by key)."""
+    if storage._parts:
+        where, params = _window(station, since, until, line, kind=False)
+        sql = f"SELECT ({BODY}) FROM parts p WHERE {where} AND (result = 'nok' OR raw = 1)"
     else:
+        where, wparams = _window(station, since, until, line)
         expr, rparams = storage._json_at(("result",))
         sql = (
             f"SELECT body FROM {storage._documents('ts, body', where)} "

@@ -9,7 +9,8 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from trace_store.storage import Storage, StorageError, StorageUnavailable, ddl
+from trace_store.schema import ddl
+from trace_store.storage import Storage, StorageError, StorageUnavailable
 
 try:
     import psycopg
@@ -59,6 +60,8 @@ class PostgresStorage(Storage):
                 ).fetchone()
                 if row is None or None in row:
                     raise StorageError(f"{self.location}: not a trace store database")
+                [(parts,)] = self._execute("SELECT to_regclass('parts')")
+                self._parts = parts is not None
             else:
                 self._create_schema(
                     ddl(
@@ -101,6 +104,14 @@ class PostgresStorage(Storage):
         with self._conn.cursor() as cur:
             cur.executemany(_pg(sql), rows)  # pipelined: one round trip for the lot
             return max(cur.rowcount, 0)
+
+    def _stream(self, sql: str, size: int) -> Iterator[list[tuple[Any, ...]]]:
+        # A server-side cursor (inside the caller's transaction): the rows come ``size`` at a
+        # time instead of all at once into memory.
+        with self._conn.cursor(name="trace_store_stream") as cur:
+            cur.execute(_pg(sql))
+            while rows := cur.fetchmany(size):
+                yield rows
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -189,7 +189,7 @@ def _forward(
 
 def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSummary]:
     """Each serial's ``PartSummary``; serials without a part record are left out. The
-    database reads the fields out of the bodies (``facts.part_facts``)."""
+    fields come from the part facts table (``facts.part_facts``), not the bodies."""
     by_serial: dict[str, list[PartFact]] = {}
     for fact in part_facts(storage, serials):
         by_serial.setdefault(fact.serial, []).append(fact)

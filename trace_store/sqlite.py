@@ -9,17 +9,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from trace_store.storage import Storage, StorageError, StorageUnavailable, ddl
+from trace_store.schema import ddl
+from trace_store.storage import Storage, StorageError, StorageUnavailable
 
 BUSY_TIMEOUT_MS = 5000  # a query command reading the file never blocks us longer than this
-PART_INDEX = "records_part_result"
-PART_INDEX_DDL = (
-    # The dashboards' counts (trace_store/facts.py): a station's parts by time with their
-    # result and repeat, so counting them reads no body. SQLite only: PostgreSQL cannot cast
-    # a body holding \u0000 to jsonb, which an index expression would have to.
-    f"CREATE INDEX IF NOT EXISTS {PART_INDEX} ON records (station, ts, "
-    "json_extract(body, '$.result'), json_extract(body, '$.repeat')) WHERE kind = 'part'"
-)
 
 
 class SqliteStorage(Storage):
@@ -46,22 +39,18 @@ class SqliteStorage(Storage):
                     raise StorageError(f"{path}: cannot switch to WAL (journal_mode {mode})")
                 conn.execute("PRAGMA synchronous = FULL")
                 self._create_schema(
-                    [
-                        *ddl(
-                            integer="INTEGER",
-                            blob="BLOB",
-                            identity="INTEGER PRIMARY KEY AUTOINCREMENT",
-                            real="REAL",
-                        ),
-                        PART_INDEX_DDL,
-                    ]
+                    ddl(
+                        integer="INTEGER",
+                        blob="BLOB",
+                        identity="INTEGER PRIMARY KEY AUTOINCREMENT",
+                        real="REAL",
+                    )
                 )
             else:
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
                 if not {"records", "genealogy", "agents"} <= tables:
                     raise StorageError(f"{path}: not a trace store database")
-            if self._has_index(PART_INDEX):
-                self._part_index = PART_INDEX
+                self._parts = "parts" in tables
         except sqlite3.Error as exc:
             with contextlib.suppress(AttributeError, sqlite3.Error):
                 self._conn.close()
@@ -83,6 +72,11 @@ class SqliteStorage(Storage):
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return self._conn.executemany(sql, rows).rowcount
+
+    def _stream(self, sql: str, size: int) -> Iterator[list[tuple[Any, ...]]]:
+        cursor = self._conn.execute(sql)
+        while rows := cursor.fetchmany(size):
+            yield rows
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -6,6 +6,8 @@ except for a few dialect words. Tables:
 - ``records``: one row per record, ``PRIMARY KEY (agent, epoch, seq)``; the body as JSON text.
   ``epoch`` is the journal epoch the record was made in (``''``: agents of the previous
   version, whose key was (agent, seq)); see docs/delivery.md, "The journal's identity".
+- ``parts``: per part record the fields lists and dashboards need, as columns, written with
+  the record (``trace_store/parts.py``).
 - ``genealogy``: the edges recall queries walk: serial <- lot or component, from consumption
   records and from part records' ``ctx.lot``; keyed by the record that states them.
 - ``epochs``: per (agent, epoch) its journal, first seq and watermark (what the store has
@@ -16,30 +18,41 @@ except for a few dialect words. Tables:
 - ``rejected``: messages kept aside, with the reason and the payload.
 
 Every write is one transaction, and inserts are ``ON CONFLICT DO NOTHING``: a duplicate costs
-nothing and changes nothing.
+nothing and changes nothing. The DDL and the migrations of older databases:
+``trace_store/schema.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Self
 
-from trace_store import keys
-from trace_store.envelope import LEGACY_EPOCH, Edge, Row, Stream
-from trace_store.quality import tables as quality_tables
+from trace_store import keys, parts, schema
+from trace_store.model import (
+    RECORD_COLUMNS,
+    AgentFreshness,
+    AgentState,
+    Batch,
+    PageKey,
+    RejectedMessage,
+    StoredEdge,
+    StoredRecord,
+    StreamState,
+    page_key,
+    utc_now,
+)
+from trace_store.schema import SCHEMA_VERSION, ddl
 
-SCHEMA_VERSION = 2
-"""2 keyed records by (agent, epoch, seq) and added ``epochs`` and ``conflicts``; a version-1
-database is migrated when the store opens it (``keys.migrate_v1``)."""
+__all__ = [  # what callers import from here (the values live in ``model``)
+    "CHUNK", "RECORD_COLUMNS", "SCHEMA_VERSION", "AgentFreshness", "AgentState", "Batch",
+    "PageKey", "RejectedMessage", "Storage", "StorageError", "StorageUnavailable", "StoredEdge",
+    "StoredRecord", "StreamState", "ddl", "open_storage", "page_key", "utc_now",
+]  # fmt: skip
+
 CHUNK = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
-_NEW_INDEX = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+) ON (\w+)")
 
 log = logging.getLogger(__name__)
 
@@ -51,129 +64,6 @@ class StorageError(Exception):
 class StorageUnavailable(StorageError):
     """The database cannot be written right now (connection lost, disk full, locked).
     What was being written is not committed; try again later."""
-
-
-@dataclass(frozen=True, slots=True)
-class AgentState:
-    """An agent's row: where it is, and the watermark of its current epoch."""
-
-    agent: str
-    site: str
-    line: str
-    watermark: int
-    epoch: str = LEGACY_EPOCH
-    journal: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StreamState:
-    """One (agent, epoch): its journal, its first seq and its watermark."""
-
-    agent: str
-    epoch: str
-    site: str
-    line: str
-    watermark: int
-    first_seq: int = 1
-    journal: str | None = None
-    updated_at: str = ""
-
-    @property
-    def stream(self) -> Stream:
-        return (self.agent, self.epoch)
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedMessage:
-    received_at: str
-    reason: str
-    detail: str
-    topic: str
-    size: int
-    agent: str | None
-    excerpt: str
-    payload: bytes | None  # None when not kept (oversized)
-
-
-@dataclass(slots=True)
-class Batch:
-    """What one transaction writes."""
-
-    rows: list[Row] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-    agents: dict[str, AgentState] = field(default_factory=dict)
-    streams: dict[Stream, StreamState] = field(default_factory=dict)
-    rejected: list[RejectedMessage] = field(default_factory=list)
-    # Filled by ``write``: rows whose key the database held for a different record.
-    conflicts: list[Row] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    agent: str
-    seq: int
-    site: str
-    line: str
-    station: str
-    kind: str
-    ts: str
-    serial: str | None
-    body: dict[str, Any]
-    received_at: str
-    epoch: str = LEGACY_EPOCH
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEdge:
-    agent: str
-    seq: int
-    parent: str
-    child_kind: str
-    child: str
-    how: str
-    site: str
-    line: str
-    station: str
-    ts: str
-    product: str | None
-    quantity: float | None
-    unit: str | None
-    epoch: str = LEGACY_EPOCH
-
-
-@dataclass(frozen=True, slots=True)
-class AgentFreshness:
-    """How current the store is for one agent (the workbench's Lines page)."""
-
-    agent: str
-    site: str
-    line: str
-    watermark: int
-    watermark_at: str  # when the store last wrote the agent's row (its watermark moved)
-    last_seq: int | None  # the newest record stored, None when none
-    last_ts: str | None
-    last_station: str | None
-    last_received: str | None
-
-    @property
-    def ahead(self) -> int:
-        """Records stored above the watermark: a gap below them is still open."""
-        return 0 if self.last_seq is None else max(0, self.last_seq - self.watermark)
-
-
-PageKey = tuple[str, str, str, int]
-"""(ts, agent, epoch, seq): where a keyset page of a station's records ends."""
-
-RECORD_COLUMNS = "agent, seq, site, line, station, kind, ts, serial, body, received_at, epoch"
-
-
-def page_key(record: StoredRecord) -> PageKey:
-    return (record.ts, record.agent, record.epoch, record.seq)
-
-
-def utc_now() -> str:
-    """``2026-11-21T10:15:02.123456Z``, the wire format's timestamp form."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Storage(ABC):
@@ -202,6 +92,18 @@ class Storage(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def _has_index(self, name: str) -> bool:
+        return bool(
+            self._execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
+        )
+
+    def _rekey(self, table: str, create: str, columns: str, key: str) -> None:
+        """Schema 1 -> 2: give ``table`` an ``epoch`` column and the primary key ``key``."""
+        schema.rebuild(self, table, create, columns)
+
+    def _create_schema(self, ddl: Sequence[str]) -> None:
+        schema.create(self, ddl)
+
     def __enter__(self) -> Self:
         return self
 
@@ -217,9 +119,14 @@ class Storage(ABC):
     # SQLite's json_extract ends a text at a \u0000 (a garbled scan in a context): such
     # bodies are decoded in Python.
     _undecoded = "CASE WHEN instr(body, '\\u0000') > 0 THEN body END"
-    # The name of SQLite's index on the parts' result and repeat (``facts.minute_tallies``)
-    # when the database has it; None: PostgreSQL, or a store not yet upgraded.
-    _part_index: str | None = None
+    # Whether the database has the part facts table (``trace_store/parts.py``): False only
+    # for a reader of a database whose store has not been upgraded yet, whose lists and
+    # dashboards then read the bodies (``facts``).
+    _parts = True
+
+    def _stream(self, sql: str, size: int) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of the query ``sql``, ``size`` at a time, without holding them all."""
+        yield self._execute(sql)  # overridden by both backends; one piece will do elsewhere
 
     def _documents(self, columns: str, where: str) -> str:
         return f"(SELECT {columns}, body AS j FROM records WHERE {where}) AS d"
@@ -262,6 +169,7 @@ class Storage(ABC):
                     # Some keys were held already: copies of the same records (resends), or,
                     # where the identity could not tell two records apart, another record.
                     batch.conflicts = keys.conflicts(self, batch.rows, now)
+                parts.insert(self, batch.rows, skip=batch.conflicts)
             if batch.edges:
                 self._executemany(
                     "INSERT INTO genealogy (agent, seq, parent, child_kind, child, how, site, "
@@ -566,137 +474,6 @@ class Storage(ABC):
                 )
         out.sort(key=lambda e: (e.ts, e.agent, e.seq))
         return out
-
-    # ---- schema ------------------------------------------------------------------------------
-
-    def _create_schema(self, ddl: Sequence[str]) -> None:
-        with self._transaction():
-            self._execute(META_DDL)
-            rows = self._execute("SELECT value FROM meta WHERE key = 'schema_version'")
-            version = int(rows[0][0]) if rows else None
-            if version is not None and version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.location}: schema version {rows[0][0]} is newer than this "
-                    f"trace store ({SCHEMA_VERSION}); upgrade edge-agent"
-                )
-            if version == 1:
-                keys.migrate_v1(self, ddl)
-            for statement in ddl:
-                index = _NEW_INDEX.match(statement) if version is not None else None
-                if index is not None and not self._has_index(index.group(1)):
-                    self._build_index(statement, index.group(1), index.group(2))
-                else:
-                    self._execute(statement)
-            if version == 1:
-                keys.adopt_v1_watermarks(self)
-            if version != SCHEMA_VERSION:
-                self._execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(SCHEMA_VERSION),),
-                )
-
-    def _has_index(self, name: str) -> bool:
-        return bool(
-            self._execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
-        )
-
-    def _build_index(self, statement: str, name: str, table: str) -> None:
-        """An index this version adds, built on an existing database: on years of records
-        that takes minutes (docs/workbench.md, "Performance at plant scale"), so say so."""
-        log.warning(
-            "%s: building index %s on %s (first start after an upgrade: on a large database "
-            "this may take minutes; the store starts when it is done)",
-            self.location, name, table,
-        )  # fmt: skip
-        started = time.monotonic()
-        self._execute(statement)
-        log.warning("%s: index %s built in %.1f s", self.location, name, time.monotonic() - started)
-
-    def _rekey(self, table: str, create: str, columns: str, key: str) -> None:
-        """Schema 1 -> 2: give ``table`` an ``epoch`` column (``''`` for every row) and the
-        primary key ``key``. SQLite cannot change a primary key: the table is rebuilt."""
-        self._execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
-        self._execute(create)
-        self._execute(
-            f"INSERT INTO {table} ({columns}, epoch) SELECT {columns}, '' FROM {table}_v1"
-        )
-        self._execute(f"DROP TABLE {table}_v1")
-
-
-META_DDL = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-
-
-def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
-    """The schema, with the dialect's words for 64-bit integers, bytes, an auto-numbered
-    key and floating point."""
-    return [
-        META_DDL,
-        f"""CREATE TABLE IF NOT EXISTS records (
-            agent TEXT NOT NULL,
-            seq {integer} NOT NULL,
-            site TEXT NOT NULL,
-            line TEXT NOT NULL,
-            station TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            ts TEXT NOT NULL,
-            serial TEXT,
-            body TEXT NOT NULL,
-            received_at TEXT NOT NULL,
-            epoch TEXT NOT NULL DEFAULT '',
-            PRIMARY KEY (agent, epoch, seq))""",
-        # records_serial (serial) was the first serial index: records_serial_kind serves
-        # every lookup by serial as well (its first column), so it only cost writes and space.
-        "DROP INDEX IF EXISTS records_serial",
-        # The workbench's lookups (docs/workbench.md, "Performance at plant scale"): a serial's
-        # records, or its part records without its readings; a station's parts in a time
-        # window, in page order.
-        "CREATE INDEX IF NOT EXISTS records_serial_kind ON records (serial, kind) "
-        "WHERE serial IS NOT NULL",
-        # records_station_kind_ts lacked the epoch: replaced by records_station_kind_key.
-        "DROP INDEX IF EXISTS records_station_kind_ts",
-        "CREATE INDEX IF NOT EXISTS records_station_kind_key ON records "
-        "(station, kind, ts, agent, epoch, seq)",
-        f"""CREATE TABLE IF NOT EXISTS genealogy (
-            agent TEXT NOT NULL,
-            seq {integer} NOT NULL,
-            parent TEXT NOT NULL,
-            child_kind TEXT NOT NULL,
-            child TEXT NOT NULL,
-            how TEXT NOT NULL,
-            site TEXT NOT NULL,
-            line TEXT NOT NULL,
-            station TEXT NOT NULL,
-            ts TEXT NOT NULL,
-            product TEXT,
-            quantity {real},
-            unit TEXT,
-            epoch TEXT NOT NULL DEFAULT '',
-            PRIMARY KEY (agent, epoch, seq, child_kind, child))""",
-        "CREATE INDEX IF NOT EXISTS genealogy_child ON genealogy (child_kind, child)",
-        "CREATE INDEX IF NOT EXISTS genealogy_parent ON genealogy (parent)",
-        f"""CREATE TABLE IF NOT EXISTS agents (
-            agent TEXT PRIMARY KEY,
-            site TEXT NOT NULL,
-            line TEXT NOT NULL,
-            watermark {integer} NOT NULL DEFAULT 0,
-            updated_at TEXT NOT NULL,
-            epoch TEXT NOT NULL DEFAULT '',
-            journal TEXT)""",
-        *keys.ddl(integer),
-        *quality_tables.ddl(integer, identity),
-        f"""CREATE TABLE IF NOT EXISTS rejected (
-            id {identity},
-            received_at TEXT NOT NULL,
-            reason TEXT NOT NULL,
-            detail TEXT NOT NULL,
-            topic TEXT NOT NULL,
-            size {integer} NOT NULL,
-            agent TEXT,
-            excerpt TEXT NOT NULL,
-            payload {blob})""",
-        "CREATE INDEX IF NOT EXISTS rejected_reason ON rejected (reason, received_at)",
-    ]
 
 
 def open_storage(db: str, *, read_only: bool = False) -> Storage:

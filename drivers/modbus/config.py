@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.device import DeviceConfig, backoff_issues, duplicate_point_issues
+from kernel.model import Value
 from kernel.names import Issue, Name
 
 
@@ -356,6 +357,18 @@ class ModbusDevice(DeviceConfig):
     def write_issue(self, point: str) -> str | None:
         p = self.point(point)
         return None if p is None else p.write_issue()
+
+    def value_issue(self, point: str, value: Value) -> str | None:
+        from drivers.modbus.codec import CodecError, write_value  # the codec imports this module
+
+        p = self.point(point)
+        if p is None:
+            return None
+        try:
+            write_value(p, value)
+        except CodecError as exc:
+            return str(exc)
+        return None
 
     def value_digits(self, point: str) -> int | None:
         p = self.point(point)

@@ -194,9 +194,14 @@ def _gate_issues(
         found = _point_issue(cfg, (*path, "interlock"), lock.device, lock.point, devices)
         out.extend(found)
         if not found:
-            why = cfg.devices[devices[lock.device]].write_issue(lock.point)
+            dev = cfg.devices[devices[lock.device]]
+            why = dev.write_issue(lock.point)
             if why is not None:
                 out.append(((*path, "interlock", "point"), f"cannot be written: {why}"))
+            for key in ("value", "release"):
+                bad = None if why is not None else dev.value_issue(lock.point, getattr(lock, key))
+                if bad is not None:
+                    out.append(((*path, "interlock", key), f"cannot be written there: {bad}"))
     by_name = {s.name: s for s in cfg.stations}
     for i, rule in enumerate(gate.route):
         if rule.line is not None and rule.line != cfg.agent.line:

@@ -3,8 +3,8 @@ yield per hour and per shift, the Pareto of NOK causes, and one process value's 
 chart with Cpk.
 
 The database counts the part records per minute, result and first pass over the index range
-(``records_station_kind_key``; ``trace_store.facts``), so a month costs a fraction of a second
-and no window is cut short (docs/workbench.md, "Performance at plant scale").
+(the part facts table's index ``parts_station_ts``; ``trace_store.facts``), so a month costs a
+fraction of a second and no window is cut short (docs/workbench.md, "Performance at plant scale").
 
 - First pass: a part record whose ``repeat`` is 0 or absent (the serial's first cycle at the
   station); first-pass yield is the share of those that were OK.
