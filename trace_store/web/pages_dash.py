@@ -5,15 +5,12 @@ its limits and Cpk. It reloads itself every ``--refresh`` seconds as records arr
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from starlette.responses import Response
 
 from trace_store.export import Table
 from trace_store.web import params
 from trace_store.web.app import Ctx, Page
 from trace_store.web.export import stream
-from trace_store.web.params import NotFound, shifted
 from trace_store.web.stats import StationStats, station_stats
 from trace_store.web.svg import control_chart, pareto, stacked_bars
 
@@ -22,20 +19,8 @@ DEFAULT_HOURS = 24
 
 def _window(ctx: Ctx, station: str) -> tuple[str, str, bool]:
     """(since, until, live): the asked window, by default the 24 h up to the newest part."""
-    q = ctx.params
-    plant = ctx.config.plant
-    since, until = params.when(q, "from", plant), params.when(q, "to", plant)
-    live = until is None
-    if until is None:
-        last = ctx.storage.last_ts(station)
-        if last is None:
-            raise NotFound(f"No part records at station {station!r}.")
-        until = shifted(last, timedelta(seconds=1))
-    if since is None:
-        since = shifted(until, timedelta(hours=-DEFAULT_HOURS))
-    if since >= until:
-        raise params.BadParameter("from", "must be before 'to'")
-    return since, until, live
+    plant, last_ts = ctx.config.plant, ctx.storage.last_ts
+    return params.time_window(ctx.params, plant, station, last_ts, DEFAULT_HOURS)
 
 
 def _stats(ctx: Ctx, station: str, since: str, until: str) -> StationStats:

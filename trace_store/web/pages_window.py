@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from starlette.responses import Response
@@ -21,7 +20,7 @@ from trace_store.storage import PageKey, Storage, StoredRecord, page_key
 from trace_store.web import params
 from trace_store.web.app import Ctx, Page
 from trace_store.web.export import stream
-from trace_store.web.params import NotFound, encode_cursor, shifted
+from trace_store.web.params import encode_cursor
 from trace_store.web.plant_time import PlantTime
 
 BATCH = 500
@@ -80,16 +79,7 @@ def read_window(ctx: Ctx) -> Window | None:
     if station is None:
         return None
     plant = ctx.config.plant
-    since, until = params.when(q, "from", plant), params.when(q, "to", plant)
-    if until is None:
-        last = ctx.storage.last_ts(station)
-        if last is None:
-            raise NotFound(f"No part records at station {station!r}.")
-        until = shifted(last, timedelta(seconds=1))
-    if since is None:
-        since = shifted(until, timedelta(hours=-DEFAULT_HOURS))
-    if since >= until:
-        raise params.BadParameter("from", "must be before 'to'")
+    since, until, _ = params.time_window(q, plant, station, ctx.storage.last_ts, DEFAULT_HOURS)
     result = params.choice(q, "result", ("", "ok", "nok")) if q.get("result") else None
     low, high = params.number(q, "min"), params.number(q, "max")
     value = params.text(q, "value")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from trace_store.storage import PageKey
@@ -89,6 +89,29 @@ def when(params: Mapping[str, str], name: str, plant: PlantTime | None = None) -
     except ValueError:
         raise BadParameter(name, f"{_quote(raw)} is not a time like 2026-11-21T10:00") from None
     return wire_time((plant or PlantTime()).to_utc(moment))
+
+
+def time_window(
+    params: Mapping[str, str],
+    plant: PlantTime | None,
+    station: str,
+    last_ts: Callable[[str], str | None],
+    hours: float,
+) -> tuple[str, str, bool]:
+    """(since, until, live) from ``from`` and ``to``: without ``to``, up to just after the
+    station's newest part (live); without ``from``, ``hours`` before ``until``."""
+    since, until = when(params, "from", plant), when(params, "to", plant)
+    live = until is None
+    if until is None:
+        last = last_ts(station)
+        if last is None:
+            raise NotFound(f"No part records at station {station!r}.")
+        until = shifted(last, timedelta(seconds=1))
+    if since is None:
+        since = shifted(until, timedelta(hours=-hours))
+    if since >= until:
+        raise BadParameter("from", "must be before 'to'")
+    return since, until, live
 
 
 def wire_time(moment: datetime) -> str:
