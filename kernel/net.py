@@ -1,10 +1,13 @@
-"""``HOST:PORT`` for a socket the agent or the trace store listens on (metrics endpoints).
+"""``HOST:PORT`` for a socket the agent or the trace store listens on (metrics endpoints),
+and the socket option both sides' MQTT connections need.
 
-In the kernel because both sides parse the same text: the agent's ``metrics.listen`` and the
-trace store's ``--metrics``.
+In the kernel because both sides parse the same text (the agent's ``metrics.listen`` and the
+trace store's ``--metrics``) and both open MQTT connections the same way.
 """
 
 from __future__ import annotations
+
+import socket
 
 EXAMPLES = "e.g. 127.0.0.1:9464, [::1]:9464 or 0.0.0.0:9464"
 
@@ -46,3 +49,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 def format_listen(host: str, port: int) -> str:
     """The inverse of :func:`parse_listen` (brackets around an IPv6 address)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def without_nagle(sock: object) -> socket.socket | None:
+    """``sock`` with TCP_NODELAY set if it is a TCP socket (an ``ssl.SSLSocket`` is one too),
+    else None. paho does not set it; without it Nagle holds small MQTT packets (a PUBLISH, a
+    PUBACK) back ~40 ms, and the broker's in-flight window with them."""
+    if not isinstance(sock, socket.socket):
+        return None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

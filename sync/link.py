@@ -25,6 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kernel.backoff import backoff_delay
 from kernel.errors import SyncError
+from kernel.net import without_nagle
 from sync.config import MqttConfig
 
 log = logging.getLogger("sync.mqtt")  # the uplink's one logger: operators filter on it
@@ -284,10 +285,9 @@ class Link:
         raise SyncError("connection abandoned")
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):  # also true for an ssl.SSLSocket
-            # paho does not set it; without it Nagle holds small PUBLISHes for ~40 ms.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
+        opened = without_nagle(sock)
+        if opened is not None:
+            self._sock = opened
 
     def _on_connect(
         self,

@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from kernel.backoff import backoff_delay
+from kernel.net import without_nagle
 from trace_store.config import StoreConfig
 from trace_store.envelope import Stream
 
@@ -240,11 +241,9 @@ class Link:
     # ---- paho thread ------------------------------------------------------------------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if isinstance(sock, socket.socket):  # also true for an ssl.SSLSocket
-            # Without it Nagle holds small PUBACKs back ~40 ms, and the broker's in-flight
-            # window (20 messages by default) with them.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
+        opened = without_nagle(sock)
+        if opened is not None:
+            self._sock = opened
 
     def _on_connect(
         self,
