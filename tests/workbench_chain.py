@@ -24,6 +24,7 @@ Pareto and the control chart have something to show.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,15 @@ COMPONENT_RULE = {
     "regex": r"01(?P<gtin>\d{14})10(?P<lot>[^\x1d]*)\x1d21(?P<serial>A-\d+)",
     "consume": {"component": "serial", "product": "gtin"},
 }
+
+
+def query(db: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Rows of ``sql`` on the chain's store, read-only (the tests check pages against it)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def chain_config(modbus_port: int, mqtt_port: int, buffer: Path) -> dict[str, Any]:
