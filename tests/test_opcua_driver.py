@@ -109,12 +109,15 @@ async def test_handshake_parts_match_ground_truth_across_a_server_restart(
 async def test_a_pulse_shorter_than_a_publish_still_makes_its_part(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
-    """Without a handshake: the cycle-complete pulse lasts 40 ms, the server publishes every
-    100 ms, so most pulses start and end between two publishes. The trigger's queue keeps
+    """Without a handshake: the cycle-complete pulse lasts 100 ms, the server publishes every
+    250 ms, so most pulses start and end between two publishes. The trigger's queue keeps
     each of them, so every cycle gets its part record, no gap, each with its own serial.
-    (The snapshot is read after the publish: values that the PLC clears with the pulse need
-    the handshake, which holds them; see the test above.)"""
-    sims = [StationModel(unit_id=1, serial_prefix="C-", cycle_time=0.4)]
+    (The snapshot is read after the publish, so it may see the next cycle: the counter and
+    serial then both belong to it, and values that the PLC clears with the pulse need the
+    handshake, which holds them; see the test above. The cycle is long enough that the read
+    lands within the next cycle even on a loaded CI machine: a read later than a whole cycle
+    is a gap, rightly recorded, and not what this test is about.)"""
+    sims = [StationModel(unit_id=1, serial_prefix="C-", cycle_time=1.0)]
     async with OpcUaStationServer(sims) as server:
         raw = demo_config(
             modbus_port=1,
@@ -123,10 +126,10 @@ async def test_a_pulse_shorter_than_a_publish_still_makes_its_part(
             agent_id="opcua-pc1",
             opcua_endpoint=server.endpoint,
         )
-        raw["devices"][0]["publishing_interval"] = 0.1
+        raw["devices"][0]["publishing_interval"] = 0.25
         cfg = agent_model().model_validate(raw)
         with RecordCollector("127.0.0.1", mosquitto.port) as col:
-            agent = await run_agent_until(cfg, lambda: parts_in(col) >= 12, "12 part records")
+            agent = await run_agent_until(cfg, lambda: parts_in(col) >= 8, "8 part records")
             committed = agent.buffer.committed_seq
             assert col.wait_for(lambda d: len(d.records) >= committed, 20)
     parts = parts_by_station(col.data.records)["ST10"]
