@@ -47,8 +47,20 @@ from benchmarks import (
 )
 
 SECTIONS = (
-    "ceilings", "throughput", "drain", "latency", "footprint", "nodered", "opcua", "scanner",
-    "camera", "metrics", "powercut", "crash", "gate", "workbench",
+    "ceilings",
+    "throughput",
+    "drain",
+    "latency",
+    "footprint",
+    "nodered",
+    "opcua",
+    "scanner",
+    "camera",
+    "metrics",
+    "powercut",
+    "crash",
+    "gate",
+    "workbench",
 )
 
 

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -74,9 +75,12 @@ class PostgresServer:
                 f"{self.log_tail()}"
             )
 
-    def start(self, timeout: float = 30.0, *, durable: bool = False) -> None:
+    def start(
+        self, timeout: float = 30.0, *, durable: bool = False, settings: Sequence[str] = ()
+    ) -> None:
         """initdb on first use, then start the server and return once it accepts.
-        ``durable`` keeps PostgreSQL's fsyncs (for measurements); tests skip them."""
+        ``durable`` keeps PostgreSQL's fsyncs (for measurements); tests skip them.
+        ``settings``: more server settings, each ``name=value`` (``postgres -c``)."""
         if not self._initialised:
             self._run(
                 str(self.bindir / "initdb"),
@@ -95,6 +99,8 @@ class PostgresServer:
         if not durable:
             # Test data is thrown away: skip the fsyncs.
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        for setting in settings:
+            options += f" -c {setting}"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",

@@ -34,6 +34,7 @@ DRIVER_SHARED = (
 NAMES_KINDS_ALLOWED = ("edge_agent/cli.py", "edge_agent/demo.py")
 """Modules of edge_agent facing the simulators, which may name a device kind."""
 
+
 @dataclass(frozen=True)
 class Import:
     file: str

@@ -194,7 +194,11 @@ def test_readings_body_fields() -> None:
         .feed(
             [
                 obs(
-                    "plc", "temp", 21.5, unit="degC", source_ts=1_700_000_001.5,
+                    "plc",
+                    "temp",
+                    21.5,
+                    unit="degC",
+                    source_ts=1_700_000_001.5,
                     server_ts=1_700_000_001.75,
                 ),
                 obs("plc", "force", 7),
@@ -256,7 +260,9 @@ def test_a_window_of_unobserved_changes_is_stated_before_the_values_that_end_it(
         "ctx": {"serial": None, "lot": None},
     }
     assert (second["points"], second["since"], second["reason"]) == (
-        ["force"], None, "queue overflowed"
+        ["force"],
+        None,
+        "queue overflowed",
     )
     assert (third["device"], third["points"]) == ("plc2", ["temp"])
     assert all(d.kind is not RecordKind.UNOBSERVED or d.state is None for d in step.drafts)

@@ -21,7 +21,9 @@ from simulators.scenario import demo_config
 CLI = [sys.executable, "-m", "edge_agent.cli"]
 
 
-def _cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, check=False
     )
@@ -201,12 +203,19 @@ def test_an_unwritable_journal_and_a_missing_config_are_one_line_each(tmp_path: 
     done = _cli("run", str(tmp_path / "agent.yaml"))
     assert done.returncode == EXIT_STARTUP
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(
-        f"edge-agent: cannot start: cannot open buffer {tmp_path / 'file' / 'buffer.db'}"
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"edge-agent: cannot start: cannot open buffer {tmp_path / 'file' / 'buffer.db'}"
+        )
     )
     missing = _cli("run", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2
-    assert missing.stderr.strip() == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+    assert (
+        missing.stderr.strip()
+        == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+    )
 
 
 def test_the_cli_reference_is_fresh() -> None:

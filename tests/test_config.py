@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "config").rglob("*.yaml"))
 
 
-
 def errors(text: str) -> list[str]:
     with pytest.raises(ConfigError) as exc_info:
         parse_config(text, "line3.yaml")
@@ -78,7 +77,9 @@ def test_good_config_defaults() -> None:
         ),
         (
             ("type: modbus_tcp", "type: modbus_tpc"),
-            "line3.yaml:8:5: devices[0].type: unknown device type 'modbus_tpc'; expected one of " + KIND_TYPES + "; did you mean 'modbus_tcp'?",
+            "line3.yaml:8:5: devices[0].type: unknown device type 'modbus_tpc'; expected one of "
+            + KIND_TYPES
+            + "; did you mean 'modbus_tcp'?",
         ),
         (("    host: 127.0.0.1\n", ""), "line3.yaml:7:5: devices[0].host: missing required key"),
         (

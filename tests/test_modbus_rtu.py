@@ -74,9 +74,7 @@ async def stop(tasks: Sequence[asyncio.Task[None]]) -> None:
 
 
 def good_times(sink: Collector, device: str) -> list[float]:
-    return sorted(
-        {o.ts for o in sink.all if o.device == device and o.quality is Quality.GOOD}
-    )
+    return sorted({o.ts for o in sink.all if o.device == device and o.quality is Quality.GOOD})
 
 
 # ---- end to end ----------------------------------------------------------------------------
@@ -126,7 +124,10 @@ async def test_rtu_parts_match_ground_truth_end_to_end(
 async def test_rtu_over_tcp_gateway_reads_units_on_one_connection() -> None:
     """``host`` instead of ``port``: RTU frames inside TCP, as serial device servers speak;
     two units share one connection (one bus object) and read their own registers."""
-    sims = [StationModel(unit_id=1, serial_prefix="G1-"), StationModel(unit_id=2, serial_prefix="G2-")]
+    sims = [
+        StationModel(unit_id=1, serial_prefix="G1-"),
+        StationModel(unit_id=2, serial_prefix="G2-"),
+    ]
     async with (
         no_leaks(),
         ModbusStationServer(sims, framer=FramerType.RTU) as gateway,
@@ -144,8 +145,10 @@ async def test_rtu_over_tcp_gateway_reads_units_on_one_connection() -> None:
         tasks = [asyncio.create_task(d.run(sink)) for d in drivers]
         try:
             await wait_until(
-                lambda: {o.device for o in sink.of("part_serial") if o.quality is Quality.GOOD}
-                == {"press1", "press2"},
+                lambda: (
+                    {o.device for o in sink.of("part_serial") if o.quality is Quality.GOOD}
+                    == {"press1", "press2"}
+                ),
                 what="both units read over the gateway",
             )
         finally:
@@ -163,7 +166,10 @@ async def test_dead_unit_costs_its_neighbours_at_most_its_timeout(link: NullMode
     """Units 1 and 2 answer, unit 3 is dead. The live units keep their poll going: no gap
     between two of their reads is longer than the dead unit's timeout (times its attempts)
     plus a poll, and the dead unit is DOWN on its own and backed off."""
-    sims = [StationModel(unit_id=1, serial_prefix="A-"), StationModel(unit_id=2, serial_prefix="B-")]
+    sims = [
+        StationModel(unit_id=1, serial_prefix="A-"),
+        StationModel(unit_id=2, serial_prefix="B-"),
+    ]
     dead_timeout = 0.3
     async with no_leaks(), ModbusRtuStationServer(sims, link.b_path):
         live = rtu_devices(str(link.a_path), [1, 2], timeout=0.2, poll_interval=0.2)
@@ -204,7 +210,10 @@ async def test_dead_unit_costs_its_neighbours_at_most_its_timeout(link: NullMode
 async def test_port_vanishing_marks_units_down_and_they_come_back(link: NullModem) -> None:
     """A USB adapter pulled out: every unit on it goes DOWN with one outage record per
     point, and once the port is back (same path) they reopen it and read again."""
-    sims = [StationModel(unit_id=1, serial_prefix="A-"), StationModel(unit_id=2, serial_prefix="B-")]
+    sims = [
+        StationModel(unit_id=1, serial_prefix="A-"),
+        StationModel(unit_id=2, serial_prefix="B-"),
+    ]
     async with no_leaks(), ModbusRtuStationServer(sims, link.b_path):
         devices = rtu_devices(
             str(link.a_path), [1, 2], timeout=0.2, poll_interval=0.1, backoff_initial=0.1,
@@ -225,16 +234,12 @@ async def test_port_vanishing_marks_units_down_and_they_come_back(link: NullMode
                 what="both units down after the port vanished",
             )
             down_at = time.time()
-            outages = [
-                o for o in sink.all if o.quality is Quality.BAD and o.point == "part_serial"
-            ]
+            outages = [o for o in sink.all if o.quality is Quality.BAD and o.point == "part_serial"]
             assert {o.device for o in outages} == {"press1", "press2"}
             assert all(d.status.reconnects >= 1 for d in drivers)
             link.replug()
             await wait_until(
-                lambda: all(
-                    any(t > down_at for t in good_times(sink, d.name)) for d in drivers
-                ),
+                lambda: all(any(t > down_at for t in good_times(sink, d.name)) for d in drivers),
                 within=20,
                 what="both units reading again after the port came back",
             )
@@ -397,7 +402,14 @@ def test_a_port_without_permission_names_the_group(tmp_path: Path) -> None:
             "asyncio.run(main())\n"
         )
         proc = subprocess.run(
-            [setpriv, "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c", code],
+            [
+                setpriv,
+                "--bounding-set",
+                "-dac_override,-dac_read_search",
+                sys.executable,
+                "-c",
+                code,
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -122,4 +122,3 @@ def test_a_queue_overflow_states_that_changes_were_discarded(discard_oldest: boo
         got.unobserved.reason
     )
     assert observation("press", point, dv(2.0), NOW).unobserved is None
-

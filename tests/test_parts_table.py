@@ -14,7 +14,7 @@ from benchmarks import workbench_history
 from tests.store_helpers import accepted, body, envelope, write
 from trace_store import facts, parts
 from trace_store.envelope import Row
-from trace_store.queries import part_summaries
+from trace_store.facts import part_summaries
 from trace_store.storage import SCHEMA_VERSION, Batch, Storage, open_storage
 
 TS = "2026-11-21T10:00:{:02d}.000000Z"

@@ -257,9 +257,10 @@ async def test_a_station_with_a_plc_a_scanner_and_a_scale(
     scale. A scale that does not answer makes only the weight bad."""
     # cycle_complete is on for the last tenth of a cycle (80 ms): polled every 40 ms.
     model = StationModel(unit_id=1, cycle_time=0.8)
-    async with ModbusStationServer([model]) as plc, NullModem(
-        tmp_path, "ttyAGENTSCALE", "ttySCALE"
-    ) as cable:
+    async with (
+        ModbusStationServer([model]) as plc,
+        NullModem(tmp_path, "ttyAGENTSCALE", "ttySCALE") as cable,
+    ):
         scanner_end = PtyTransport(tmp_path)
         raw = demo_config(
             modbus_port=plc.port, mqtt_port=mosquitto.port,

@@ -397,7 +397,6 @@ async def test_no_good_read_before_the_scan_is_committed(
     assert [f.verdict for f in sim.feedback] == ["good"]
 
 
-
 async def test_an_agent_killed_before_the_commit_never_answered_the_scan(
     tmp_path: Path, mosquitto: Mosquitto
 ) -> None:

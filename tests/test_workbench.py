@@ -409,7 +409,7 @@ def test_a_body_the_database_cannot_read_as_json_still_counts(db: str) -> None:
     """PostgreSQL's jsonb refuses \\u0000 (a garbled scan in the context): such part records
     are decoded in Python, and count like any other."""
     from trace_store import facts
-    from trace_store.queries import part_summaries
+    from trace_store.facts import part_summaries
 
     ts = "2026-11-21T10:00:0{}.000000Z"
     bodies = [

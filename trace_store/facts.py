@@ -27,17 +27,20 @@ BODY = "SELECT body FROM records r WHERE r.agent = p.agent AND r.epoch = p.epoch
 
 
 @dataclass(frozen=True, slots=True)
-class PartFact:
-    """One part record, as a list needs it."""
+class PartSummary:
+    """What a serial's part records say, for lists: the latest one (by time) gives the
+    result, its station and time; product and work order come from the context of the
+    latest part record that had them (a station context key, e.g. ``product`` set by a
+    label scan)."""
 
     serial: str
-    agent: str
-    seq: int
+    result: str | None
     station: str
     ts: str
-    result: str | None
     product: str | None
     work_order: str | None
+    parts: int  # part records of the serial, every station
+    nok: int  # of which NOK
 
 
 @dataclass(slots=True)
@@ -52,38 +55,61 @@ class MinuteTally:
     first_ok: int = 0
 
 
-def part_facts(storage: Storage, serials: Sequence[str]) -> list[PartFact]:
-    """The part records of ``serials`` (index ``parts_serial``), in no particular order
-    (``queries.summarize_parts`` orders each serial's by time)."""
-    out: list[PartFact] = []
+def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSummary]:
+    """Each serial's ``PartSummary`` (serials without a part record are left out): its part
+    records' facts (index ``parts_serial``) in time order, folded in one pass. (A recall list
+    of 10,000 serials has 50,000 part records: narrow tuples folded here cost less than one
+    object per record, and less than the same fold as window functions in PostgreSQL.)"""
+    out: dict[str, PartSummary] = {}
     with storage._transaction():
         for chunk in _chunks(sorted(set(serials))):
-            marks = ", ".join("?" * len(chunk))
+            among, ids = storage._in("serial", chunk)
             if storage._parts:
                 rows = storage._execute(
                     "SELECT serial, agent, seq, station, ts, result, product, work_order, "
-                    f"CASE WHEN raw = 1 THEN ({BODY}) END FROM parts p WHERE serial IN ({marks})",
-                    list(chunk),
+                    f"CASE WHEN raw = 1 THEN ({BODY}) END FROM parts p WHERE {among} "
+                    "ORDER BY serial, ts, agent, seq",
+                    ids,
                 )
             else:
                 exprs, params = _fields(storage, FIELDS)
                 source = storage._documents(
-                    "serial, agent, seq, station, ts, body",
-                    f"serial IN ({marks}) AND kind = 'part'",
+                    "serial, agent, seq, station, ts, body", f"{among} AND kind = 'part'"
                 )
                 rows = storage._execute(
                     f"SELECT serial, agent, seq, station, ts, {exprs}, {storage._undecoded} "
-                    f"FROM {source}",
-                    [*params, *chunk],
+                    f"FROM {source} ORDER BY serial, ts, agent, seq",
+                    [*params, *ids],
                 )
-            for r in rows:
-                if r[8] is None and storage._parts:
-                    # Stored as ``parts.text`` made them: None or a non-empty text.
-                    out.append(PartFact(r[0], r[1], int(r[2]), r[3], r[4], r[5], r[6], r[7]))
-                    continue
-                values = list(r[5:8]) if r[8] is None else _decoded(r[8], FIELDS)
-                out.append(PartFact(r[0], r[1], int(r[2]), r[3], r[4], *(_text(v) for v in values)))
+            out.update(_folded(rows, storage._parts))
     return out
+
+
+def _folded(rows: Sequence[tuple[Any, ...]], clean: bool) -> Iterator[tuple[str, PartSummary]]:
+    """Rows of (serial, agent, seq, station, ts, result, product, work order, undecoded
+    body), by serial then time, as one summary per serial: the latest record's result,
+    station and time, the latest product and work order that were set, the counts.
+    ``clean``: the fields are as ``parts.text`` stored them (None or a non-empty text), else
+    as the database read them out of the bodies (made text here)."""
+    i, n = 0, len(rows)
+    while i < n:
+        serial = rows[i][0]
+        product = work_order = None
+        count = nok = 0
+        while i < n and rows[i][0] == serial:
+            r = rows[i]
+            i += 1
+            if r[8] is None and clean:
+                result, made, order = r[5], r[6], r[7]
+            else:
+                values = r[5:8] if r[8] is None else _decoded(r[8], FIELDS)
+                result, made, order = (_text(v) for v in values)
+            product = made or product
+            work_order = order or work_order
+            count += 1
+            nok += result == "nok"
+        last = rows[i - 1]
+        yield serial, PartSummary(serial, result, last[3], last[4], product, work_order, count, nok)
 
 
 def _window(

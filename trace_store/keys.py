@@ -108,10 +108,10 @@ def conflicts(storage: Storage, rows: Sequence[Row], now: str) -> list[Row]:
         seqs = sorted(by_seq)
         for start in range(0, len(seqs), CHUNK):
             chunk = seqs[start : start + CHUNK]
-            marks = ", ".join("?" * len(chunk))
+            among, params = storage._in("seq", chunk)
             held = storage._execute(
-                f"SELECT seq, body FROM records WHERE agent = ? AND epoch = ? AND seq IN ({marks})",
-                [agent, epoch, *chunk],
+                f"SELECT seq, body FROM records WHERE agent = ? AND epoch = ? AND {among}",
+                [agent, epoch, *params],
             )
             for seq, body in held:
                 for row in by_seq.get(int(seq), ()):

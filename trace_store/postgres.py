@@ -42,6 +42,9 @@ class PostgresStorage(Storage):
     def _json_at(self, keys: Sequence[str]) -> tuple[str, list[Any]]:
         return "(j #>> ?)", [list(keys)]
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self._url = url
         try:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trace_store.facts import PartFact, part_facts
+from trace_store.facts import PartSummary, part_summaries
 from trace_store.storage import CHUNK, Storage, StoredEdge, StoredRecord
 
 READINGS_KINDS = frozenset({"readings", "reading"})
@@ -68,23 +68,6 @@ class Affected:
     serial: str
     depth: int
     edge: StoredEdge
-
-
-@dataclass(frozen=True, slots=True)
-class PartSummary:
-    """What a serial's part records say, for lists: the latest one (by time) gives the
-    result, its station and time; product and work order come from the context of the
-    latest part record that had them (a station context key, e.g. ``product`` set by a
-    label scan)."""
-
-    serial: str
-    result: str | None
-    station: str
-    ts: str
-    product: str | None
-    work_order: str | None
-    parts: int  # part records of the serial, every station
-    nok: int  # of which NOK
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +134,14 @@ def trace_serial(storage: Storage, serial: str) -> SerialTrace:
 
 
 def trace_lot(storage: Storage, lot: str, *, details: bool = False) -> LotTrace:
-    """The recall list; with ``details`` also every serial's part summary and where it was
-    consumed (two indexed queries per 500 serials)."""
-    serials = _forward(storage, storage.edges_to("lot", [lot]))
+    """The recall list; with ``details`` also every serial's part summary (one indexed query
+    per 500 serials) and where it was consumed (found on the way)."""
+    serials, used = forward_used(storage, storage.edges_to("lot", [lot]))
     if not details:
         return LotTrace(lot, serials)
     parts: dict[str, PartSummary] = {}
-    used: dict[str, tuple[str, ...]] = {}
     for chunk in chunks([a.serial for a in serials]):
         parts.update(part_summaries(storage, chunk))
-        used.update(used_in(storage, chunk))
     return LotTrace(lot, serials, parts, used)
 
 
@@ -172,11 +153,25 @@ def trace_forward(storage: Storage, serial: str) -> tuple[Affected, ...]:
 def _forward(
     storage: Storage, edges: list[StoredEdge], exclude: str | None = None
 ) -> tuple[Affected, ...]:
+    return forward_used(storage, edges, exclude)[0]
+
+
+def forward_used(
+    storage: Storage, edges: list[StoredEdge], exclude: str | None = None
+) -> tuple[tuple[Affected, ...], dict[str, tuple[str, ...]]]:
+    """The serials ``edges`` lead to, then what those went into, and so on; and, for each
+    serial reached, the serials it was consumed into (by time): every reached serial's
+    consumers are read once, by the walk itself."""
     found: dict[str, Affected] = {}
+    used: dict[str, list[str]] = {}
     depth = 1
     while edges:
         reached: list[str] = []
         for edge in edges:  # by time: the first edge to reach a serial explains it
+            if depth > 1:
+                into = used.setdefault(edge.child, [])
+                if edge.parent not in into:
+                    into.append(edge.parent)
             if edge.parent not in found and edge.parent != exclude:
                 found[edge.parent] = Affected(edge.parent, depth, edge)
                 reached.append(edge.parent)
@@ -184,45 +179,7 @@ def _forward(
             break
         edges = storage.edges_to("component", reached)
         depth += 1
-    return tuple(found.values())
-
-
-def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSummary]:
-    """Each serial's ``PartSummary``; serials without a part record are left out. The
-    fields come from the part facts table (``facts.part_facts``), not the bodies."""
-    by_serial: dict[str, list[PartFact]] = {}
-    for fact in part_facts(storage, serials):
-        by_serial.setdefault(fact.serial, []).append(fact)
-    return {serial: summarize_parts(serial, facts) for serial, facts in by_serial.items()}
-
-
-def summarize_parts(serial: str, facts: Sequence[PartFact]) -> PartSummary:
-    ordered = sorted(facts, key=lambda f: (f.ts, f.agent, f.seq))
-    last = ordered[-1]
-    product = work_order = None
-    for fact in ordered:
-        product = fact.product or product
-        work_order = fact.work_order or work_order
-    return PartSummary(
-        serial,
-        last.result,
-        last.station,
-        last.ts,
-        product,
-        work_order,
-        len(ordered),
-        sum(1 for f in ordered if f.result == "nok"),
-    )
-
-
-def used_in(storage: Storage, serials: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """For each serial consumed as a component, the serials it went into (by time)."""
-    out: dict[str, list[str]] = {}
-    for edge in storage.edges_to("component", serials):
-        into = out.setdefault(edge.child, [])
-        if edge.parent not in into:
-            into.append(edge.parent)
-    return {k: tuple(v) for k, v in out.items()}
+    return tuple(found.values()), {k: tuple(v) for k, v in used.items()}
 
 
 def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:

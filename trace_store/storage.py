@@ -131,6 +131,12 @@ class Storage(ABC):
     def _documents(self, columns: str, where: str) -> str:
         return f"(SELECT {columns}, body AS j FROM records WHERE {where}) AS d"
 
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """``column`` is one of ``values`` (at most ``CHUNK``): the SQL and its parameters.
+        SQLite: ``IN (?, ...)``; PostgreSQL: ``= ANY(?)`` with one array, whose statement text
+        does not change with the count (psycopg parses and prepares it once, not per call)."""
+        return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+
     def _json_at(self, keys: Sequence[str]) -> tuple[str, list[Any]]:
         if any('"' in key for key in keys):
             return "NULL", []  # SQLite's JSON paths cannot name such a key
@@ -287,11 +293,11 @@ class Storage(ABC):
         out: list[StoredRecord] = []
         with self._transaction():
             for chunk in _chunks(sorted(set(serials))):
-                marks = ", ".join("?" * len(chunk))
+                among, params = self._in("serial", chunk)
                 rows = self._execute(
                     f"SELECT {RECORD_COLUMNS} FROM records "
-                    f"WHERE serial IN ({marks}) AND kind = 'part' ORDER BY agent, seq",
-                    list(chunk),
+                    f"WHERE {among} AND kind = 'part' ORDER BY agent, seq",
+                    params,
                 )
                 out.extend(_record(r) for r in rows)
         return out
@@ -422,11 +428,11 @@ class Storage(ABC):
 
     def edges_to(self, child_kind: str, children: Sequence[str]) -> list[StoredEdge]:
         """Edges whose child (a lot, or a component serial) is one of ``children``."""
-        return self._edges("child_kind = ? AND child", [child_kind], children)
+        return self._edges("child", children, "child_kind = ? AND ", [child_kind])
 
     def edges_from(self, parents: Sequence[str]) -> list[StoredEdge]:
         """Edges whose parent serial is one of ``parents``."""
-        return self._edges("parent", [], parents)
+        return self._edges("parent", parents)
 
     def rejected(self, limit: int = 100) -> list[RejectedMessage]:
         with self._transaction():
@@ -442,16 +448,20 @@ class Storage(ABC):
             for r in rows
         ]
 
-    def _edges(self, column: str, fixed: list[Any], ids: Sequence[str]) -> list[StoredEdge]:
+    def _edges(
+        self, column: str, ids: Sequence[str], also: str = "", fixed: Sequence[Any] = ()
+    ) -> list[StoredEdge]:
+        """Edges whose ``column`` is one of ``ids`` (and that match ``also``, a condition
+        ending in AND, with its parameters ``fixed``), by time within each chunk."""
         out: list[StoredEdge] = []
         with self._transaction():
             for chunk in _chunks(sorted(set(ids))):
-                marks = ", ".join("?" * len(chunk))
+                among, params = self._in(column, chunk)
                 rows = self._execute(
                     "SELECT agent, seq, parent, child_kind, child, how, site, line, station, ts, "
-                    f"product, quantity, unit, epoch FROM genealogy WHERE {column} IN ({marks}) "
+                    f"product, quantity, unit, epoch FROM genealogy WHERE {also}{among} "
                     "ORDER BY ts, agent, seq",
-                    [*fixed, *chunk],
+                    [*fixed, *params],
                 )
                 out.extend(
                     StoredEdge(

@@ -19,6 +19,7 @@ from typing import Any
 
 from trace_store import queries
 from trace_store.export import Table
+from trace_store.facts import PartSummary, part_summaries
 from trace_store.storage import Storage
 
 
@@ -75,14 +76,14 @@ def recall_scope(storage: Storage, kind: str, key: str) -> list[ScopeRow]:
         own = [key] if storage.serial_exists(key) else []
     else:
         # ``_edges`` is the storage's generic lookup; a product has no edge kind of its own.
-        edges = storage._edges("product", [], [key])
+        edges = storage._edges("product", [key])
         affected = list(queries._forward(storage, edges))
     serials = own + [a.serial for a in affected]
-    parts: dict[str, queries.PartSummary] = {}
+    parts: dict[str, PartSummary] = {}
     used: dict[str, list[str]] = {}
     seen: dict[str, _Seen] = {}  # where each serial was last consumed as a component
     for chunk in queries.chunks(serials):
-        parts.update(queries.part_summaries(storage, chunk))
+        parts.update(part_summaries(storage, chunk))
         for edge in storage.edges_to("component", chunk):  # by time
             into = used.setdefault(edge.child, [])
             if edge.parent not in into:
@@ -107,7 +108,7 @@ def known(storage: Storage, kind: str, key: str) -> bool:
         return bool(storage.edges_to("lot", [key]))
     if kind == "serial":
         return storage.serial_exists(key) or bool(storage.edges_to("component", [key]))
-    return bool(storage._edges("product", [], [key]))
+    return bool(storage._edges("product", [key]))
 
 
 def table(rows: Sequence[ScopeRow], name: str) -> Table:
@@ -142,7 +143,7 @@ class _Seen:
     agent: str
 
 
-def _later(consumed: _Seen | None, part: queries.PartSummary | None, edge: _Seen) -> _Seen:
+def _later(consumed: _Seen | None, part: PartSummary | None, edge: _Seen) -> _Seen:
     """The newest of: where it was consumed into another serial, its latest part record,
     the edge that brought it into the scope."""
     best = edge
@@ -158,7 +159,7 @@ def _row(
     depth: int,
     via: str,
     how: str,
-    part: queries.PartSummary | None,
+    part: PartSummary | None,
     used: dict[str, list[str]],
     last: _Seen,
 ) -> ScopeRow:

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from starlette.responses import Response
 
 from trace_store.export import Table, lot_table
-from trace_store.queries import LotTrace, chunks, part_summaries, trace_lot, used_in
-from trace_store.storage import Storage
+from trace_store.facts import part_summaries
+from trace_store.queries import LotTrace, forward_used, trace_lot
+from trace_store.storage import CHUNK, Storage
 from trace_store.web import params
 from trace_store.web.app import Ctx, Page
 from trace_store.web.export import stream
@@ -63,18 +64,16 @@ def export(ctx: Ctx) -> Response:
 
 def streamed_lot_table(storage: Storage, lot: str) -> Table:
     """The recall list as a table whose rows are completed 500 serials at a time (their part
-    summaries and consumers read per chunk), so only the list of serials is in memory."""
-    bare = trace_lot(storage, lot)
-    header = lot_table(bare).headers
+    summaries read per chunk), so only the list of serials is in memory."""
+    serials, used = forward_used(storage, storage.edges_to("lot", [lot]))
+    header = lot_table(LotTrace(lot, serials)).headers
 
     def rows() -> Iterator[list[object]]:
-        for chunk in chunks([a.serial for a in bare.serials]):
-            wanted = set(chunk)
+        for start in range(0, len(serials), CHUNK):
+            some = serials[start : start + CHUNK]
+            chunk = [a.serial for a in some]
             part = LotTrace(
-                lot,
-                tuple(a for a in bare.serials if a.serial in wanted),
-                part_summaries(storage, chunk),
-                used_in(storage, chunk),
+                lot, some, part_summaries(storage, chunk), {s: used[s] for s in chunk if s in used}
             )
             yield from lot_table(part).rows  # type: ignore[misc]
 
