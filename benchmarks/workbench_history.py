@@ -28,6 +28,7 @@ measured and reported.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sqlite3
@@ -188,19 +189,23 @@ def generate(units: int, seed: int = 1) -> Iterator[tuple[Rows, Rows, Rows]]:
                 ok = not nok or repeat == 1
                 if repeat:
                     force = rng.gauss(20.25, 0.6)
+                force_ok, torque_ok = 18.0 <= force <= 22.5, 4.0 <= torque <= 6.0
+                # As the store's ``parts.nok_causes`` makes them, for the causes column.
+                failed = [n for n, good in (("force", force_ok), ("torque", torque_ok)) if not good]
+                causes = None if ok else json.dumps(failed or ["result from the PLC"])
                 body = (
                     f'"serial":"{serial}","result":"{"ok" if ok else "nok"}","quality":"good",'
                     f'"counter":{u + 1},"cycle_time":{CYCLE_S}.0,"values":{{'
                     f'"force":{{"value":{force:.3f},"unit":"kN","quality":"good","min":18.0,'
-                    f'"max":22.5,"ok":{"true" if 18.0 <= force <= 22.5 else "false"}}},'
+                    f'"max":22.5,"ok":{"true" if force_ok else "false"}}},'
                     f'"torque":{{"value":{torque:.3f},"unit":"Nm","quality":"good","min":4.0,'
-                    f'"max":6.0,"ok":{"true" if 4.0 <= torque <= 6.0 else "false"}}}}},'
+                    f'"max":6.0,"ok":{"true" if torque_ok else "false"}}}}},'
                     f'"repeat":{repeat},{ctx}'
                 )
                 seq, ts = record(station, "part", t + repeat * 10_000, serial, body)
                 facts.append(
                     (agents[station], epochs[station], seq, serial, LINE, station, ts,
-                     "ok" if ok else "nok", repeat, product, order, 0)
+                     "ok" if ok else "nok", repeat, product, order, 0, causes)
                 )  # fmt: skip
                 if k == 0:
                     edge(station, seq, ts, serial, "lot", lot_a, "part", None, None, None)

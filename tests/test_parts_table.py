@@ -47,7 +47,7 @@ def history() -> list[dict[str, Any]]:
 def rows_of(storage: Storage) -> list[tuple[Any, ...]]:
     with storage._transaction():
         return storage._execute(
-            "SELECT seq, serial, station, ts, result, repeat, product, work_order, raw "
+            "SELECT seq, serial, station, ts, result, repeat, product, work_order, raw, causes "
             "FROM parts ORDER BY seq"
         )
 
@@ -57,7 +57,7 @@ def answers(storage: Storage) -> tuple[Any, ...]:
     return (
         part_summaries(storage, ["S-1", "S-2", "S-3", "S-9"]),
         facts.minute_tallies(storage, "op10", "2000", "2100"),
-        list(facts.nok_values(storage, "op10", "2000", "2100")),
+        list(facts.nok_causes_in(storage, "op10", "2000", "2100")),
     )
 
 
@@ -70,10 +70,10 @@ def test_ingest_writes_each_part_record_once(db: str) -> None:
         stored = rows_of(storage)
     ts = "2026-11-21T10:00:0{}.000000Z"
     assert stored == [
-        (2, "S-1", "op10", ts.format(2), "nok", 0, "P-1", "WO-1", 0),
-        (4, "S-1", "op10", ts.format(4), "ok", 1, "P-1", None, 0),
-        (5, "S-2", "op10", ts.format(5), "ok", 0, None, "WO-2", 0),
-        (6, "S-3", "op10", ts.format(6), None, 0, None, None, 0),
+        (2, "S-1", "op10", ts.format(2), "nok", 0, "P-1", "WO-1", 0, '["force"]'),
+        (4, "S-1", "op10", ts.format(4), "ok", 1, "P-1", None, 0, None),
+        (5, "S-2", "op10", ts.format(5), "ok", 0, None, "WO-2", 0, None),
+        (6, "S-3", "op10", ts.format(6), None, 0, None, None, 0, None),
     ]
 
 
@@ -108,7 +108,7 @@ def test_a_garbled_field_is_read_from_the_body() -> None:
     assert parts.part_fields({"result": "ok", "ctx": {"product": "P\x00X"}}).raw
     assert parts.part_fields({"result": "ok\ud800"}).raw
     fields = parts.part_fields({"result": "nok", "repeat": 2, "ctx": {"work_order": 7}})
-    assert fields == parts.PartFields("nok", 2, None, "7")
+    assert fields == parts.PartFields("nok", 2, None, "7", causes='["result from the PLC"]')
     assert [parts.repeat_of(v) for v in (None, 0, "0", "", False, "false", 1, 3, "x", True)] == [
         0, 0, 0, 0, 0, 0, 1, 3, 1, 1,
     ]  # fmt: skip
@@ -143,7 +143,7 @@ def test_the_first_start_after_the_upgrade_fills_the_table(
         assert answers(reader) == old
     assert (old[0]["S-1"].result, old[0]["S-1"].work_order) == ("ok", "WO-1")
     assert [(t.ok, t.nok, t.other, t.first, t.first_ok) for t in old[1]] == [(2, 1, 1, 3, 1)]
-    assert old[2] == [part(2, "S-1", "nok")["values"]]
+    assert old[2] == [["force"]]
 
 
 def test_the_benchmark_history_writes_the_facts_the_store_would(tmp_path: Any) -> None:
@@ -152,4 +152,27 @@ def test_the_benchmark_history_writes_the_facts_the_store_would(tmp_path: Any) -
         assert len(written) == len(bodies)
         for row in written:
             fields = parts.part_fields(json.loads(bodies[(row[0], row[2])]))
-            assert row[7:] == (fields.result, fields.repeat, fields.product, fields.work_order, 0)
+            assert row[7:] == (
+                fields.result, fields.repeat, fields.product, fields.work_order, 0, fields.causes,
+            )  # fmt: skip
+        assert any(row[-1] for row in written), "NOK parts, with their causes"
+
+
+def test_a_nok_part_keeps_why_it_failed() -> None:
+    """The Pareto of NOK causes is read from ``parts.causes``: the values that failed their
+    limits, else those that could not be read, else the PLC's own verdict."""
+
+    def causes(values: dict[str, Any], result: str = "nok") -> Any:
+        got = parts.part_fields({"result": result, "values": values}).causes
+        return None if got is None else json.loads(got)
+
+    failed = {"force": {"ok": False}, "depth": {"ok": True}, "temp": {"quality": "bad"}}
+    assert causes(failed) == ["force"]
+    assert causes({"force": {"ok": True}, "temp": {"quality": "bad"}}) == ["unreadable: temp"]
+    assert causes({"force": {"ok": True}}) == ["result from the PLC"]
+    assert causes(failed, "ok") is None
+    odd = parts.part_fields({"result": "nok", "values": {"f\x00\ud800": {"ok": False}}})
+    assert not odd.raw
+    assert odd.causes is not None
+    assert odd.causes.isascii()
+    assert json.loads(odd.causes) == ["f\x00\ud800"]

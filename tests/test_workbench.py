@@ -183,6 +183,7 @@ def test_dashboard_and_lines(client: TestClient, chain_db: str) -> None:
     sigma = sum(abs(b - a) for a, b in itertools.pairwise(values)) / (len(values) - 1) / 1.128
     cpk = min(22.5 - mean, mean - 18.0) / (3 * sigma)
     assert f"<strong>{cpk:.2f}</strong> Cpk final_force" in html
+    assert "narrow the window" not in html  # every value is charted
 
     [(last,)] = query(chain_db, "SELECT max(seq) FROM records WHERE agent = ?", AGENT)
     html = ok_page(client, "/lines")
@@ -190,6 +191,17 @@ def test_dashboard_and_lines(client: TestClient, chain_db: str) -> None:
     assert AGENT in row
     assert f'<td class="n">{last}</td>' in row
     assert '<meta http-equiv="refresh" content="30">' in html
+
+
+def test_a_long_window_charts_its_newest_values_and_says_so(
+    client: TestClient, chain_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trace_store.web import stats
+
+    monkeypatch.setattr(stats, "SERIES", 3)
+    html = ok_page(client, "/dashboard?station=ST20&value=final_force")
+    assert "The window's newest 3 values: narrow the window" in html
+    assert '<th>values</th><td class="n">3</td>' in html, "3 values in the chart and Cpk"
 
 
 def test_the_dashboard_and_lines_tables_export(client: TestClient, chain_db: str) -> None:
@@ -443,7 +455,7 @@ def test_a_body_the_database_cannot_read_as_json_still_counts(db: str) -> None:
         assert (summary["S-2"].result, summary["S-2"].work_order) == ("ok", None)
         [tally] = facts.minute_tallies(reader, "op10", "2000", "2100")
         assert (tally.ok, tally.nok, tally.first, tally.first_ok) == (1, 1, 1, 0)
-        assert list(facts.nok_values(reader, "op10", "2000", "2100")) == [bodies[0]["values"]]
+        assert list(facts.nok_causes_in(reader, "op10", "2000", "2100")) == [["force"]]
         [(_, force), _] = facts.newest_values(reader, "op10", "2000", "2100", "force", 10)
         assert force["value"] == 30.0
 

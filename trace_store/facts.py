@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trace_store.parts import nok_causes
 from trace_store.storage import CHUNK, Storage
 
 FIELDS = (("result",), ("ctx", "product"), ("ctx", "work_order"))
@@ -179,29 +180,37 @@ def minute_tallies(
     return [tallies[m] for m in sorted(tallies)]
 
 
-def nok_values(
+def nok_causes_in(
     storage: Storage, station: str, since: str, until: str, line: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """The ``values`` of the station's NOK part records in the window (for their causes):
-    found in ``parts``, only their bodies read (by key)."""
+) -> Iterator[list[str]]:
+    """The causes of each of the station's NOK parts in the window (``parts.nok_causes``):
+    from the index ``parts_station_ts`` alone, no body read (but those of parts whose fields
+    are not database text, or without causes)."""
     if storage._parts:
         where, params = _window(station, since, until, line, kind=False)
-        sql = f"SELECT ({BODY}) FROM parts p WHERE {where} AND (result = 'nok' OR raw = 1)"
+        sql = (
+            f"SELECT causes, CASE WHEN raw = 1 OR causes IS NULL THEN ({BODY}) END FROM parts p "
+            f"WHERE {where} AND (result = 'nok' OR raw = 1)"
+        )
     else:
         where, wparams = _window(station, since, until, line)
         expr, rparams = storage._json_at(("result",))
         sql = (
-            f"SELECT body FROM {storage._documents('ts, body', where)} "
+            f"SELECT NULL, body FROM {storage._documents('ts, body', where)} "
             f"WHERE {expr} = 'nok' OR {storage._undecoded} IS NOT NULL"
         )
         params = [*wparams, *rparams]
     with storage._transaction():
         rows = storage._execute(sql, params)
-    for (text,) in rows:
+    for causes, text in rows:
+        if text is None:
+            found = json.loads(causes)
+            yield [str(c) for c in found] if isinstance(found, list) else []
+            continue
         body = json.loads(text)
         if isinstance(body, dict) and body.get("result") == "nok":
             values = body.get("values")
-            yield values if isinstance(values, dict) else {}
+            yield nok_causes(values if isinstance(values, dict) else {})
 
 
 def newest_values(

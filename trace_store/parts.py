@@ -9,7 +9,9 @@ epoch, seq), so a record delivered twice has one row here as well.
 
 Columns: the record's key, serial, line, station, ts, and from the body ``result``,
 ``repeat`` (0: a first pass, as ``not body.get("repeat")``; otherwise the repeat, 1 where it
-is not a small positive integer), ``ctx.product`` and ``ctx.work_order``. A field that
+is not a small positive integer), ``ctx.product``, ``ctx.work_order`` and, for a NOK part,
+``causes``: why it is NOK (``nok_causes``), a JSON list, so that a dashboard's Pareto of NOK
+causes is read from an index instead of the NOK parts' bodies. A field that
 cannot be kept as database text (``\\u0000`` from a garbled scan, a lone surrogate) sets
 ``raw``: the readers then take that row's fields from its body (``facts``), so it shows as
 it was sent.
@@ -34,7 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = "agent, epoch, seq, serial, line, station, ts, result, repeat, product, work_order, raw"
+COLUMNS = (
+    "agent, epoch, seq, serial, line, station, ts, result, repeat, product, work_order, raw, causes"
+)
+INSERT = (
+    f"INSERT INTO parts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (agent, epoch, seq) DO NOTHING"
+)
 TABLE = "CREATE TABLE IF NOT EXISTS parts ("
 BACKFILL_ROWS = 20_000  # part records read and written per step of the backfill
 MAX_REPEAT = 2**31 - 1
@@ -49,6 +57,7 @@ class PartFields:
     product: str | None
     work_order: str | None
     raw: bool = False  # a field is not database text: read the body instead
+    causes: str | None = None  # a NOK part's ``nok_causes``, as a JSON list
 
 
 def part_fields(body: Any) -> PartFields:
@@ -63,7 +72,24 @@ def part_fields(body: Any) -> PartFields:
     raw = not all(v is None or _storable(v) for v in (result, product, work_order))
     if raw:
         result = product = work_order = None
-    return PartFields(result, repeat_of(body.get("repeat")), product, work_order, raw)
+    causes = None
+    if result == "nok":
+        values = body.get("values")
+        # ASCII JSON: always database text, whatever the names hold.
+        causes = json.dumps(nok_causes(values if isinstance(values, dict) else {}))
+    return PartFields(result, repeat_of(body.get("repeat")), product, work_order, raw, causes)
+
+
+def nok_causes(values: dict[str, Any]) -> list[str]:
+    """Why a NOK part is NOK, from its ``values``: the values that failed their limits;
+    else those that could not be read (``unreadable: name``); else the PLC said so."""
+    failed = [k for k, v in values.items() if isinstance(v, dict) and v.get("ok") is False]
+    if failed:
+        return failed
+    unreadable = [k for k, v in values.items() if isinstance(v, dict) and v.get("quality") == "bad"]
+    if unreadable:
+        return [f"unreadable: {k}" for k in unreadable]
+    return ["result from the PLC"]
 
 
 def fields_of(row: Row) -> PartFields:
@@ -117,14 +143,16 @@ def ddl(integer: str) -> list[str]:
             product TEXT,
             work_order TEXT,
             raw {integer} NOT NULL DEFAULT 0,
+            causes TEXT,
             PRIMARY KEY (agent, epoch, seq))""",
         # A recall list's serials: their part facts (the lot list, its export, the recall
         # report); the rows of one lot were written together, so they lie close.
         "CREATE INDEX IF NOT EXISTS parts_serial ON parts (serial)",
-        # A dashboard's counts: the index alone answers them (covering: result, repeat, raw and
-        # the line filter are in it), 88,000 entries for a month of a station.
+        # A dashboard's counts and NOK causes: the index alone answers them (covering: result,
+        # repeat, raw, the line filter and the causes, set on NOK parts only, are in it),
+        # 88,000 entries for a month of a station.
         "CREATE INDEX IF NOT EXISTS parts_station_ts ON parts "
-        "(station, ts, result, repeat, line, raw)",
+        "(station, ts, result, repeat, line, raw, causes)",
     ]
 
 
@@ -136,8 +164,7 @@ def insert(storage: Storage, rows: Sequence[Row], skip: Sequence[Row] = ()) -> N
     if not facts:
         return
     storage._executemany(
-        f"INSERT INTO parts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (agent, epoch, seq) DO NOTHING",
+        INSERT,
         [
             _values((r.agent, r.epoch, r.seq, r.serial, r.line, r.station, r.ts), f)
             for r, f in facts
@@ -147,7 +174,7 @@ def insert(storage: Storage, rows: Sequence[Row], skip: Sequence[Row] = ()) -> N
 
 def _values(key: tuple[Any, ...], f: PartFields) -> tuple[Any, ...]:
     """A row of ``COLUMNS``: ``key`` is its first seven, the record's own columns."""
-    return (*key, f.result, f.repeat, f.product, f.work_order, int(f.raw))
+    return (*key, f.result, f.repeat, f.product, f.work_order, int(f.raw), f.causes)
 
 
 def backfill(storage: Storage) -> None:
@@ -175,11 +202,7 @@ def backfill(storage: Storage) -> None:
             except ValueError:
                 f = PartFields(None, 0, None, None)
             out.append(_values((agent, epoch, seq, serial, line, station, ts), f))
-        storage._executemany(
-            f"INSERT INTO parts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (agent, epoch, seq) DO NOTHING",
-            out,
-        )
+        storage._executemany(INSERT, out)
         done += len(out)
     log.warning(
         "%s: part facts of %d part records written in %.1f s",

@@ -28,8 +28,11 @@ from trace_store.storage import Storage
 from trace_store.web.params import parse_wire, wire_time
 from trace_store.web.plant_time import PlantTime
 
-SAMPLE = 500  # first parts of the window whose value names the form offers
-SERIES = 5000  # newest parts of the window in the control chart and Cpk
+SAMPLE = 100  # first parts of the window whose value names the form offers
+# Newest parts of the window in the control chart and Cpk: a capability study wants some
+# hundreds of consecutive values, a chart of 1,000 px shows no more; each is a body read,
+# a disk read each on a window that is not in the cache (docs/workbench.md, "Performance").
+SERIES = 2000
 D2 = 1.128  # the moving range's d2 for subgroups of 2
 
 
@@ -81,6 +84,7 @@ class StationStats:
     unit: str | None = None
     last_ts: str | None = None
     value: str | None = None  # the value charted
+    capped: bool = False  # the window had more parts with the value than the chart shows
 
     def hour_list(self) -> list[Bucket]:
         """Every hour from the first part's to the last's, empty ones included (at most
@@ -163,11 +167,13 @@ def station_stats(
     width = 13 if clock.whole_hours(since, until) else 16  # count per hour or per minute
     for tally in facts.minute_tallies(storage, station, since, until, line, width=width):
         _count(stats, tally, clock)
-    for values in facts.nok_values(storage, station, since, until, line):
-        for cause in nok_causes(values):
+    for causes in facts.nok_causes_in(storage, station, since, until, line):
+        for cause in causes:
             stats.causes[cause] += 1
     if value:
-        for ts, entry in facts.newest_values(storage, station, since, until, value, SERIES, line):
+        newest = facts.newest_values(storage, station, since, until, value, SERIES, line)
+        stats.capped = len(newest) >= SERIES
+        for ts, entry in newest:
             _point(stats, ts, entry)
     return stats
 
@@ -198,16 +204,6 @@ def _point(stats: StationStats, ts: str, entry: dict[str, Any]) -> None:
             _num(entry.get("max"), stats.limits[1]),
         )
         stats.unit = entry.get("unit") or stats.unit
-
-
-def nok_causes(values: dict[str, Any]) -> list[str]:
-    failed = [k for k, v in values.items() if isinstance(v, dict) and v.get("ok") is False]
-    if failed:
-        return failed
-    unreadable = [k for k, v in values.items() if isinstance(v, dict) and v.get("quality") == "bad"]
-    if unreadable:
-        return [f"unreadable: {k}" for k in unreadable]
-    return ["result from the PLC"]
 
 
 def _num(value: Any, default: float | None) -> float | None:
