@@ -1,7 +1,9 @@
 """The agent's own retained status topic (docs/wire-format.md, "Agent status topic"): online
-with its active alarms while connected, offline on a clean stop (the Last Will says so when
-the connection just dies), and, while another agent with our id is about, a heartbeat so each
-notices the other (``duplicates.py``). Owned by the event loop, like the rest of sync."""
+with its active alarms and what its journal holds while connected (again every
+``STATUS_EVERY``, so the trace store's Lines page sees the journal drain or grow), offline on
+a clean stop (the Last Will says so when the connection just dies), and, while another agent
+with our id is about, a heartbeat so each notices the other (``duplicates.py``). Owned by the
+event loop, like the rest of sync."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from sync.wire import status_payload
 log = logging.getLogger("sync.mqtt")
 
 HOST = socket.gethostname()
+STATUS_EVERY = 4
+"""Heartbeats (``HEARTBEAT``, 15 s) between two online statuses: one a minute."""
 
 
 class Presence:
@@ -45,6 +49,7 @@ class Presence:
         self._current = current  # the connection in use, if any
         self.dups: DuplicateWatch | None = None
         """Made in ``start`` from the journal's identity (the journal is open by then)."""
+        self._beats = 0
 
     def start(self) -> None:
         identity = self._buffer.identity
@@ -72,20 +77,24 @@ class Presence:
             self.dups.status(body, retained)
 
     def beat(self) -> None:
-        """Every HEARTBEAT: while another agent with our id is about, say we are here."""
+        """Every HEARTBEAT: while another agent with our id is about, say we are here; and
+        every ``STATUS_EVERY`` beats anyway, with what the journal holds now."""
         dups = self.dups
         assert dups is not None
         dups.expire()
+        self._beats += 1
+        due = dups.active or self._beats % STATUS_EVERY == 0
         link = self._current()
-        if dups.active and link is not None and link.connected.done() and self.config.status:
+        if due and link is not None and link.connected.done() and self.config.status:
             with contextlib.suppress(SyncError):
                 self.publish(link)
 
     def publish(self, link: Link) -> None:
         alarms = [a.as_dict() for a in self._alarms.active()]
-        done = link.publish_retained(
-            self.topic, status_payload(self.agent_id, "online", alarms=alarms, **self.who())
+        payload = status_payload(
+            self.agent_id, "online", alarms=alarms, held=self._buffer.depth, **self.who()
         )
+        done = link.publish_retained(self.topic, payload)
         done.add_done_callback(self._done)
 
     def _done(self, done: asyncio.Future[None]) -> None:
@@ -109,7 +118,13 @@ class Presence:
         try:
             done = link.publish_retained(
                 self.topic,
-                status_payload(self.agent_id, "offline", reason="stopped", **self.who()),
+                status_payload(
+                    self.agent_id,
+                    "offline",
+                    reason="stopped",
+                    held=self._buffer.depth,
+                    **self.who(),
+                ),
             )
             async with asyncio.timeout(CLOSE_GRACE):
                 await done

@@ -294,3 +294,8 @@ def test_each_agent_publishes_its_own_topics_only(broker: Broker, clients: list[
     assert not agent.publish(status, b"online").is_failure
     assert monitor.received(status, b"online")
     assert monitor.messages == [(status, b"online")]
+
+    # The trace store reads every agent's status too (the workbench's Lines page).
+    assert store.subscribe("trace/+/+/+/status").value == 1
+    assert not agent.publish(status, b"online, 3 held").is_failure
+    assert store.received(status, b"online, 3 held")

@@ -122,6 +122,33 @@ async def test_mqtt5_delivers_and_status_is_retained_online_then_offline_on_stop
         late.stop()
 
 
+async def test_the_status_says_what_the_journal_holds_every_minute(
+    buffer: SqliteBuffer,
+    mosquitto: Mosquitto,
+    mqtt_subscriber: Subscriber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``held``: records in the journal not yet confirmed (the trace store's Lines page shows
+    it). With ``confirm: store`` and no store, all 100 stay; the online status repeats (here
+    each 50 ms heartbeat instead of each minute) and the stopped one says the same."""
+    import sync.mqtt
+    import sync.presence
+
+    monkeypatch.setattr(sync.mqtt, "HEARTBEAT", 0.05)
+    monkeypatch.setattr(sync.presence, "STATUS_EVERY", 2)
+    await append(buffer, 100)
+    agent = new_sync(buffer, mosquitto.port, confirm="store", confirm_timeout=60.0, status=True)
+    async with running(agent):
+        await mqtt_subscriber.wait_for(
+            lambda ms: len([s for s in statuses(ms) if s["state"] == "online"]) >= 3
+        )
+    await mqtt_subscriber.wait_for(lambda ms: statuses(ms)[-1]["state"] == "offline")
+    said = statuses(mqtt_subscriber.messages())
+    assert [s["held"] for s in said if s["state"] == "online"][-1] == 100
+    assert (said[-1]["reason"], said[-1]["held"]) == ("stopped", 100)
+    assert buffer.depth == 100
+
+
 async def test_last_will_says_offline_when_the_connection_dies(
     buffer: SqliteBuffer, mosquitto: Mosquitto, mqtt_subscriber: Subscriber
 ) -> None:

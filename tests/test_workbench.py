@@ -190,6 +190,10 @@ def test_dashboard_and_lines(client: TestClient, chain_db: str) -> None:
     [row] = rows_of("agents", html)
     assert AGENT in row
     assert f'<td class="n">{last}</td>' in row
+    # The agent's own word: stopped cleanly once the chain was built, with the records its
+    # journal still held then (the store confirmed them afterwards).
+    assert "offline (stopped)" in row
+    assert re.search(r'<td class="n">\d+<br><small>', row), row
     assert '<meta http-equiv="refresh" content="30">' in html
 
 

@@ -4,8 +4,8 @@ that one coming back is used at once (``link.wait_to_retry``). Like ``sync/mqtt.
 attempt gets a fresh paho client (``link.Link``).
 
 It owns the connection's lifecycle only: what arrives goes to ``deliver`` (the writer's
-inbox) or ``asks`` (route questions), each new connection is announced with ``on_up``, and
-counters go through ``count``.
+inbox), ``asks`` (route questions) or ``statuses`` (agents' status messages), each new
+connection is announced with ``on_up``, and counters go through ``count``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class LinkKeeper:
         on_up: Callable[[Link], None],
         count: Callable[[str], None],
         asks: Callable[[Inbound], None] | None = None,
+        statuses: Callable[[Inbound], None] | None = None,
     ) -> None:
         self.config = config
         self._tls = tls
@@ -40,6 +41,7 @@ class LinkKeeper:
         self._on_up = on_up
         self._count = count
         self._asks = asks
+        self._statuses = statuses
         self.ready = threading.Event()  # connected and subscribed
         self.current: Link | None = None
         self._stop = threading.Event()
@@ -66,7 +68,15 @@ class LinkKeeper:
         down_since: float | None = None
         failures = 0
         while not self._stop.is_set():
-            link = Link(cfg, self._tls, self._deliver, self._wake.set, self._confirmed, self._asks)
+            link = Link(
+                cfg,
+                self._tls,
+                self._deliver,
+                self._wake.set,
+                self._confirmed,
+                self._asks,
+                self._statuses,
+            )
             self.current = link
             up_at: float | None = None
             try:

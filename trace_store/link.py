@@ -27,6 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from kernel.backoff import backoff_delay
 from kernel.net import without_nagle
+from trace_store import agent_status
 from trace_store.config import StoreConfig
 from trace_store.envelope import Stream
 
@@ -90,12 +91,16 @@ class Link:
         changed: Callable[[], None],
         confirmed: Callable[[str, Marks], None],
         asks: Callable[[Inbound], None] | None = None,
+        statuses: Callable[[Inbound], None] | None = None,
     ) -> None:
         self._config = config
         self._deliver = deliver
         # Route questions (docs/quality.md): answered by the quality publisher, not the writer.
         self._asks = asks
         self._asks_mid: int | None = None
+        # Agents' status messages (``agent_status.py``): kept for the Lines page.
+        self._statuses = statuses
+        self._statuses_mid: int | None = None
         self._notify = changed
         self._confirmed = confirmed
         # Confirmations waiting for their PUBACK: mid -> (agent, its watermarks). paho calls
@@ -264,7 +269,13 @@ class Link:
         # it needs no PUBACK among the records' ordered ones.
         if self._asks is not None:
             self._asks_mid = client.subscribe(ask_filter(self._config), qos=0)[1]
+        if self._statuses is not None:
+            # QoS 0 as well: a status is the latest word, replaced by the next.
+            self._statuses_mid = client.subscribe(self._status_filter(), qos=0)[1]
         client.subscribe(self._config.subscription, qos=1)
+
+    def _status_filter(self) -> str:
+        return agent_status.status_filter(self._config.topic_prefix)
 
     def _on_subscribe(
         self,
@@ -282,6 +293,14 @@ class Link:
                     ask_filter(self._config),
                 )
             return
+        if mid == self._statuses_mid:
+            if any(code.is_failure for code in reason_codes):
+                log.warning(
+                    "broker refused the subscription to %s: the Lines page shows no agent "
+                    "status (docs/plant-it.md lists the ACL lines)",
+                    self._status_filter(),
+                )
+            return
         if any(code.is_failure for code in reason_codes):
             self._set_lost(f"broker refused the subscription to {self._config.subscription}")
             client.disconnect()
@@ -297,6 +316,11 @@ class Link:
         inbound = Inbound(self, msg.mid, msg.qos, topic, bytes(msg.payload))
         if self._asks is not None and topic.endswith(ASK_SUFFIX):
             self._asks(inbound)
+            return
+        if self._statuses is not None and topic.endswith(agent_status.SUFFIX):
+            if msg.qos:  # also matched by a wide records subscription: nothing to keep
+                self.ack(msg.mid, msg.qos)
+            self._statuses(inbound)
             return
         self._deliver(inbound)
 

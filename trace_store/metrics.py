@@ -48,6 +48,12 @@ COUNTERS = (
         "trace_store_broker_disconnects",
         "Failed connection attempts and lost connections.",
     ),
+    ("statuses", "trace_store_agent_statuses", "Agent status messages stored (Lines page)."),
+    (
+        "statuses_ignored",
+        "trace_store_agent_statuses_ignored",
+        "Messages on an agent status topic that were not a status of an allowed agent.",
+    ),
     (
         "held_dropped",
         "trace_store_held_dropped_messages",

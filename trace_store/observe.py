@@ -64,6 +64,8 @@ class StoreView:
                 "held_dropped",
                 "conflicts",
                 "clashes",
+                "statuses",
+                "statuses_ignored",
             ),
             0,
         )

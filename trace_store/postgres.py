@@ -92,7 +92,7 @@ class PostgresStorage(Storage):
         self._execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
         self._execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key})")
 
-    def _has_index(self, name: str) -> bool:
+    def _has(self, kind: str, name: str) -> bool:
         rows = self._execute("SELECT to_regclass(?)", (name,))
         return bool(rows and rows[0][0] is not None)
 

@@ -2,7 +2,8 @@
 and what the first start of a new version does to an existing database.
 
 - Schema 1 -> 2 (``keys.migrate_v1``): records and genealogy keyed by (agent, epoch, seq).
-- Schema 2 -> 3 (``parts.backfill``): the part facts table, filled from the part records.
+- Schema 2 -> 3 (``parts.backfill``): the part facts table, filled from the part records;
+  ``agent_status`` (each agent's last status message), empty until agents speak.
 - An index this version adds is built on an existing database with a log line before and
   after (on years of records it takes minutes: docs/workbench.md, "Performance at plant
   scale").
@@ -19,7 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from trace_store import keys, parts
+from trace_store import agent_status, keys, parts
 from trace_store.quality import tables as quality_tables
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ def ddl(*, integer: str, blob: str, identity: str, real: str) -> list[str]:
         # walk it.
         "DROP INDEX IF EXISTS records_part_result",
         *parts.ddl(integer),
+        *agent_status.ddl(integer),
         f"""CREATE TABLE IF NOT EXISTS genealogy (
             agent TEXT NOT NULL,
             seq {integer} NOT NULL,

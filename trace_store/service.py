@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from kernel.backoff import backoff_delay
+from trace_store import agent_status
+from trace_store.agent_status import AgentStatus
 from trace_store.config import StoreConfig
 from trace_store.confirm import SESSION_KEY, Confirmations, new_session
 from trace_store.envelope import (
@@ -172,6 +174,7 @@ class TraceStore(StoreView):
             self._link_up,
             self._count,
             self.quality.ask,
+            self._status_heard,
         )
         self._threads = [
             threading.Thread(target=self._writer_main, name="trace-store-writer", daemon=True),
@@ -295,6 +298,7 @@ class TraceStore(StoreView):
                 items = self._next_items()
                 inbound: list[Inbound] = []
                 ups: list[Link] = []
+                statuses: list[AgentStatus] = []
                 for item in items:
                     if item is _STOP:
                         stopping = True
@@ -302,8 +306,12 @@ class TraceStore(StoreView):
                         ups.append(item.link)
                     elif isinstance(item, Inbound):
                         inbound.append(item)
+                    elif isinstance(item, AgentStatus):
+                        statuses.append(item)
                 if inbound:
                     self._handle(inbound)
+                if statuses:
+                    self._write_statuses(statuses)
                 for link in ups:
                     self._connected(link)
                 self._confirms.flush(self._tracker, force=stopping)
@@ -316,6 +324,28 @@ class TraceStore(StoreView):
                 with contextlib.suppress(Exception):
                     self._storage.close()
                 self._storage = None
+
+    def _status_heard(self, inbound: Inbound) -> None:
+        """An agent's status message (paho's thread): to the writer, if it is one."""
+        cfg = self.config
+        status = agent_status.parse(inbound.topic, inbound.payload, cfg.topic_prefix, cfg.agents)
+        if status is None:
+            log.debug("not an agent status on %s: ignored", inbound.topic)
+            self._count("statuses_ignored")
+            return
+        self._inbox.put(status)
+
+    def _write_statuses(self, statuses: list[AgentStatus]) -> None:
+        if self._storage is None:
+            return  # the database is away: the agents say it again within a minute
+        try:
+            agent_status.write(self._storage, statuses)
+        except StorageUnavailable as exc:
+            self._recover(exc)
+            return
+        with self._lock:
+            self._counters["statuses"] += len(statuses)
+            self._lock.notify_all()
 
     def _next_items(self) -> list[object]:
         """Every item waiting, at least one (or none when a confirmation falls due)."""

@@ -93,8 +93,14 @@ class Storage(ABC):
     def close(self) -> None: ...
 
     def _has_index(self, name: str) -> bool:
+        return self._has("index", name)
+
+    def _has_table(self, name: str) -> bool:
+        return self._has("table", name)
+
+    def _has(self, kind: str, name: str) -> bool:
         return bool(
-            self._execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,))
+            self._execute("SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name))
         )
 
     def _rekey(self, table: str, create: str, columns: str, key: str) -> None:
