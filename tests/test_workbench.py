@@ -184,6 +184,7 @@ def test_dashboard_and_lines(client: TestClient, chain_db: str) -> None:
     cpk = min(22.5 - mean, mean - 18.0) / (3 * sigma)
     assert f"<strong>{cpk:.2f}</strong> Cpk final_force" in html
     assert "narrow the window" not in html  # every value is charted
+    assert "The chart draws the newest" not in html
 
     [(last,)] = query(chain_db, "SELECT max(seq) FROM records WHERE agent = ?", AGENT)
     html = ok_page(client, "/lines")
@@ -200,12 +201,20 @@ def test_dashboard_and_lines(client: TestClient, chain_db: str) -> None:
 def test_a_long_window_charts_its_newest_values_and_says_so(
     client: TestClient, chain_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trace_store.web import stats
+    from trace_store.web import stats, svg
 
     monkeypatch.setattr(stats, "SERIES", 3)
     html = ok_page(client, "/dashboard?station=ST20&value=final_force")
-    assert "The window's newest 3 values: narrow the window" in html
+    assert "These are the window's newest 3 values: narrow the window" in html
     assert '<th>values</th><td class="n">3</td>' in html, "3 values in the chart and Cpk"
+    assert "The chart draws the newest" not in html
+
+    monkeypatch.setattr(stats, "SERIES", 2000)
+    monkeypatch.setattr(svg, "MAX_POINTS", 5)
+    html = ok_page(client, "/dashboard?station=ST20&value=final_force")
+    assert re.search(r"The chart draws the newest 5 of these \d+ values", html)
+    [chart] = re.findall(r'<svg class="control".*?</svg>', html, re.S)
+    assert chart.count("<circle") == 5, "only the newest 5 drawn"
 
 
 def test_the_dashboard_and_lines_tables_export(client: TestClient, chain_db: str) -> None:

@@ -35,6 +35,7 @@ from trace_store.web.db import Pool
 from trace_store.web.params import BadParameter, NotFound
 from trace_store.web.plant_time import PlantTime
 from trace_store.web.prefix import PrefixMiddleware
+from trace_store.web.svg import stat_text
 
 log = logging.getLogger("trace_store.web")
 
@@ -83,6 +84,7 @@ def _environment(plant: PlantTime) -> Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = lambda v: "" if v is None else number_text(v)
+    env.filters["stat"] = lambda v: "" if v is None else stat_text(v)
     env.filters["ts"] = plant.shown  # the plant's local time
     env.globals["zone"] = plant.zone_name
     env.filters["q"] = lambda v: quote(str(v), safe="")

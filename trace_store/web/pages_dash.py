@@ -8,7 +8,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from trace_store.export import Table
-from trace_store.web import params
+from trace_store.web import params, svg
 from trace_store.web.app import Ctx, Page
 from trace_store.web.export import stream
 from trace_store.web.stats import StationStats, station_stats
@@ -62,6 +62,7 @@ def dashboard_page(ctx: Ctx) -> Page:
             "output_chart": stacked_bars([(b.label, b.ok, b.nok) for b in hours]),
             "pareto": pareto(stats.causes.most_common(15)),
             "capability": capability,
+            "chart_points": svg.MAX_POINTS,
             "control": (
                 control_chart(
                     [(t, v) for t, v, _ in stats.series],

@@ -25,6 +25,20 @@ def _label(x: float) -> str:
     return number_text(x)
 
 
+def _hour_label(label: str, *, first: bool) -> str:
+    """``2026-12-04T01`` as ``01:00``; the first hour and each midnight with the day."""
+    day, _, hour = label.partition("T")
+    if not hour:
+        return label[-5:]
+    return f"{day[5:]} {hour}:00" if first or hour == "00" else f"{hour}:00"
+
+
+def stat_text(x: float) -> str:
+    """A computed statistic (mean, control limit, axis end): 5 significant digits, not the
+    15 a float64 carries (20.4401041666667 is 20.44)."""
+    return f"{x:.5g}"
+
+
 def _thin(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """At most ``MAX_POINTS`` points, keeping each bucket's lowest and highest value so a
     spike still shows."""
@@ -187,7 +201,8 @@ def stacked_bars(
             )
         if i % every == 0:
             parts.append(
-                f'<text x="{_n(x0)}" y="{height - 6}" class="axis">{escape(label[-5:])}</text>'
+                f'<text x="{_n(x0)}" y="{height - 6}" class="axis">'
+                f"{escape(_hour_label(label, first=i == 0))}</text>"
             )
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -240,7 +255,7 @@ def control_chart(
     flags = list(nok)[-len(pts) :] if nok else [False] * len(pts)
     values = [v for _, v in pts] + [mean, ucl, lcl] + [v for v in (lsl, usl) if v is not None]
     lo, hi = _range(values)
-    left, right = 56, 70
+    left, right = 56, 96
     x = _Scale(0, max(len(pts) - 1, 1), left, width - right)
     y = _Scale(lo, hi, height - 14, 10)
     parts = [
@@ -248,21 +263,22 @@ def control_chart(
         'aria-label="control chart">'
     ]
 
-    def hline(v: float, colour: str, label: str, dash: str = "") -> None:
+    def hline(v: float, colour: str, label: str, dash: str = "", given: bool = False) -> None:
         dashed = f' stroke-dasharray="{dash}"' if dash else ""
+        shown = _label(v) if given else stat_text(v)  # a limit as configured; else computed
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{_n(y(v))}" y2="{_n(y(v))}" '
             f'stroke="{colour}"{dashed}/><text x="{width - right + 4}" y="{_n(y(v) + 4)}" '
-            f'class="axis">{escape(label)} {escape(_label(v))}</text>'
+            f'class="axis">{escape(label)} {escape(shown)}</text>'
         )
 
     hline(mean, "#455a64", "mean")
     hline(ucl, CONTROL, "UCL", "6 3")
     hline(lcl, CONTROL, "LCL", "6 3")
     if usl is not None:
-        hline(usl, LIMIT, "USL", "2 3")
+        hline(usl, LIMIT, "USL", "2 3", given=True)
     if lsl is not None:
-        hline(lsl, LIMIT, "LSL", "2 3")
+        hline(lsl, LIMIT, "LSL", "2 3", given=True)
     path = " ".join(
         f"{'M' if i == 0 else 'L'}{_n(x(i))},{_n(y(v))}" for i, (_, v) in enumerate(pts)
     )
@@ -275,7 +291,7 @@ def control_chart(
                 f'fill="{NOK if outside else "#1565c0"}"/>'
             )
     parts.append(
-        f'<text x="2" y="14" class="axis">{escape(_label(hi))}</text>'
-        f'<text x="2" y="{height - 14}" class="axis">{escape(_label(lo))}</text></svg>'
+        f'<text x="2" y="14" class="axis">{escape(stat_text(hi))}</text>'
+        f'<text x="2" y="{height - 14}" class="axis">{escape(stat_text(lo))}</text></svg>'
     )
     return Markup("".join(parts))
