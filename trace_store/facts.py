@@ -67,7 +67,7 @@ def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSu
             among, ids = storage._in("serial", chunk)
             if storage._parts:
                 rows = storage._execute(
-                    "SELECT serial, agent, seq, station, ts, result, product, work_order, "
+                    "SELECT serial, station, ts, result, product, work_order, "
                     f"CASE WHEN raw = 1 THEN ({BODY}) END FROM parts p WHERE {among} "
                     "ORDER BY serial, ts, agent, seq",
                     ids,
@@ -78,7 +78,7 @@ def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSu
                     "serial, agent, seq, station, ts, body", f"{among} AND kind = 'part'"
                 )
                 rows = storage._execute(
-                    f"SELECT serial, agent, seq, station, ts, {exprs}, {storage._undecoded} "
+                    f"SELECT serial, station, ts, {exprs}, {storage._undecoded} "
                     f"FROM {source} ORDER BY serial, ts, agent, seq",
                     [*params, *ids],
                 )
@@ -87,8 +87,8 @@ def part_summaries(storage: Storage, serials: Sequence[str]) -> dict[str, PartSu
 
 
 def _folded(rows: Sequence[tuple[Any, ...]], clean: bool) -> Iterator[tuple[str, PartSummary]]:
-    """Rows of (serial, agent, seq, station, ts, result, product, work order, undecoded
-    body), by serial then time, as one summary per serial: the latest record's result,
+    """Rows of (serial, station, ts, result, product, work order, undecoded body), by serial
+    then time, as one summary per serial: the latest record's result,
     station and time, the latest product and work order that were set, the counts.
     ``clean``: the fields are as ``parts.text`` stored them (None or a non-empty text), else
     as the database read them out of the bodies (made text here)."""
@@ -100,17 +100,17 @@ def _folded(rows: Sequence[tuple[Any, ...]], clean: bool) -> Iterator[tuple[str,
         while i < n and rows[i][0] == serial:
             r = rows[i]
             i += 1
-            if r[8] is None and clean:
-                result, made, order = r[5], r[6], r[7]
+            if r[6] is None and clean:
+                result, made, order = r[3], r[4], r[5]
             else:
-                values = r[5:8] if r[8] is None else _decoded(r[8], FIELDS)
+                values = r[3:6] if r[6] is None else _decoded(r[6], FIELDS)
                 result, made, order = (_text(v) for v in values)
             product = made or product
             work_order = order or work_order
             count += 1
             nok += result == "nok"
         last = rows[i - 1]
-        yield serial, PartSummary(serial, result, last[3], last[4], product, work_order, count, nok)
+        yield serial, PartSummary(serial, result, last[1], last[2], product, work_order, count, nok)
 
 
 def _window(
@@ -225,10 +225,10 @@ def newest_values(
     """(ts, ``values[value]``) of the newest ``limit`` parts of the window that have the
     value, oldest first: the index range read backwards, so only those bodies are read."""
     where, wparams = _window(station, since, until, line)
-    chosen, vparams = storage._json_at(("values", value))
+    chosen, vparams = storage._body_at(("values", value))
     sql = (
-        f"SELECT ts, {chosen}, {storage._undecoded} "
-        f"FROM {storage._documents('ts, body', where + ' ORDER BY ts DESC LIMIT ?')}"
+        f"SELECT ts, {chosen}, {storage._raw_body} FROM records WHERE {where} "
+        "ORDER BY ts DESC LIMIT ?"
     )
     with storage._transaction():
         rows = storage._execute(sql, [*vparams, *wparams, limit])

@@ -143,10 +143,17 @@ class Storage(ABC):
         does not change with the count (psycopg parses and prepares it once, not per call)."""
         return f"{column} IN ({', '.join('?' * len(values))})", list(values)
 
-    def _json_at(self, keys: Sequence[str]) -> tuple[str, list[Any]]:
+    def _json_at(self, keys: Sequence[str], document: str = "j") -> tuple[str, list[Any]]:
         if any('"' in key for key in keys):
             return "NULL", []  # SQLite's JSON paths cannot name such a key
-        return "json_extract(j, ?)", ["$" + "".join(f'."{key}"' for key in keys)]
+        return f"json_extract({document}, ?)", ["$" + "".join(f'."{key}"' for key in keys)]
+
+    # One field of ``records.body`` read in a plain query of ``records`` (no ``_documents``),
+    # NULL where the database cannot read the body; ``_raw_body`` is then the body.
+    _raw_body = _undecoded
+
+    def _body_at(self, keys: Sequence[str]) -> tuple[str, list[Any]]:
+        return self._json_at(keys, "body")
 
     # ---- writing ---------------------------------------------------------------------------
 
