@@ -45,16 +45,23 @@ def test_the_store_keeps_each_agents_last_status(
     publisher.publish(STATUS, b"{not json")
     publisher.publish(STATUS, status("online", said).replace(AGENT.encode(), b"line9-pc1"))
     publisher.publish(STATUS, status("online", said).replace(b"edge-agent.status", b"x"))
-    assert store.wait_stats(lambda s: s["statuses_ignored"] >= 3, WAIT)
+    publisher.publish(STATUS, status("online", "2026\u0000", held=1))  # a time no database keeps
+    assert store.wait_stats(lambda s: s["statuses_ignored"] >= 4, WAIT)
 
     # The Last Will (made at connect: no count): the count said before stays, with its time.
-    will = status("offline", "2026-12-04T09:59:00.000000Z", reason="connection lost", alarms=[])
+    will = status(
+        "offline",
+        "2026-12-04T09:59:00.000000Z",
+        reason="connection lost",
+        alarms=[{"code": "odd\u0000\ud800"}],
+        host="pc\ud800",  # a lone surrogate: not text a database holds, left out
+    )
     publisher.publish(STATUS, will)
     assert store.wait_stats(lambda s: s["statuses"] >= 2, WAIT)
     with open_storage(db, read_only=True) as reader:
         got = agent_status.read(reader)[AGENT]
-    assert (got.state, got.reason, got.held, got.held_ts, got.alarms) == (
-        "offline", "connection lost", 1234, said, (),
+    assert (got.state, got.reason, got.held, got.held_ts, got.alarms, got.host) == (
+        "offline", "connection lost", 1234, said, ("odd\x00\ud800",), None,
     )  # fmt: skip
     assert store.stats()["statuses"] == 2
 

@@ -67,8 +67,8 @@ def parse(
         return None
     if not isinstance(body, dict) or body.get("schema") != SCHEMA:
         return None
-    agent, state, ts = body.get("agent"), body.get("state"), body.get("ts")
-    if agent != parts[2] or state not in STATES or not isinstance(ts, str):
+    agent, state, ts = body.get("agent"), body.get("state"), _text(body.get("ts"))
+    if agent != parts[2] or state not in STATES or ts is None:
         return None
     if allowed is not None and agent not in allowed:
         return None
@@ -95,7 +95,14 @@ def _codes(alarms: list[Any]) -> list[str]:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value and "\0" not in value else None
+    """A non-empty text the database can hold (no NUL, no lone surrogate), else None."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def ddl(integer: str) -> list[str]:

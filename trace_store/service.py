@@ -343,6 +343,9 @@ class TraceStore(StoreView):
         except StorageUnavailable as exc:
             self._recover(exc)
             return
+        except Exception as exc:  # a status is information, never a reason to stop ingesting
+            log.warning("agent statuses not stored: %s: %s", type(exc).__name__, exc)
+            return
         with self._lock:
             self._counters["statuses"] += len(statuses)
             self._lock.notify_all()
