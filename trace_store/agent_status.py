@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trace_store.model import utc_now
+from trace_store.parts import storable
 
 if TYPE_CHECKING:
     from trace_store.storage import Storage
@@ -95,14 +96,8 @@ def _codes(alarms: list[Any]) -> list[str]:
 
 
 def _text(value: Any) -> str | None:
-    """A non-empty text the database can hold (no NUL, no lone surrogate), else None."""
-    if not isinstance(value, str) or not value or "\0" in value:
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value
+    """A non-empty text the database can hold (``parts.storable``), else None."""
+    return value if isinstance(value, str) and value and storable(value) else None
 
 
 def ddl(integer: str) -> list[str]:

@@ -69,7 +69,7 @@ def part_fields(body: Any) -> PartFields:
     result, product, work_order = (
         text(v) for v in (body.get("result"), ctx.get("product"), ctx.get("work_order"))
     )
-    raw = not all(v is None or _storable(v) for v in (result, product, work_order))
+    raw = not all(v is None or storable(v) for v in (result, product, work_order))
     if raw:
         result = product = work_order = None
     causes = None
@@ -118,7 +118,8 @@ def text(value: Any) -> str | None:
     return str(value)
 
 
-def _storable(value: str) -> bool:
+def storable(value: str) -> bool:
+    """Whether the databases can hold ``value`` as text (no NUL, no lone surrogate)."""
     if "\0" in value:
         return False  # PostgreSQL's text cannot hold it
     try:
