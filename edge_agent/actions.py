@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -29,6 +30,9 @@ from kernel.model import Observation, Quality, RecordDraft
 
 log = logging.getLogger("edge_agent.daemon")
 
+RESET_RETRY_FIRST = 0.25  # seconds before a failed "data taken" reset is written again
+RESET_RETRY_MAX = 5.0  # the retries' interval grows to this while the device stays away
+
 
 class ActionRunner:
     """Runs the binder's actions against the devices; owned by the event loop."""
@@ -47,6 +51,7 @@ class ActionRunner:
         self._emit = emit
         self.buffer = journal
         self._tasks: set[asyncio.Task[None]] = set()
+        self._resets: dict[str, asyncio.Task[None]] = {}  # station -> its reset written again
 
     def start(self, actions: Sequence[Action]) -> None:
         for action in actions:
@@ -123,6 +128,46 @@ class ActionRunner:
             )
             if w.value:
                 self.binder.handshake_failed(w.station)
+            elif self.binder.awaiting_reset(w.station):
+                self._reset_again(w)
+
+    def _reset_again(self, w: WriteTaken) -> None:
+        """The PLC waits for "data taken" to fall before its next part, and data ready stays
+        low meanwhile, so no observation would bring the reset again: a reset that failed
+        (the connection was going or coming back) is retried until it is written, or until
+        the station no longer waits for it. A real outage is the driver's to report."""
+        old = self._resets.pop(w.station, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.create_task(self._retry_reset(w), name=f"reset-taken:{w.station}")
+        self._resets[w.station] = task
+        task.add_done_callback(functools.partial(self._reset_done, w.station))
+
+    def _reset_done(self, station: str, task: asyncio.Task[None]) -> None:
+        if self._resets.get(station) is task:
+            del self._resets[station]
+
+    async def _retry_reset(self, w: WriteTaken) -> None:
+        delay, failed = RESET_RETRY_FIRST, 1
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESET_RETRY_MAX)
+            if not self.binder.awaiting_reset(w.station):
+                return
+            try:
+                await self._driver(w.device).write(w.point, w.value)
+            except DeviceError:
+                failed += 1
+                continue
+            log.info(
+                "station %s: handshake %s=%s written after %d failed attempts",
+                w.station,
+                w.point,
+                w.value,
+                failed,
+                extra={"station": w.station},
+            )
+            return
 
     async def _acknowledge(self, ack: Acknowledge) -> None:
         """The reader's good-read / bad-read answer, once the scan's record is committed: the
@@ -201,7 +246,11 @@ class ActionRunner:
     async def finish(self, limit: float) -> None:
         """Let captures in flight end (each is bounded by its device's timeout, ``limit``
         covers them), so a part whose trigger was seen is recorded; a handshake part cut short
-        is captured again after the restart, because the PLC still holds its data."""
+        is captured again after the restart, because the PLC still holds its data. Resets
+        still being retried stop now: the next start resets "data taken" anyway."""
+        for retry in list(self._resets.values()):
+            retry.cancel()
+        await asyncio.gather(*self._resets.values(), return_exceptions=True)
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=limit)

@@ -24,6 +24,7 @@ from edge_agent.binding.records import answered, bind
 from edge_agent.binding.rules import (
     _EMPTY,
     UNASSIGNED,
+    UNSEEN,
     Acknowledge,
     Action,
     AskRoute,
@@ -136,4 +137,14 @@ class Binder:
         st = self.state.get(station)
         if st is not None:
             st.handshake = Handshake.IDLE
+
+    def awaiting_reset(self, station: str) -> bool:
+        """Whether the PLC may still be waiting for "data taken" to fall: the station is idle
+        and has not seen data ready rise since (a new part means the PLC moved on)."""
+        st = self.state.get(station)
+        return (
+            st is not None
+            and st.handshake is Handshake.IDLE
+            and (st.trigger is UNSEEN or not bool(st.trigger))
+        )
 

@@ -218,6 +218,10 @@ RULES_INTRO = [
     '  reset "data taken" (it may have stopped between writing it and the PLC\'s answer). A',
     "  reader's trigger already high is not an edge either: trigger that read by hand with",
     "  `edge-agent device command -c FILE --device NAME trigger`.",
+    '- **A reset of "data taken" that fails** (the connection is going or coming back, the PLC',
+    "  refuses the write) is written again, after 0.25 s and then at intervals growing to 5 s,",
+    '  until it gets through or "data ready" rises again: the PLC waits for that reset before',
+    "  its next part, and nothing else would bring it.",
     "",
 ]
 """Hand-written: what the rules section says before the test cases."""
