@@ -37,6 +37,7 @@ from simulators.broker import MosquittoBroker, free_port
 from simulators.modbus_server import ModbusStationServer
 from simulators.scenario import demo_config
 from simulators.station import StationModel
+from tests.waiting import wait_until
 from trace_store.config import StoreConfig
 from trace_store.service import TraceStore
 
@@ -147,6 +148,13 @@ async def fill_store(folder: Path, parts: int = 36, within: float = 120.0) -> Pa
                 ok = await asyncio.to_thread(store.wait_watermark, AGENT, last, 30.0)
                 if not ok:
                     raise RuntimeError(f"store did not confirm seq {last}")
+                # The agent's "offline (stopped)" comes on its status topic, apart from the
+                # records: the watermark does not say the store has written it yet.
+                await wait_until(
+                    lambda: query(str(db), "SELECT state FROM agent_status") == [("offline",)],
+                    30,
+                    "the store to write the agent's offline status",
+                )
             finally:
                 await asyncio.to_thread(store.stop)
         finally:
