@@ -33,7 +33,7 @@ def test_the_history_is_a_store_the_queries_understand(tmp_path: Path) -> None:
 
 def test_the_benchmark_reports_every_page_and_the_ingest() -> None:
     out = workbench_scale.run(
-        "0.05", backends=("sqlite",), keys=2, ingest_seconds=0.5, log=lambda _: None
+        "0.05", backends=("sqlite",), keys=2, ingest_seconds=1.5, log=lambda _: None
     )
     r = out["sqlite"]
     assert set(r["pages"]) == {
@@ -42,5 +42,8 @@ def test_the_benchmark_reports_every_page_and_the_ingest() -> None:
     assert r["pages"]["export"]["rows_min"] == 2 * 144
     assert all(p["p95_s"] > 0 for p in r["pages"].values())
     assert r["ingest"]["alone_records_per_s"] > 0
+    assert r["ingest"]["beside_spinner_records_per_s"] > 0
+    assert r["ingest"]["queries_meanwhile"] > 0
+    assert "spinner" in workbench_scale.targets(out)[1][2]
     assert "| sqlite |" in workbench_scale.table(out)
     assert len(workbench_scale.targets(out)) == 2
