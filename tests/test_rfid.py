@@ -195,7 +195,7 @@ def wall(monotonic: float) -> float:
 
 # ---- the driver alone ----------------------------------------------------------------------------
 
-# Reads every 50 ms for 0.3 s per visit, 0.35 s of silence between visits. Visits are of
+# Reads every 50 ms for 0.3 s per visit, 0.55 s of silence between visits. Visits are of
 # different tags, so the time-outs only have to bridge the gaps within one visit (an event loop
 # stalled for longer than them would split a visit, as a reader that stopped reading does).
 # A visit's departure falls due at most dwell + DEPARTURE = 0.6 s after its arrival, 0.2 s
