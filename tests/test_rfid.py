@@ -492,8 +492,11 @@ async def test_a_tags_serial_binds_the_plcs_values(tmp_path: Path, mosquitto: Mo
     assert [c["value"] for c in contexts] == serials
     # Departures are readings of the tag that left: they never change the context.
     departed = [r for r in records if r["kind"] == "readings" and r["device"] == "gate1"]
-    assert departed
-    for r in departed:
+    assert len(departed) >= 2
+    # Each departure counts its visit's reads (about 6). The scene follows the PLC's clock,
+    # so the first visit may have begun before the reader simulator started sending: only
+    # the later visits are whole.
+    for r in departed[1:]:
         assert r["details"]["tag_departed"]["reads"] >= 3
     # Every PLC reading carries the serial of the last tag that arrived before it (seq order);
     # when that tag is the part the PLC shows (its own serial register), the two agree.
