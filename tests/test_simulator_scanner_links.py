@@ -192,7 +192,10 @@ async def test_host_ack_mode_holds_the_next_scan_until_answered_or_timed_out(
 
 async def test_tcp_server_loses_scans_until_an_agent_connects_and_the_newest_wins() -> None:
     transport = TcpServerTransport()
-    config = ScannerConfig(max_scans=6)
+    # 40 scans over 2 s: the second agent connects while scans are still to come, however
+    # slowly the first one got its scan (with 6 over 0.3 s, a loaded machine sometimes had
+    # sent them all before the second agent was there).
+    config = ScannerConfig(max_scans=40)
     async with HandheldScanner(StationModel(cycle_time=0.05), transport, config) as scanner:
         await wait_until(lambda: len(scanner.sent) >= 1, what="scan 0")
         async with tcp_agent(transport.port) as first:
@@ -200,7 +203,7 @@ async def test_tcp_server_loses_scans_until_an_agent_connects_and_the_newest_win
             await wait_until(lambda: len(first.frames()) >= 1, what="a scan to the first agent")
             async with tcp_agent(transport.port) as second:
                 await asyncio.wait_for(first.closed.wait(), 2.0)  # replaced
-                await wait_until(lambda: len(scanner.sent) == 6, within=2.0, what="6 scans")
+                await wait_until(lambda: len(scanner.sent) == 40, within=20, what="40 scans")
                 await wait_until(
                     lambda: (
                         first.data + second.data
